@@ -1,0 +1,348 @@
+"""BiT ResNetV2 (Kolesnikov et al., "Big Transfer (BiT): General Visual Representation
+Learning", ECCV 2020), written for DFB's classifier, dense (K+1)-class network and CAMs.
+
+Architecture: pre-activation bottleneck units with GroupNorm(32) and weight-standardised
+convolutions (Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
+Weight Standardization"); head = GN -> ReLU -> global average pool -> 1x1 conv.
+
+Every public forward goes through one feature computation, ``feature_map``:
+
+    F(x) = ReLU(GN_head(body(root(x))))            [N, D, h, w]
+    pooled(x) = mean_{h,w} F(x)                     [N, D]
+    logits(x) = W pooled(x) + b                     [N, C]
+    dense(x)  = W F(x) + b  (at every position)     [N, C, h, w]
+
+Because the head is affine, mean_{h,w} dense(x) == logits(x) exactly ("lossless
+conversion" of a dense network into an image classifier, DFB Sec. 3).
+
+Parameter names follow the BiT/DFB PyTorch checkpoints (root.conv, body.blockB.unitUU.*,
+head.gn, head.conv), so their state dicts load unchanged.
+"""
+import numbers
+from collections import OrderedDict
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT_STD_EPS = 1e-10
+GROUP_NORM_GROUPS = 32
+GROUP_NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class ResNetV2Config:
+    """Depth (units per block) and width of one named model."""
+    block_units: tuple
+    width_factor: float
+    has_pretrained_weights: bool = True
+
+
+_BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
+_BIT_VARIANTS = (("R50", 1), ("R50", 3), ("R101", 1), ("R101", 3), ("R152", 2), ("R152", 4))
+
+KNOWN_MODELS = {
+    f"BiT-{upstream}-{depth}x{width}": ResNetV2Config(_BIT_DEPTHS[depth], width)
+    for upstream in ("S", "M")
+    for depth, width in _BIT_VARIANTS
+}
+# Not a BiT model and has NO pretrained weights: one unit per block at half width
+# (root 32 channels, feature_dim 1024), for offline demos and fast CPU tests.
+KNOWN_MODELS["ResNetV2-Tiny"] = ResNetV2Config((1, 1, 1, 1), 0.5, has_pretrained_weights=False)
+
+
+class StdConv2d(nn.Conv2d):
+    """Conv2d with a weight standardised per output channel before every use:
+
+        w_hat = (w - mean(w)) / sqrt(var(w) + 1e-10),
+
+    mean and biased variance taken over (in_channels, kh, kw).
+    """
+
+    def standardized_weight(self):
+        """The standardised kernel. Computed in at least float32 even under autocast or for a
+        half-precision model: w - mean(w) cancels catastrophically in bf16."""
+        compute_dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        weight = self.weight.to(compute_dtype)
+        var, mean = torch.var_mean(weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        standardized = (weight - mean) / torch.sqrt(var + WEIGHT_STD_EPS)
+        # Back to the parameter dtype so a bf16 model (no autocast) gets matching operands;
+        # under autocast the parameter is float32 and the conv itself does the down-cast.
+        return standardized.to(self.weight.dtype)
+
+    def forward(self, x):
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+def _group_norm(channels):
+    return nn.GroupNorm(GROUP_NORM_GROUPS, channels, eps=GROUP_NORM_EPS)
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck (He et al., "Identity Mappings in Deep Residual Networks"),
+    with the stride on the 3x3 conv:
+
+        a = ReLU(GN1(x));  r = proj(a) if the unit projects else x
+        out = conv3(ReLU(GN3(conv2(ReLU(GN2(conv1(a))))))) + r
+
+    The unit projects when stride != 1 or cin != cout (1x1 conv, same stride).
+    """
+
+    def __init__(self, cin, cout, cmid, stride):
+        super().__init__()
+        self.gn1 = _group_norm(cin)
+        self.conv1 = StdConv2d(cin, cmid, kernel_size=1, bias=False)
+        self.gn2 = _group_norm(cmid)
+        self.conv2 = StdConv2d(cmid, cmid, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.gn3 = _group_norm(cmid)
+        self.conv3 = StdConv2d(cmid, cout, kernel_size=1, bias=False)
+        projects = stride != 1 or cin != cout
+        self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+                           if projects else None)
+
+    def forward(self, x):
+        activated = F.relu(self.gn1(x))
+        residual = x if self.downsample is None else self.downsample(activated)
+        out = self.conv1(activated)
+        out = self.conv2(F.relu(self.gn2(out)))
+        out = self.conv3(F.relu(self.gn3(out)))
+        return out + residual
+
+
+class BiTHead(nn.Module):
+    """Holds the head's parameters (gn, conv); ResNetV2 decides how they are applied."""
+
+    def __init__(self, feature_dim, head_size, zero_init):
+        super().__init__()
+        self.gn = _group_norm(feature_dim)
+        self.conv = _head_conv(feature_dim, head_size, zero_init)
+
+
+def _head_conv(feature_dim, head_size, zero_init):
+    if not isinstance(head_size, numbers.Integral) or head_size < 1:
+        raise ValueError(f"head_size must be a positive int, got {head_size!r}")
+    conv = nn.Conv2d(feature_dim, head_size, kernel_size=1, bias=True)
+    if zero_init:
+        # BiT fine-tuning starts from a zero head (BiT HyperRule).
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ResNetV2(nn.Module):
+    """BiT ResNetV2 with widths root 64*wf, block i: cout = 256*wf*2^(i-1), cmid = cout/4,
+    strides 1, 2, 2, 2; feature_dim D = 2048*wf."""
+
+    def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom"):
+        super().__init__()
+        if len(block_units) != 4 or any(int(n) < 1 for n in block_units):
+            raise ValueError(f"block_units must be 4 positive counts, got {block_units!r}")
+        root_width = int(64 * width_factor)
+        self.model_name = model_name
+        self.feature_dim = int(2048 * width_factor)
+        self.root = nn.Sequential(OrderedDict([
+            ("conv", StdConv2d(3, root_width, kernel_size=7, stride=2, padding=3, bias=False)),
+            ("pad", nn.ConstantPad2d(1, 0.0)),
+            ("pool", nn.MaxPool2d(kernel_size=3, stride=2)),
+        ]))
+        blocks, cin = [], root_width
+        for index, units in enumerate(block_units, start=1):
+            cout = int(256 * width_factor) * 2 ** (index - 1)
+            stride = 1 if index == 1 else 2
+            unit_list = [(f"unit{u:02d}", PreActBottleneck(cin if u == 1 else cout, cout, cout // 4,
+                                                           stride if u == 1 else 1))
+                         for u in range(1, int(units) + 1)]
+            blocks.append((f"block{index}", nn.Sequential(OrderedDict(unit_list))))
+            cin = cout
+        self.body = nn.Sequential(OrderedDict(blocks))
+        self.head = BiTHead(self.feature_dim, head_size, zero_head)
+
+    @property
+    def head_size(self):
+        return self.head.conv.out_channels
+
+    # -- forwards: all built on feature_map ------------------------------------------------
+    def feature_map(self, x):
+        """[N, 3, H, W] -> ReLU(GN(body(root(x)))) of shape [N, D, h, w]."""
+        return F.relu(self.head.gn(self.body(self.root(x))))
+
+    def pooled_features(self, x):
+        """[N, D]: feature_map averaged over its positions."""
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def _logits_from_pooled(self, pooled):
+        return self.head.conv(pooled[:, :, None, None]).flatten(1)
+
+    def forward(self, x):
+        """[N, C] image-level logits."""
+        return self._logits_from_pooled(self.pooled_features(x))
+
+    def forward_with_features(self, x):
+        """(logits [N, C], pooled features [N, D]) from one pass."""
+        pooled = self.pooled_features(x)
+        return self._logits_from_pooled(pooled), pooled
+
+    def dense_logits(self, x, upsample=False):
+        """[N, C, h, w]: the head applied at every position of feature_map; with upsample,
+        resized bilinearly (align_corners=False) to the input's H, W."""
+        dense = self.head.conv(self.feature_map(x))
+        if upsample:
+            dense = F.interpolate(dense, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return dense
+
+    def cam(self, x):
+        """Class activation maps ReLU(dense_logits(x)), [N, C, h, w] (not upsampled)."""
+        return F.relu(self.dense_logits(x))
+
+    # -- head ------------------------------------------------------------------------------
+    def head_parameters(self):
+        """(W [C, D], b [C]): detached copies of the head, for scores such as ViM and ReAct."""
+        conv = self.head.conv
+        return conv.weight.detach().flatten(1).clone(), conv.bias.detach().clone()
+
+    def reset_head(self, head_size, zero_init=True):
+        """Replace head.conv by a fresh [D -> head_size] conv on the same device and dtype."""
+        old = self.head.conv
+        self.head.conv = _head_conv(self.feature_dim, head_size, zero_init).to(
+            device=old.weight.device, dtype=old.weight.dtype)
+
+    # -- BiT npz ---------------------------------------------------------------------------
+    def load_from_npz(self, source, load_head=True):
+        """Load official BiT weights (see ``npz_key_map``) from an .npz path or a mapping
+        name -> array. With load_head=False head.conv is left untouched (fine-tuning);
+        head.gn is always loaded. Missing or mis-shaped arrays raise one ValueError."""
+        _load_npz(self, source, load_head)
+
+
+def create_model(name, head_size, zero_head=True):
+    """A ResNetV2 of a name in KNOWN_MODELS with a head of head_size classes."""
+    if name not in KNOWN_MODELS:
+        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(KNOWN_MODELS)}")
+    config = KNOWN_MODELS[name]
+    return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
+                    model_name=name)
+
+
+# -- BiT .npz checkpoints ------------------------------------------------------------------
+_UNIT_LAYERS_NPZ = {
+    "gn1": "a/group_norm", "conv1": "a/standardized_conv2d",
+    "gn2": "b/group_norm", "conv2": "b/standardized_conv2d",
+    "gn3": "c/group_norm", "conv3": "c/standardized_conv2d",
+    "downsample": "a/proj/standardized_conv2d",
+}
+_NPZ_PARAM_NAMES = {"group_norm": {"weight": "gamma", "bias": "beta"},
+                    "conv2d": {"weight": "kernel", "bias": "bias"}}
+_HEAD_CONV_PARAMS = ("head.conv.weight", "head.conv.bias")
+
+
+def _layer_keys(torch_prefix, npz_prefix, layer):
+    kind = "group_norm" if isinstance(layer, nn.GroupNorm) else "conv2d"
+    return {f"{torch_prefix}.{param}": f"{npz_prefix}/{_NPZ_PARAM_NAMES[kind][param]}"
+            for param, _ in layer.named_parameters()}
+
+
+def npz_key_map(model):
+    """dict: torch parameter name -> key of the official BiT .npz (convs stored HWIO there)."""
+    keys = _layer_keys("root.conv", "resnet/root_block/standardized_conv2d", model.root.conv)
+    for block_name, block in model.body.named_children():
+        for unit_name, unit in block.named_children():
+            for layer_name, npz_layer in _UNIT_LAYERS_NPZ.items():
+                layer = getattr(unit, layer_name)
+                if layer is not None:
+                    keys.update(_layer_keys(f"body.{block_name}.{unit_name}.{layer_name}",
+                                            f"resnet/{block_name}/{unit_name}/{npz_layer}", layer))
+    keys.update(_layer_keys("head.gn", "resnet/group_norm", model.head.gn))
+    keys.update(_layer_keys("head.conv", "resnet/head/conv2d", model.head.conv))
+    return keys
+
+
+def _npz_shape(torch_shape):
+    """Shape the npz stores for a torch parameter shape (OIHW -> HWIO)."""
+    if len(torch_shape) == 4:
+        out_ch, in_ch, kh, kw = torch_shape
+        return (kh, kw, in_ch, out_ch)
+    return tuple(torch_shape)
+
+
+def _to_torch_layout(array, torch_shape):
+    """The npz array in torch layout, or None when its shape does not fit."""
+    array = np.asarray(array)
+    if len(torch_shape) == 4:
+        return array.transpose(3, 2, 0, 1) if array.shape == _npz_shape(torch_shape) else None
+    # GroupNorm / bias vectors are sometimes stored with extra singleton dims.
+    if array.size == int(np.prod(torch_shape)) and sum(d != 1 for d in array.shape) <= 1:
+        return array.reshape(torch_shape)
+    return None
+
+
+def _load_npz(model, source, load_head):
+    """Copy an official BiT .npz (path or mapping name -> array) into `model` in place.
+
+    All arrays are checked before any is copied, so a failed load leaves the model as it was.
+    """
+    if isinstance(source, (str, PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"BiT npz file not found: {path}")
+        with np.load(path, allow_pickle=False) as npz:
+            _copy_npz_arrays(model, npz, f"npz file '{path}'", load_head)
+    else:
+        _copy_npz_arrays(model, source, "the given npz mapping", load_head)
+
+
+def _copy_npz_arrays(model, source, described, load_head):
+    parameters = dict(model.named_parameters())
+    arrays, missing, misshaped = {}, [], []
+    for torch_name, npz_key in npz_key_map(model).items():
+        if not load_head and torch_name in _HEAD_CONV_PARAMS:
+            continue
+        if npz_key not in source:
+            missing.append(npz_key)
+            continue
+        stored = np.asarray(source[npz_key])
+        target_shape = tuple(parameters[torch_name].shape)
+        converted = _to_torch_layout(stored, target_shape)
+        if converted is None:
+            misshaped.append(f"{npz_key}: stored {tuple(stored.shape)}, "
+                             f"expected {_npz_shape(target_shape)}")
+        else:
+            arrays[torch_name] = converted
+
+    if missing or misshaped:
+        lines = [f"cannot load BiT weights from {described} into model {model.model_name!r} "
+                 f"(the model name may not match the file"
+                 + ("; pass load_head=False to keep this model's head" if load_head else "") + "):"]
+        lines += [f"  missing key {key}" for key in missing]
+        lines += [f"  wrong shape {entry}" for entry in misshaped]
+        raise ValueError("\n".join(lines))
+
+    with torch.no_grad():
+        for torch_name, array in arrays.items():
+            parameters[torch_name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+
+# -- torch checkpoints ---------------------------------------------------------------------
+def load_state_dict_checked(model, state_dict, source):
+    """Strictly load a state dict (a 'module.' prefix from DataParallel/DDP is removed).
+
+    The head is never dropped: a head of another size is an error naming both sizes and
+    `source` (the file it came from)."""
+    prefix = "module."
+    state_dict = {(key[len(prefix):] if key.startswith(prefix) else key): value
+                  for key, value in state_dict.items()}
+    stored_head = state_dict.get("head.conv.weight")
+    if stored_head is not None and stored_head.shape[0] != model.head_size:
+        raise ValueError(f"checkpoint {source} has a head of {stored_head.shape[0]} classes, "
+                         f"but a head of {model.head_size} classes was requested "
+                         f"(check --head_size / the checkpoint)")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise RuntimeError(f"checkpoint {source} does not match model {model.model_name!r}: "
+                           f"{error}") from error
+    return model

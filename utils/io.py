@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the suffix of `path`, so writers that pick a format from the
+    extension (PIL, numpy, matplotlib) behave as with the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npy_atomic(path, array):
+    import numpy as np
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def torch_save_atomic(obj, path):
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_png_atomic(path, array):
+    """Save a uint8 array ([H, W] or [H, W, 3]) as PNG."""
+    from PIL import Image
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
