@@ -4,6 +4,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; published files get the usual mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -16,6 +21,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

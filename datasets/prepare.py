@@ -1,0 +1,439 @@
+"""Download the paper's data sets and convert them into the ImageFolder layout.
+
+Output: ``<root>/<name>/<split>/<class>/<image>`` (DESIGN.md §1 "Data the paper uses"):
+
+- ``cifar10`` / ``cifar100``: train and test, one PNG per image (lossless, so the pixels are
+  exactly those of the official python batches), named by the image's index in its split;
+  class folders are the label names, which sort into the official label order so that
+  ImageFolder class indices equal the CIFAR labels.
+- ``SVHN``: the test split of the cropped-digits format (26,032 PNGs), class folders ``0``..``9``.
+- ``Textures``: all 5,640 DTD images, copied byte for byte.
+- ``Places``: the 10,000-image Places subset curated for MOS, copied byte for byte.
+
+Resuming: archives are downloaded to ``<name>.part`` and renamed only once complete, so a file
+with the final name is never a truncated download. Every image is written atomically and an
+existing image is not written again; ``<root>/<name>/.complete`` is written last, and a data set
+that has it is skipped entirely. An interrupted run therefore continues where it stopped.
+"""
+import functools
+import hashlib
+import http.client
+import json
+import pickle
+import shutil
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.io import atomic_path, save_png_atomic, write_text_atomic
+
+COMPLETE_MARKER = ".complete"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download failed; carries the URL and where the file was expected, for a manual download."""
+
+    def __init__(self, url, destination, reason):
+        self.url = url
+        self.destination = Path(destination)
+        super().__init__(
+            f"could not download {url}\n  reason: {reason}\n"
+            f"  download it by hand (browser, wget, curl) and save it as {self.destination}, "
+            f"then run the same command again; the file found there is used as is.")
+
+
+# ----------------------------------------------------------------------------- downloads
+
+def md5sum(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url, download_dir, filename=None, md5=None, progress=True, log=print):
+    """Download `url` into `download_dir` unless a complete copy is already there; return its path.
+
+    The data go to ``<filename>.part`` first (continued with an HTTP Range request when the
+    server allows it) and are renamed only after the byte count matches Content-Length and,
+    when `md5` is given, the checksum matches. A file under the final name is therefore
+    complete; it is reused without touching the network, after an md5 check when `md5` is known
+    (a mismatching file is downloaded again).
+    """
+    download_dir = Path(download_dir)
+    destination = download_dir / (filename or PurePosixPath(urllib.parse.urlparse(url).path).name)
+    if destination.is_file():
+        if md5 is None or md5sum(destination) == md5:
+            log(f"  using existing {destination}")
+            return destination
+        log(f"  {destination} has the wrong md5 checksum; downloading it again")
+        destination.unlink()
+
+    download_dir.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    log(f"  downloading {url} -> {destination}")
+    try:
+        _fetch_to_part(url, part, progress)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise DownloadError(url, destination, error) from error
+    if md5 is not None and (actual := md5sum(part)) != md5:
+        part.unlink()
+        raise DownloadError(url, destination, f"md5 checksum {actual} instead of {md5}")
+    part.replace(destination)
+    return destination
+
+
+def _fetch_to_part(url, part, progress):
+    """Write the body of `url` into `part`, continuing an earlier partial download if possible."""
+    offset = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if offset and error.code == 416:  # the .part already holds the whole file (or more)
+            part.unlink()
+            return _fetch_to_part(url, part, progress)
+        raise
+    with response:
+        # A server that ignores Range answers 200 with the whole body: start over then.
+        resumed = offset > 0 and getattr(response, "status", None) == 206
+        if not resumed:
+            offset = 0
+        remaining = response.headers.get("Content-Length")
+        total = offset + int(remaining) if remaining is not None else None
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=part.name[:-len(".part")], disable=not progress) as bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+    received = part.stat().st_size
+    if total is not None and received != total:
+        raise OSError(f"connection closed after {received} of {total} bytes "
+                      f"(run again to continue from {part})")
+
+
+# ----------------------------------------------------------------------------- output folders
+
+def is_complete(dataset_dir):
+    return (Path(dataset_dir) / COMPLETE_MARKER).is_file()
+
+
+class _DatasetWriter:
+    """Writes one data set's files, skipping those that already exist; records what belongs there.
+
+    `finish` checks that the split folders hold nothing but the files written here (so that a
+    leftover copy from another source is not silently mixed in) and writes the completion marker.
+    """
+
+    def __init__(self, out_root, name, source):
+        self.dataset_dir = Path(out_root) / name
+        self.source = Path(source).name
+        self.expected = set()
+        self._remove_interrupted_temporaries()
+
+    def _remove_interrupted_temporaries(self):
+        # utils.io.atomic_path names its temporaries ".<stem>.<random>.tmp<suffix>"; one left
+        # behind by a killed run is garbage.
+        if self.dataset_dir.is_dir():
+            for stale in self.dataset_dir.rglob(".*.tmp*"):
+                if stale.is_file():
+                    stale.unlink()
+
+    def _claim(self, split, class_name, filename):
+        relative = PurePosixPath(split, class_name, filename)
+        if relative in self.expected:
+            raise ValueError(f"{self.source}: two images map to {relative}")
+        self.expected.add(relative)
+        return self.dataset_dir / relative
+
+    def png(self, split, class_name, filename, pixels):
+        path = self._claim(split, class_name, filename)
+        if not path.exists():
+            save_png_atomic(path, pixels)
+
+    def copy(self, split, class_name, filename, stream):
+        path = self._claim(split, class_name, filename)
+        if not path.exists():
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                shutil.copyfileobj(stream, f, _CHUNK)
+
+    def finish(self):
+        splits = {relative.parts[0] for relative in self.expected}
+        found = {PurePosixPath(path.relative_to(self.dataset_dir).as_posix())
+                 for split in splits for path in (self.dataset_dir / split).rglob("*")
+                 if path.is_file()}
+        strays = sorted(found - self.expected)
+        if strays:
+            shown = ", ".join(str(path) for path in strays[:5])
+            raise ValueError(
+                f"{self.dataset_dir} holds {len(strays)} files that are not part of {self.source} "
+                f"(e.g. {shown}); move them away and run again")
+        counts = {split: sum(1 for relative in self.expected if relative.parts[0] == split)
+                  for split in sorted(splits)}
+        summary = {"source": self.source, "images": counts}
+        write_text_atomic(self.dataset_dir / COMPLETE_MARKER, json.dumps(summary, indent=1) + "\n")
+        return self.dataset_dir
+
+
+def _check_file(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+_CIFAR_LAYOUT = {
+    # which: (folder inside the archive, train members, test member, meta member, label key,
+    #         label-names key)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def _field(record, key, source):
+    """Value of `key` in an unpickled CIFAR dict (official files use bytes keys)."""
+    for candidate in (key.encode(), key):
+        if candidate in record:
+            return record[candidate]
+    raise ValueError(f"{source}: expected a key {key!r}, found {sorted(map(repr, record))}")
+
+
+def _unpickle(tar, member_name, source):
+    try:
+        member = tar.getmember(member_name)
+    except KeyError:
+        raise ValueError(f"{source}: member {member_name!r} is missing") from None
+    return pickle.load(tar.extractfile(member), encoding="bytes")
+
+
+def _label_names(names, source):
+    """Decode the label names and make sure sorting them keeps the label order (ImageFolder sorts)."""
+    names = [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    if names != sorted(names):
+        raise ValueError(f"{source}: label names do not sort into label order, so ImageFolder "
+                         f"indices would differ from the CIFAR labels: {names}")
+    return names
+
+
+def cifar_images(record, source):
+    """Images uint8 [N, 32, 32, 3] of one unpickled CIFAR batch.
+
+    Each row of ``data`` is 3072 bytes: the 1024 red, then green, then blue values, row-major.
+    """
+    data = np.asarray(_field(record, "data", source), dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{source}: expected data of shape [N, 3072], got {data.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def convert_cifar(archive_path, out_root, which="cifar10", progress=False):
+    """Convert the official CIFAR python tarball into ``<out_root>/<which>/{train,test}/<label>/``."""
+    if which not in _CIFAR_LAYOUT:
+        raise ValueError(f"which must be one of {sorted(_CIFAR_LAYOUT)}, got {which!r}")
+    dataset_dir = Path(out_root) / which
+    if is_complete(dataset_dir):
+        return dataset_dir
+    archive_path = _check_file(archive_path, f"{which} archive")
+    folder, train_members, test_member, meta_member, label_key, names_key = _CIFAR_LAYOUT[which]
+    source = archive_path.name
+    writer = _DatasetWriter(out_root, which, archive_path)
+    with tarfile.open(archive_path, "r:*") as tar:
+        meta = _unpickle(tar, f"{folder}/{meta_member}", source)
+        names = _label_names(_field(meta, names_key, source), source)
+        for split, members in (("train", train_members), ("test", [test_member])):
+            index = 0
+            for member in members:
+                record = _unpickle(tar, f"{folder}/{member}", f"{source}:{member}")
+                images = cifar_images(record, f"{source}:{member}")
+                labels = np.asarray(_field(record, label_key, source), dtype=np.int64)
+                if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= len(names):
+                    raise ValueError(f"{source}:{member}: expected {len(images)} labels in "
+                                     f"[0, {len(names)}), got shape {labels.shape}")
+                for image, label in tqdm(zip(images, labels), total=len(images), disable=not progress,
+                                         desc=f"{which} {split} {member}", unit="img"):
+                    writer.png(split, names[label], f"{index:05d}.png", image)
+                    index += 1
+    return writer.finish()
+
+
+# ----------------------------------------------------------------------------- SVHN
+
+def convert_svhn(mat_path, out_root, progress=False):
+    """Convert SVHN ``test_32x32.mat`` into ``<out_root>/SVHN/test/<digit>/<index>.png``.
+
+    The file holds X uint8 [32, 32, 3, N] and y [N, 1] in 1..10, where 10 stands for digit 0.
+    """
+    import scipy.io
+
+    dataset_dir = Path(out_root) / "SVHN"
+    if is_complete(dataset_dir):
+        return dataset_dir
+    mat_path = _check_file(mat_path, "SVHN .mat file")
+    contents = scipy.io.loadmat(mat_path)
+    if "X" not in contents or "y" not in contents:
+        raise ValueError(f"{mat_path}: expected variables 'X' and 'y'")
+    images = np.asarray(contents["X"])
+    labels = np.asarray(contents["y"]).reshape(-1).astype(np.int64)
+    if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
+        raise ValueError(f"{mat_path}: expected X uint8 [32, 32, 3, N], got {images.dtype} {images.shape}")
+    if labels.shape != (images.shape[3],) or labels.min() < 1 or labels.max() > 10:
+        raise ValueError(f"{mat_path}: expected {images.shape[3]} labels in 1..10, got {labels.shape}")
+    digits = labels % 10
+    writer = _DatasetWriter(out_root, "SVHN", mat_path)
+    for index in tqdm(range(len(digits)), disable=not progress, desc="SVHN test", unit="img"):
+        writer.png("test", str(digits[index]), f"{index:05d}.png", images[:, :, :, index])
+    return writer.finish()
+
+
+# ----------------------------------------------------------------------------- DTD and Places
+
+def _image_members(archive_path):
+    """Yield (member path parts, file object) for every image file in a tarball, in archive order.
+
+    The archive is streamed, never extracted as a whole, and hidden files or macOS resource
+    forks are skipped. Member names that climb out of the archive are refused.
+    """
+    with tarfile.open(archive_path, "r|*") as tar:
+        for member in tar:
+            parts = [part for part in PurePosixPath(member.name).parts if part not in ("/", ".")]
+            if not member.isfile() or not parts:
+                continue
+            if ".." in parts:
+                raise ValueError(f"{archive_path}: refusing member {member.name!r} (contains '..')")
+            if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+                continue
+            if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            yield parts, tar.extractfile(member)
+
+
+def convert_dtd(archive_path, out_root, progress=False):
+    """Copy every DTD image (``.../images/<class>/<file>``) to ``<out_root>/Textures/test/<class>/``."""
+    dataset_dir = Path(out_root) / "Textures"
+    if is_complete(dataset_dir):
+        return dataset_dir
+    archive_path = _check_file(archive_path, "DTD archive")
+    writer = _DatasetWriter(out_root, "Textures", archive_path)
+    for parts, stream in tqdm(_image_members(archive_path), disable=not progress,
+                              desc="Textures", unit="img"):
+        if len(parts) >= 3 and parts[-3] == "images":
+            writer.copy("test", parts[-2], parts[-1], stream)
+    if not writer.expected:
+        raise ValueError(f"{archive_path}: no images under images/<class>/ (is this the DTD tarball?)")
+    return writer.finish()
+
+
+def _places_class(parts, archive_path):
+    """Class folder of a Places image: its folder below the archive's top folder, else 'images'."""
+    if len(parts) <= 2:  # "x.jpg" or "Places/x.jpg": images directly in one folder
+        return "images"
+    if len(parts) == 3:  # "Places/<class>/x.jpg"
+        return parts[1]
+    raise ValueError(f"{archive_path}: unexpected nesting in {'/'.join(parts)!r}; expected "
+                     f"<top>/<image> or <top>/<class>/<image>")
+
+
+def convert_places(archive_path, out_root, progress=False):
+    """Copy the MOS Places images to ``<out_root>/Places/test/<class or 'images'>/``."""
+    dataset_dir = Path(out_root) / "Places"
+    if is_complete(dataset_dir):
+        return dataset_dir
+    archive_path = _check_file(archive_path, "Places archive")
+    writer = _DatasetWriter(out_root, "Places", archive_path)
+    for parts, stream in tqdm(_image_members(archive_path), disable=not progress,
+                              desc="Places", unit="img"):
+        writer.copy("test", _places_class(parts, archive_path), parts[-1], stream)
+    if not writer.expected:
+        raise ValueError(f"{archive_path}: no images found")
+    return writer.finish()
+
+
+# ----------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a data set comes from and how its downloaded file becomes ImageFolder folders."""
+    url: str
+    convert: Callable  # convert(downloaded_file, out_root, progress=...) -> dataset folder
+    counts: dict  # images per split in the official release, to flag an unexpected source
+    md5: str | None = None
+
+    @property
+    def filename(self):
+        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
+
+
+DATASETS = {
+    "cifar10": DatasetSource(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        functools.partial(convert_cifar, which="cifar10"), {"train": 50000, "test": 10000},
+        md5="c58f30108f718f92721af3b95e74349a"),
+    "cifar100": DatasetSource(
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        functools.partial(convert_cifar, which="cifar100"), {"train": 50000, "test": 10000},
+        md5="eb9058c3a382ffc7106e4002c42a8d85"),
+    "SVHN": DatasetSource(
+        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat", convert_svhn, {"test": 26032}),
+    "Textures": DatasetSource(
+        "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz", convert_dtd,
+        {"test": 5640}),
+    "Places": DatasetSource(
+        "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset/Places.tar.gz", convert_places,
+        {"test": 10000}),
+}
+
+
+def resolve_names(names):
+    """Registry names for `names` (case-insensitive); all data sets when `names` is empty/None."""
+    if not names:
+        return list(DATASETS)
+    by_lower = {name.lower(): name for name in DATASETS}
+    unknown = [name for name in names if name.lower() not in by_lower]
+    if unknown:
+        raise ValueError(f"unknown data set(s) {unknown}; known: {list(DATASETS)}")
+    return list(dict.fromkeys(by_lower[name.lower()] for name in names))
+
+
+def prepare(names, root, download_dir=None, keep_archives=True, progress=True, log=print):
+    """Download (if needed) and convert the data sets `names` into `root`; return {name: folder}.
+
+    Data sets whose folder already has the completion marker are skipped without downloading.
+    Raises DownloadError (with the URL and the place to put a manual download) when a download
+    fails.
+    """
+    root = Path(root)
+    download_dir = Path(download_dir) if download_dir is not None else root / "downloads"
+    prepared = {}
+    for name in resolve_names(names):
+        source = DATASETS[name]
+        dataset_dir = root / name
+        if is_complete(dataset_dir):
+            log(f"{name}: already prepared in {dataset_dir}")
+            prepared[name] = dataset_dir
+            continue
+        log(f"{name}: preparing in {dataset_dir}")
+        archive = download(source.url, download_dir, source.filename, source.md5, progress, log)
+        log(f"  converting {archive.name}")
+        prepared[name] = source.convert(archive, root, progress=progress)
+        counts = json.loads((dataset_dir / COMPLETE_MARKER).read_text())["images"]
+        log(f"  done: {counts} images")
+        if counts != source.counts:
+            log(f"  note: the official release has {source.counts} images; check {archive}")
+        if not keep_archives:
+            archive.unlink()
+            log(f"  deleted {archive}")
+    return prepared

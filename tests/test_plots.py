@@ -1,0 +1,114 @@
+"""Tests of utils/plots.py: figures are valid PNGs; ROC points and mask IoU against hand / sklearn."""
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+from utils import plots
+
+
+def _assert_png(path):
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width > 50 and image.height > 50
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_score_histograms_png(tmp_path):
+    rng = np.random.default_rng(0)
+    ood = {"SVHN": rng.normal(-1, 1, 300), "Textures": np.r_[rng.normal(0, 1, 200), -np.inf]}
+    path = plots.plot_score_histograms(rng.normal(1, 1, 500), ood, tmp_path / "hist.png", title="energy")
+    assert path == tmp_path / "hist.png"
+    _assert_png(path)
+
+
+def test_score_histograms_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="ood_scores"):
+        plots.plot_score_histograms(np.ones(3), {}, tmp_path / "h.png")
+    with pytest.raises(ValueError, match="SVHN"):
+        plots.plot_score_histograms(np.ones(3), {"SVHN": np.ones((2, 2))}, tmp_path / "h.png")
+
+
+def test_roc_curves_png(tmp_path):
+    rng = np.random.default_rng(1)
+    curves = {"MSP": (rng.normal(1, 1, 200), rng.normal(0, 1, 150)),
+              "DFB-MSP": (rng.normal(2, 1, 200), rng.normal(0, 1, 150))}
+    _assert_png(plots.plot_roc_curves(curves, tmp_path / "roc.png", title="CIFAR-10 vs SVHN"))
+
+
+def test_roc_curve_matches_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    id_scores = rng.integers(0, 6, 40).astype(float)  # few distinct values: many ties
+    ood_scores = rng.integers(0, 6, 30).astype(float) - 1
+    fpr, tpr = plots.roc_curve(id_scores, ood_scores)
+    labels = np.r_[np.ones(40), np.zeros(30)]
+    ref_fpr, ref_tpr, _ = sklearn_roc_curve(labels, np.r_[id_scores, ood_scores], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(plots.auroc(id_scores, ood_scores))
+
+
+def test_mask_grid_png_channels_first_and_resized_masks(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)  # [N, 3, H, W]
+    masks = rng.integers(0, 3, (3, 16, 16)).astype(np.uint8)       # K = 2: values 0, 1, 2 = background
+    masks[:, 0, 0] = 255
+    true_masks = rng.integers(0, 3, (3, 32, 32)).astype(np.uint8)
+    path = plots.save_mask_grid(images, masks, 2, tmp_path / "grid.png", class_names=["cat", "dog"],
+                                extra_maps={"p_bg": rng.random((3, 8, 8))}, true_masks=true_masks)
+    _assert_png(path)
+
+
+def test_mask_grid_rejects_out_of_contract_values(tmp_path):
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="masks"):
+        plots.save_mask_grid(images, np.full((1, 8, 8), 7, np.uint8), 2, tmp_path / "g.png")
+    with pytest.raises(ValueError, match="images"):
+        plots.save_mask_grid(images.astype(np.float32), np.zeros((1, 8, 8), np.uint8), 2, tmp_path / "g.png")
+
+
+def test_mask_overlay_by_hand():
+    image = np.full((4, 4, 3), 200, np.uint8)
+    mask = np.array([[0, 2], [255, 1]], np.uint8)  # K = 2, shown on a 4x4 image: 2x2 blocks
+    shown = plots.mask_overlay(image, mask, 2)
+    colours = plots.class_colours(2) * 255
+    np.testing.assert_array_equal(shown[0:2, 0:2], np.broadcast_to(np.rint(0.45 * 200 + 0.55 * colours[0]), (2, 2, 3)))
+    np.testing.assert_array_equal(shown[2:4, 2:4], np.broadcast_to(np.rint(0.45 * 200 + 0.55 * colours[1]), (2, 2, 3)))
+    assert (shown[0:2, 2:4] == 70).all()   # background: 200 * 0.35
+    assert (shown[2:4, 0:2] == 128).all()  # ignore: grey
+
+
+def test_mask_iou_hand_worked():
+    # K = 2 (classes 0, 1; background 2). The pixel at (1, 2) is ignored (255 in pred).
+    pred = np.array([[[0, 0, 2], [1, 2, 255]]], np.uint8)
+    true = np.array([[[0, 2, 2], [1, 1, 2]]], np.uint8)
+    # foreground: pred {(0,0),(0,1),(1,0)}, true {(0,0),(1,0),(1,1)} -> 2 / 4
+    # background: pred {(0,2),(1,1)}, true {(0,1),(0,2)}            -> 1 / 3
+    # class 0: pred {(0,0),(0,1)}, true {(0,0)} -> 1/2; class 1: pred {(1,0)}, true {(1,0),(1,1)} -> 1/2
+    result = plots.mask_iou(pred, true, 2)
+    assert result["foreground_iou"] == pytest.approx(0.5)
+    assert result["background_iou"] == pytest.approx(1 / 3)
+    assert result["per_class"] == {0: pytest.approx(0.5), 1: pytest.approx(0.5)}
+
+
+def test_mask_iou_distinguishes_foreground_from_background():
+    # everything predicted as class 0, one true foreground pixel out of four (K = 1, background 1)
+    pred = np.zeros((1, 2, 2), np.uint8)
+    true = np.array([[[0, 1], [1, 1]]], np.uint8)
+    result = plots.mask_iou(pred, true, 1)
+    assert result["foreground_iou"] == pytest.approx(0.25)
+    assert result["background_iou"] == 0.0
+
+
+def test_mask_iou_is_class_agnostic_for_foreground():
+    pred = np.array([[[1, 2]]], np.uint8)  # class 1 where the truth is class 0
+    true = np.array([[[0, 2]]], np.uint8)
+    result = plots.mask_iou(pred, true, 2)
+    assert result["foreground_iou"] == 1.0 and result["background_iou"] == 1.0
+    assert result["per_class"] == {0: 0.0, 1: 0.0}
+
+
+def test_mask_iou_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        plots.mask_iou(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 3), np.uint8), 2)

@@ -1,0 +1,273 @@
+"""Figures for looking at results: score histograms, ROC curves, image / mask grids; mask IoU.
+
+Figures are built on matplotlib's object API with an explicit Agg canvas (no pyplot, so no
+global figure registry to leak into and nothing to close; works on servers without a display).
+Every figure is written atomically through utils.io.atomic_path; each function returns the path.
+Scores follow DESIGN.md §3: higher = more in-distribution, ID is the positive class.
+Masks follow the mask contract: value k < K = foreground of class k, K = background, 255 = ignore.
+"""
+import colorsys
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from utils.io import atomic_path
+from utils.metrics import auroc
+
+IGNORE = 255
+_IGNORE_GREY = np.array([128, 128, 128], np.float64)
+_BACKGROUND_DIMMING = 0.35  # background pixels are shown darkened so the foreground stands out
+_FOREGROUND_ALPHA = 0.55    # weight of the class colour over the image on foreground pixels
+
+
+def _numpy(array):
+    """A numpy view of a numpy array or a torch tensor on any device."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _new_figure(width, height):
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path, dpi=100):
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # the format is given explicitly: the temporary name ends in ".tmp<suffix>"
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _scores(scores, name):
+    scores = _numpy(scores).astype(np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D array of scores, got shape {scores.shape}")
+    return scores
+
+
+# ----------------------------------------------------------------------------- score figures
+
+def plot_score_histograms(id_scores, ood_scores, path, title="", bins=50):
+    """One panel per OOD set: density histograms of the ID and the OOD scores, AUROC in the title.
+
+    `ood_scores` maps an OOD set's name to its scores. Both histograms of a panel share bins,
+    so their heights compare directly. Non-finite scores are left out of the histograms (the
+    legend says how many) but count in the AUROC.
+    """
+    id_scores = _scores(id_scores, "id_scores")
+    if not ood_scores:
+        raise ValueError("ood_scores: expected a dict {OOD set name: scores} with at least one entry")
+    columns = min(len(ood_scores), 3)
+    rows = math.ceil(len(ood_scores) / columns)
+    figure = _new_figure(4.5 * columns, 3.4 * rows)
+    for panel, (name, scores) in enumerate(ood_scores.items()):
+        scores = _scores(scores, f"ood_scores[{name!r}]")
+        axes = figure.add_subplot(rows, columns, panel + 1)
+        finite = np.concatenate([id_scores, scores])
+        finite = finite[np.isfinite(finite)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        edges = np.linspace(low, high, bins + 1) if high > low else np.linspace(low - 0.5, high + 0.5, bins + 1)
+        for label, values, colour in (("ID", id_scores, "tab:blue"), (name, scores, "tab:orange")):
+            shown = values[np.isfinite(values)]
+            hidden = values.size - shown.size
+            legend = f"{label} (n={values.size}" + (f", {hidden} non-finite not shown)" if hidden else ")")
+            axes.hist(shown, bins=edges, density=True, alpha=0.55, color=colour, label=legend)
+        axes.set_title(f"{name}: AUROC {100 * auroc(id_scores, scores):.2f}%")
+        axes.set_xlabel("score (higher = more in-distribution)")
+        axes.set_ylabel("density")
+        axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def roc_curve(id_scores, ood_scores):
+    """(fpr, tpr) of the ROC curve with ID positive, one point per distinct threshold, from (0, 0).
+
+    At threshold t: tpr = #{id >= t} / n_id and fpr = #{ood >= t} / n_ood; t runs over the
+    distinct scores from high to low, so tied scores enter together.
+    """
+    id_scores = _scores(id_scores, "id_scores")
+    ood_scores = _scores(ood_scores, "ood_scores")
+    scores = np.concatenate([id_scores, ood_scores])
+    is_id = np.concatenate([np.ones(id_scores.size), np.zeros(ood_scores.size)])
+    order = np.argsort(-scores, kind="stable")
+    scores, is_id = scores[order], is_id[order]
+    run_ends = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
+    id_kept = np.cumsum(is_id)[run_ends]
+    ood_kept = run_ends + 1 - id_kept
+    return np.r_[0.0, ood_kept / ood_scores.size], np.r_[0.0, id_kept / id_scores.size]
+
+
+def plot_roc_curves(curves, path, title=""):
+    """ROC curves (FPR on x, TPR on y, ID positive) of several methods, AUROC in the legend.
+
+    `curves` maps a method name to its (id_scores, ood_scores). A dotted line marks TPR = 95 %,
+    where FPR95 is read.
+    """
+    if not curves:
+        raise ValueError("curves: expected a dict {method name: (id_scores, ood_scores)}")
+    figure = _new_figure(5.5, 5.0)
+    axes = figure.add_subplot(1, 1, 1)
+    for method, pair in curves.items():
+        if len(pair) != 2:
+            raise ValueError(f"curves[{method!r}]: expected (id_scores, ood_scores)")
+        id_scores, ood_scores = pair
+        fpr, tpr = roc_curve(id_scores, ood_scores)
+        axes.plot(fpr, tpr, label=f"{method} (AUROC {100 * auroc(id_scores, ood_scores):.2f}%)")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+    axes.axhline(0.95, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false positive rate (OOD accepted as ID)")
+    axes.set_ylabel("true positive rate (ID accepted)")
+    axes.legend(fontsize="small", loc="lower right")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def _images_nhwc(images):
+    images = _numpy(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images: expected uint8 [N, H, W, 3] or [N, 3, H, W], got {images.dtype} {images.shape}")
+    if images.shape[-1] == 3:
+        return images
+    if images.shape[1] == 3:
+        return images.transpose(0, 2, 3, 1)
+    raise ValueError(f"images: expected 3 colour channels first or last, got shape {images.shape}")
+
+
+def _masks(masks, num_classes, name, count=None):
+    masks = _numpy(masks)
+    if masks.ndim != 3 or not np.issubdtype(masks.dtype, np.integer):
+        raise ValueError(f"{name}: expected integer masks [N, H, W], got {masks.dtype} {masks.shape}")
+    if count is not None and masks.shape[0] != count:
+        raise ValueError(f"{name}: expected {count} masks, got {masks.shape[0]}")
+    bad = ((masks > num_classes) & (masks != IGNORE)) | (masks < 0)
+    if bad.any():
+        raise ValueError(f"{name}: values must be class indices 0..{num_classes - 1}, {num_classes} "
+                         f"(background) or {IGNORE} (ignore); found {np.unique(masks[bad])[:10].tolist()}")
+    return masks
+
+
+def class_colours(num_classes):
+    """RGB colours in [0, 1], [K, 3]: tab10 up to 10 classes, else hues spaced by the golden ratio
+    (neighbouring class indices get clearly different colours)."""
+    if num_classes <= 10:
+        return np.asarray(colormaps["tab10"].colors[:num_classes])
+    golden = (math.sqrt(5) - 1) / 2
+    return np.asarray([colorsys.hsv_to_rgb((k * golden) % 1.0, 0.85, 0.95) for k in range(num_classes)])
+
+
+def _resize_nearest(mask, height, width):
+    rows = np.arange(height) * mask.shape[0] // height
+    columns = np.arange(width) * mask.shape[1] // width
+    return mask[rows[:, None], columns[None, :]]
+
+
+def mask_overlay(image, mask, num_classes):
+    """uint8 [H, W, 3]: class colour blended over foreground, background dimmed, ignore grey.
+
+    `mask` may have another size than `image`; it is resized with nearest neighbours.
+    """
+    mask = _resize_nearest(mask, *image.shape[:2])
+    image = image.astype(np.float64)
+    shown = image * _BACKGROUND_DIMMING
+    foreground = mask < num_classes
+    colours = class_colours(num_classes) * 255.0
+    shown[foreground] = ((1 - _FOREGROUND_ALPHA) * image[foreground]
+                         + _FOREGROUND_ALPHA * colours[mask[foreground]])
+    shown[mask == IGNORE] = _IGNORE_GREY
+    return np.clip(np.rint(shown), 0, 255).astype(np.uint8)
+
+
+def _present_classes(mask, num_classes, class_names):
+    present = [int(k) for k in np.unique(mask) if k < num_classes]
+    if not present:
+        return "no foreground"
+    names = [class_names[k] if class_names is not None else str(k) for k in present]
+    return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+
+
+def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_maps=None, true_masks=None):
+    """One row per image: image | pseudo-mask overlay | true-mask overlay (optional) | heat maps.
+
+    images: uint8 [N, H, W, 3] or [N, 3, H, W]; masks / true_masks: integer [N, h, w] under the
+    mask contract (any h, w: resized for display); extra_maps: {name: [N, h, w] in [0, 1]}, e.g.
+    the dense network's background probability, shown as heat maps on a fixed 0..1 scale.
+    """
+    images = _images_nhwc(images)
+    count = images.shape[0]
+    if count == 0:
+        raise ValueError("images: expected at least one image")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names: expected {num_classes} names, got {len(class_names)}")
+    columns = [("pseudo mask", _masks(masks, num_classes, "masks", count))]
+    if true_masks is not None:
+        columns.append(("true mask", _masks(true_masks, num_classes, "true_masks", count)))
+    heat_maps = []
+    for name, values in (extra_maps or {}).items():
+        values = _numpy(values)
+        if values.ndim != 3 or values.shape[0] != count:
+            raise ValueError(f"extra_maps[{name!r}]: expected [{count}, H, W], got shape {values.shape}")
+        heat_maps.append((name, values))
+
+    width = 1 + len(columns) + len(heat_maps)
+    figure = _new_figure(2.2 * width, 2.3 * count)
+    grid = figure.subplots(count, width, squeeze=False)
+    for row in range(count):
+        cells = iter(grid[row])
+        axes = next(cells)
+        axes.imshow(images[row])
+        axes.set_title(f"image {row}", fontsize="small")
+        for label, mask in columns:
+            axes = next(cells)
+            axes.imshow(mask_overlay(images[row], mask[row], num_classes), interpolation="nearest")
+            axes.set_title(f"{label}: {_present_classes(mask[row], num_classes, class_names)}",
+                           fontsize="small")
+        for name, values in heat_maps:
+            axes = next(cells)
+            axes.imshow(values[row], cmap="magma", vmin=0.0, vmax=1.0)
+            axes.set_title(f"{name} (0..1)", fontsize="small")
+    for axes in grid.flat:
+        axes.set_axis_off()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _iou(a, b):
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else float("nan")
+
+
+def mask_iou(pred_masks, true_masks, num_classes):
+    """Intersection over union of predicted against true masks, over pixels valid in both.
+
+    A pixel is valid when neither mask has 255 there. foreground_iou treats every class
+    k < K as one foreground; background_iou is the IoU of the value K; per_class maps each class
+    present in either mask to the IoU of value k. An empty union gives NaN.
+    """
+    pred = _masks(pred_masks, num_classes, "pred_masks")
+    true = _masks(true_masks, num_classes, "true_masks")
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_masks {pred.shape} and true_masks {true.shape} must have the same shape")
+    valid = (pred != IGNORE) & (true != IGNORE)
+    pred, true = pred[valid], true[valid]
+    present = np.union1d(np.unique(pred), np.unique(true))
+    return {
+        "foreground_iou": _iou(pred < num_classes, true < num_classes),
+        "background_iou": _iou(pred == num_classes, true == num_classes),
+        "per_class": {int(k): _iou(pred == k, true == k) for k in present if k < num_classes},
+    }
