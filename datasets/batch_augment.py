@@ -1,0 +1,138 @@
+"""Augmentation of whole uint8 batches on the device the tensors live on (CPU or CUDA).
+
+Same distribution as the per-sample `datasets.transforms.TrainJointTransform` (BiT / DFB:
+square resize to train_size, random crop resolution, h-flip p = 0.5; masks nearest at pixel
+centres so that masks of another native size stay aligned), vectorised: each sample's crop
+and flip become row / column index tensors, and one gather applies them to the batch.
+Images stay float after the resize (no re-quantisation) and come out normalised with
+mean = std = 0.5.
+"""
+import torch
+import torch.nn.functional as F
+from scipy.special import betaincinv
+
+from datasets.transforms import check_sizes, check_uint8, normalize_float
+
+
+def _sampling_device(generator, device):
+    # A torch.Generator draws only on its own device; its numbers are moved afterwards.
+    return generator.device if generator is not None else device
+
+
+def resize_float(images, size):
+    """uint8 [B,3,h,w] -> float [B,3,size,size] holding 0..255 values (bilinear, antialiased when downscaling)."""
+    pixels = images.float()
+    if pixels.shape[-2:] == (size, size):
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_masks(masks, size):
+    """uint8 [B,hm,wm] -> uint8 [B,size,size], nearest at pixel centres: source = floor((i + 0.5) * in / out)."""
+    if masks.shape[-2:] == (size, size):
+        return masks
+    return F.interpolate(masks[:, None], size=(size, size), mode="nearest-exact")[:, 0]
+
+
+def sample_crops(batch, train_size, resolution, device, generator=None):
+    """Per-sample (tops [B], lefts [B], flips bool [B]) on `device`; offsets uniform over 0..train_size - resolution."""
+    draw_on = _sampling_device(generator, device)
+    high = train_size - resolution + 1
+    tops = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
+    lefts = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
+    flips = torch.rand(batch, generator=generator, device=draw_on) < 0.5
+    return tops.to(device), lefts.to(device), flips.to(device)
+
+
+def crop_and_flip(tensor, tops, lefts, flips, resolution):
+    """Crop [B,...,S,S] at per-sample (top, left) to [B,...,r,r], mirroring columns where flips is True."""
+    steps = torch.arange(resolution, device=tensor.device)
+    rows = tops[:, None] + steps                                                   # [B, r]
+    cols = lefts[:, None] + torch.where(flips[:, None], resolution - 1 - steps, steps)  # [B, r]
+    samples = torch.arange(tensor.shape[0], device=tensor.device)[:, None, None]
+    # Spatial dims next to the batch dim, so the three index tensors broadcast to [B, r, r].
+    spatial_first = tensor.movedim((-2, -1), (1, 2))
+    picked = spatial_first[samples, rows[:, :, None], cols[:, None, :]]
+    return picked.movedim((1, 2), (-2, -1)).contiguous()
+
+
+def train_augment(images, masks, resolution, train_size=None, generator=None):
+    """(uint8 [B,3,h,w], uint8 [B,hm,wm] or None) -> (float normalised [B,3,r,r], uint8 [B,r,r] or None).
+
+    Resize to train_size (default round(r * 160 / 128)), then per-sample random crop r and
+    h-flip (p = 0.5), the same for an image and its mask.
+    """
+    resolution, train_size = check_sizes(resolution, train_size)
+    check_uint8(images, "images", ("B", "3", "h", "w"))
+    if masks is not None:
+        check_uint8(masks, "masks", ("B", "hm", "wm"))
+        if masks.shape[0] != images.shape[0] or masks.device != images.device:
+            raise ValueError(f"masks {tuple(masks.shape)} on {masks.device} do not match images "
+                             f"{tuple(images.shape)} on {images.device}")
+    tops, lefts, flips = sample_crops(images.shape[0], train_size, resolution, images.device, generator)
+    pixels = crop_and_flip(resize_float(images, train_size), tops, lefts, flips, resolution)
+    if masks is not None:
+        masks = crop_and_flip(resize_masks(masks, train_size), tops, lefts, flips, resolution)
+    return normalize_float(pixels), masks
+
+
+def test_resize(images, resolution):
+    """uint8 [B,3,h,w] -> float normalised [B,3,r,r] (square bilinear resize, antialiased when downscaling)."""
+    resolution, _ = check_sizes(resolution, resolution)
+    check_uint8(images, "images", ("B", "3", "h", "w"))
+    return normalize_float(resize_float(images, resolution))
+
+
+test_resize.__test__ = False  # not a pytest test despite its name
+
+
+def _as_soft_targets(labels, batch, num_classes):
+    if labels.dtype in (torch.int64, torch.int32, torch.uint8) and labels.shape == (batch,):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+        return F.one_hot(labels.long(), num_classes).float()
+    if labels.is_floating_point() and labels.shape == (batch, num_classes):
+        return labels
+    raise ValueError(f"labels must be integer [{batch}] or float one-hot / soft [{batch},{num_classes}], "
+                     f"got {labels.dtype} {tuple(labels.shape)}")
+
+
+def mixup(x, labels, num_classes, alpha, generator=None):
+    """MixUp (Zhang et al. 2018) as in BiT: one lambda ~ Beta(alpha, alpha) per batch.
+
+    x_mixed = lam * x + (1 - lam) * x[perm], targets = lam * y + (1 - lam) * y[perm], with a
+    random permutation perm of the batch; returns (x_mixed, soft targets float [B, K]).
+    lambda is drawn by inverting the Beta CDF at a uniform from `generator`, so a seeded
+    generator reproduces it. Callers skip MixUp when alpha is 0.
+    """
+    if not alpha > 0:
+        raise ValueError(f"mixup alpha must be > 0 (skip MixUp for alpha 0), got {alpha!r}")
+    if not x.is_floating_point():
+        raise ValueError(f"mixup expects float (normalised) images, got {x.dtype}")
+    targets = _as_soft_targets(labels.to(x.device), x.shape[0], num_classes)
+    draw_on = _sampling_device(generator, x.device)
+    uniform = torch.rand((), generator=generator, device=draw_on, dtype=torch.float64).item()
+    lam = float(betaincinv(alpha, alpha, uniform))
+    perm = torch.randperm(x.shape[0], generator=generator, device=draw_on).to(x.device)
+    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def patch_shuffle(images, grid=4, generator=None):
+    """Cut each image [B,C,H,W] into grid x grid tiles and permute the tiles, independently per image.
+
+    Destroys objects while keeping colours and local texture: a pseudo-OOD set made from ID
+    images, for choices that must not look at the test OOD sets.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B,C,H,W], got {tuple(images.shape)}")
+    batch, channels, height, width = images.shape
+    if not isinstance(grid, int) or grid < 1 or height % grid or width % grid:
+        raise ValueError(f"grid must be a positive int dividing the image size {height}x{width}, got {grid!r}")
+    tile_h, tile_w = height // grid, width // grid
+    tiles = (images.reshape(batch, channels, grid, tile_h, grid, tile_w)
+             .permute(0, 2, 4, 1, 3, 5).reshape(batch, grid * grid, channels, tile_h, tile_w))
+    draw_on = _sampling_device(generator, images.device)
+    order = torch.rand(batch, grid * grid, generator=generator, device=draw_on).argsort(dim=1).to(images.device)
+    shuffled = tiles[torch.arange(batch, device=images.device)[:, None], order]
+    return (shuffled.reshape(batch, grid, grid, channels, tile_h, tile_w)
+            .permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height, width))

@@ -1,0 +1,279 @@
+"""ImageFolder splits decoded once to uint8 tensors, with their pseudo masks.
+
+Layout (DESIGN.md §3): images in `<split root>/<class>/<image>`; the masks of a split in
+the sibling folder `<split root>_mask/<class>/<image stem>.png` (uint8: k < K = class k
+foreground, K = background, 255 = ignore). Only files directly inside a class folder are
+images of that class (nested folders are not searched), so every image has exactly one
+mask path. Hidden files (e.g. the temporaries of `utils.io.atomic_path`) are skipped.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+IGNORE_INDEX = 255
+_LAYOUT = "<root>/<class>/<image>"
+
+
+def is_image_file(path):
+    path = Path(path)
+    return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_classes(root):
+    """Sorted names of the class folders of an ImageFolder split."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset folder {root} does not exist (expected layout {_LAYOUT})")
+    if not root.is_dir():
+        raise NotADirectoryError(f"dataset path {root} is not a folder (expected layout {_LAYOUT})")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"dataset folder {root} has no class sub-folders (expected layout {_LAYOUT})")
+    return classes
+
+
+def _check_classes_match(root, found, expected):
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected or len(expected) != len(set(expected)):
+        raise ValueError(
+            f"class folders of {root} do not match the expected {len(expected)} classes: "
+            f"missing {missing}, unexpected {unexpected}"
+            + ("" if len(expected) == len(set(expected)) else "; the expected class list has duplicates"))
+
+
+def _images_in_class_folder(folder):
+    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    if not images:
+        raise FileNotFoundError(
+            f"class folder {folder} holds no images directly inside it (extensions "
+            f"{', '.join(IMG_EXTENSIONS)}; nested folders are not searched)")
+    by_stem = {}
+    for image in images:
+        if image.stem in by_stem:
+            raise ValueError(f"{by_stem[image.stem]} and {image} share the stem {image.stem!r}, "
+                             f"so they would share one mask file; rename one of them")
+        by_stem[image.stem] = image
+    return images
+
+
+def list_samples(root, classes=None):
+    """[(image path, label)] sorted by (label, filename).
+
+    `classes` (e.g. the class list stored in a checkpoint) fixes the label order and must
+    equal the set of class folders; by default the sorted folder names are the classes.
+    """
+    root = Path(root)
+    found = find_classes(root)
+    if classes is None:
+        classes = found
+    else:
+        classes = list(classes)
+        _check_classes_match(root, found, classes)
+    return [(image, label) for label, name in enumerate(classes)
+            for image in _images_in_class_folder(root / name)]
+
+
+def _named_path(path):
+    """`path` with a real last component ('.' or '..' resolved), so that .name / .parent mean folders."""
+    path = Path(path)
+    return path.resolve() if path.name in ("", ".", "..") else path
+
+
+def mask_root_for(split_root):
+    """dataset/<name>/<split> -> dataset/<name>/<split>_mask."""
+    split_root = _named_path(split_root)
+    return split_root.parent / f"{split_root.name}_mask"
+
+
+def mask_path(mask_root, image_path):
+    """<mask_root>/<class folder of the image>/<image stem>.png."""
+    image_path = Path(image_path)
+    return Path(mask_root) / image_path.parent.name / f"{image_path.stem}.png"
+
+
+def dataset_name(split_root, role):
+    """Name of a split in result files (DESIGN.md §3).
+
+    role 'id':  dataset/cifar10/test -> cifar10_test (folder above the split + split).
+    role 'ood': dataset/Textures -> Textures; a split-named folder takes the name of the
+                folder above it: dataset/SVHN/test -> SVHN.
+    """
+    split_root = _named_path(split_root)
+    if role == "id":
+        return f"{split_root.parent.name}_{split_root.name}"
+    if role == "ood":
+        return split_root.parent.name if split_root.name.lower() in SPLIT_NAMES else split_root.name
+    raise ValueError(f"role must be 'id' or 'ood', got {role!r}")
+
+
+def _missing_mask_error(path, root, detail=""):
+    return FileNotFoundError(f"mask {path} is missing{detail}; run make_cam.py --dataset={root} "
+                             f"to write the masks of that split")
+
+
+class ImageFolderDataset(Dataset):
+    """An ImageFolder split; item i -> dict(image=uint8 [3,H,W], label=int64, index=i[, mask=uint8 [Hm,Wm]]).
+
+    image_size: None keeps the native size (see `native_size`); an int resizes every image to
+    image_size x image_size on decode (PIL bilinear, antialiased when downscaling).
+    Masks keep their native size; `num_classes` (K) is required with masks, to check values.
+    """
+
+    def __init__(self, root, image_size=None, with_masks=False, mask_root=None, num_classes=None,
+                 classes=None):
+        self.root = Path(root)
+        self.samples = list_samples(self.root, classes)
+        self.classes = list(classes) if classes is not None else find_classes(self.root)
+        if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        self.image_size = image_size
+        self.with_masks = with_masks
+        self.num_classes = num_classes
+        self.mask_root = None
+        if with_masks:
+            self._check_num_classes(num_classes)
+            self.mask_root = Path(mask_root) if mask_root is not None else mask_root_for(self.root)
+            self._check_masks_exist()
+
+    def _check_num_classes(self, num_classes):
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"num_classes (K, the background value of the masks) is required with "
+                             f"masks and must be a positive int, got {num_classes!r}")
+        if num_classes != len(self.classes):
+            raise ValueError(f"num_classes={num_classes} but {self.root} has {len(self.classes)} "
+                             f"class folders")
+
+    def _check_masks_exist(self):
+        # Fail before hours of decoding/training, not at the first missing file.
+        missing = [p for p in map(self.mask_path, range(len(self))) if not p.is_file()]
+        if missing:
+            raise _missing_mask_error(missing[0], self.root,
+                                      f" ({len(missing)} of {len(self)} masks missing under {self.mask_root})")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def mask_path(self, index):
+        return mask_path(self.mask_root, self.samples[index][0])
+
+    def native_size(self):
+        """(H, W) shared by all images as decoded; reads only image headers.
+
+        Raises ValueError naming two files of different sizes when there is no common size.
+        """
+        if self.image_size is not None:
+            return self.image_size, self.image_size
+        first_path, size = None, None
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            except (OSError, ValueError) as err:
+                raise OSError(f"cannot read the header of image {path}: {err}") from err
+            if size is None:
+                first_path, size = path, (height, width)
+            elif (height, width) != size:
+                raise ValueError(
+                    f"images of {self.root} differ in size: {first_path} is {size[1]}x{size[0]}, "
+                    f"{path} is {width}x{height} (WxH); pass an image size to decode at "
+                    f"(e.g. image_size={max(size)})")
+        return size
+
+    def load_image(self, index):
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if self.image_size is not None and image.size != (self.image_size, self.image_size):
+                    image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+                pixels = np.array(image, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError on some broken headers
+            raise OSError(f"cannot decode image file {path}: {err}") from err
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+    def load_mask(self, index):
+        path = self.mask_path(index)
+        try:
+            with Image.open(path) as mask:
+                if mask.mode not in ("L", "P"):
+                    raise ValueError(f"mask {path} has PIL mode {mask.mode}; expected one 8-bit channel")
+                values = torch.from_numpy(np.array(mask, dtype=np.uint8))
+        except FileNotFoundError:
+            raise _missing_mask_error(path, self.root) from None
+        except (OSError, SyntaxError) as err:
+            raise OSError(f"cannot decode mask file {path}: {err}") from err
+        bad = (values > self.num_classes) & (values != IGNORE_INDEX)
+        if bad.any():
+            raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected 0..{self.num_classes - 1} "
+                             f"(foreground class), {self.num_classes} (background) or {IGNORE_INDEX} (ignore)")
+        return values
+
+    def __getitem__(self, index):
+        item = {"image": self.load_image(index),
+                "label": torch.tensor(self.samples[index][1], dtype=torch.int64),
+                "index": index}
+        if self.with_masks:
+            item["mask"] = self.load_mask(index)
+        return item
+
+
+class _BatchStacker:
+    """collate_fn that stacks a batch and names the file when sizes differ (default collate would not)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __call__(self, items):
+        batch = {"index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+                 "label": torch.stack([item["label"] for item in items])}
+        keys = ("image", "mask") if "mask" in items[0] else ("image",)
+        for key in keys:
+            shape = items[0][key].shape
+            for item in items:
+                if item[key].shape != shape:
+                    raise ValueError(_size_mismatch_message(self.dataset, key, items[0]["index"], shape,
+                                                            item["index"], item[key].shape))
+            batch[key] = torch.stack([item[key] for item in items])
+        return batch
+
+
+def _file_of(dataset, key, index):
+    return dataset.mask_path(index) if key == "mask" else dataset.samples[index][0]
+
+
+def _size_mismatch_message(dataset, key, first_index, first_shape, index, shape):
+    hint = ("; pass image_size to decode all images at one size" if key == "image"
+            else "; masks of one split must share one size")
+    return (f"cannot stack {key}s of different sizes: {_file_of(dataset, key, first_index)} is "
+            f"{tuple(first_shape)}, {_file_of(dataset, key, index)} is {tuple(shape)}{hint}")
+
+
+def decode_all(dataset, batch_size=256, workers=0, progress=True, desc=None):
+    """Decode a whole ImageFolderDataset: dict(images=uint8 [N,3,H,W], labels=int64 [N][, masks=uint8 [N,Hm,Wm]])."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_BatchStacker(dataset))
+    out = {}
+    first_index = {}
+    with tqdm(total=len(dataset), desc=desc or str(dataset.root), unit="img", disable=not progress) as bar:
+        for batch in loader:
+            index = batch["index"]
+            for key, target in (("image", "images"), ("label", "labels"), ("mask", "masks")):
+                if key not in batch:
+                    continue
+                values = batch[key]
+                if target not in out:
+                    out[target] = torch.empty((len(dataset), *values.shape[1:]), dtype=values.dtype)
+                    first_index[key] = int(index[0])
+                elif values.shape[1:] != out[target].shape[1:]:
+                    raise ValueError(_size_mismatch_message(dataset, key, first_index[key], out[target].shape[1:],
+                                                            int(index[0]), values.shape[1:]))
+                out[target][index] = values
+            bar.update(len(index))
+    return out
