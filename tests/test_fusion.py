@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+
+from utils.fusion import (DEFAULT_FUSION, DEFAULT_GRID, FUSIONS, apply_fusions, background_score,
+                          fusion_name, select_all_fusions, select_fusion, split_logits)
+from utils.metrics import auroc
+
+
+@pytest.fixture
+def logits_k1():
+    return np.random.default_rng(0).normal(0, 3, size=(30, 5))   # K = 4, background last
+
+
+def test_split_logits_puts_background_last(logits_k1):
+    foreground, background = split_logits(logits_k1)
+    np.testing.assert_array_equal(foreground, logits_k1[:, :4])
+    np.testing.assert_array_equal(background, logits_k1[:, 4])
+    with pytest.raises(ValueError, match=r"logits_k1: expected \[N, K\+1\]"):
+        split_logits(np.zeros((3, 1)))
+
+
+def test_background_score_is_higher_for_less_background():
+    foreground_like = [5.0, 0.0, -2.0]
+    background_like = [0.0, 0.0, 6.0]
+    scores = background_score(np.array([foreground_like, background_like]))
+    assert scores[0] > scores[1]
+    np.testing.assert_array_equal(scores, [2.0, -6.0])
+    assert scores.dtype == np.float32
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("temperature", [0.1, 3.0])
+def test_fusions_match_direct_formulas(logits_k1, sign, temperature):
+    fg = np.random.default_rng(1).normal(size=len(logits_k1))
+    z_bg = logits_k1[:, -1]
+    p_bg = np.exp(z_bg) / np.exp(logits_k1).sum(axis=1)
+    np.testing.assert_allclose(FUSIONS["logit"](fg, logits_k1, temperature, sign),
+                               fg - sign * z_bg / temperature, rtol=1e-12)
+    np.testing.assert_allclose(FUSIONS["prob"](fg, logits_k1, temperature, sign),
+                               fg - sign * temperature * p_bg, rtol=1e-12)
+    np.testing.assert_allclose(FUSIONS["logprob"](fg, logits_k1, temperature, sign),
+                               fg + sign * temperature * np.log(1 - p_bg), rtol=1e-9)
+
+
+def test_default_sign_penalises_background():
+    fg = np.zeros(2)
+    logits = np.array([[3.0, 0.0, -1.0], [3.0, 0.0, 4.0]])   # second image: much more background
+    for mode, fuse in FUSIONS.items():
+        scores = fuse(fg, logits, 1.0)
+        assert scores[0] > scores[1], mode
+        flipped = fuse(fg, logits, 1.0, sign=-1)
+        assert flipped[0] < flipped[1], mode
+
+
+def test_logprob_is_finite_for_extreme_logits():
+    # p_bg rounds to exactly 1 in float64; log(1 - p_bg) must still be finite.
+    # By hand: logsumexp([-1000, -1000]) = -1000 + log 2, logsumexp(all) = 1000 (+ e^-2000)
+    logits = np.array([[-1000.0, -1000.0, 1000.0], [1000.0, -1000.0, -1000.0]])
+    fg = np.array([0.5, 0.5])
+    fused = FUSIONS["logprob"](fg, logits, 2.0)
+    assert np.isfinite(fused).all()
+    np.testing.assert_allclose(fused[0], 0.5 + 2.0 * (-2000.0 + np.log(2)), rtol=1e-12)
+    np.testing.assert_allclose(fused[1], 0.5, atol=1e-12)       # p_bg ~ e^-2000: no penalty
+    for mode, fuse in FUSIONS.items():
+        assert np.isfinite(fuse(fg, logits, 1e-6)).all(), mode
+        assert np.isfinite(fuse(fg, logits, 1e6)).all(), mode
+
+
+# ---------------------------------------------------------------- selection
+
+def planted_data(rng, mode, background_is_ood, n=4000):
+    """Foreground scores and logits whose background term is Gaussian per class.
+
+    fg ~ N(1, 1) for ID, N(0, 1) for OOD. The mode's background variable v (z_bg, p_bg or
+    log(1 - p_bg)) shifts by `delta` between ID and OOD with std `std`; for Gaussians with equal
+    variances the AUROC-optimal linear combination is Fisher's: weight delta / std^2 on v
+    relative to weight 1 on fg, which fixes the planted T (1/T for 'logit', T otherwise).
+    """
+    delta, std, planted_t = {"logit": (1.0, 0.1 ** 0.5, 0.1), "prob": (0.1, 0.1, 10.0),
+                             "logprob": (0.1, 0.1, 10.0)}[mode]
+    base = {"logit": 0.0, "prob": 0.3, "logprob": -1.0}[mode]
+    # direction in which v moves when an image has more background
+    more_background = -1.0 if mode == "logprob" else 1.0
+    shift = delta * more_background * (1 if background_is_ood else -1)
+    v_id = rng.normal(base, std, n)
+    v_ood = rng.normal(base + shift, std, n)
+
+    def logits_for(v):
+        # K = 2 foreground logits at 0, so p_bg = e^b / (2 + e^b)  <=>  b = log(2 p / (1 - p))
+        if mode == "logit":
+            background = v
+        else:
+            p_bg = np.clip(v if mode == "prob" else 1 - np.exp(v), 1e-4, 1 - 1e-4)
+            background = np.log(2 * p_bg / (1 - p_bg))
+        return np.column_stack([np.zeros((len(v), 2)), background])
+
+    return rng.normal(1, 1, n), logits_for(v_id), rng.normal(0, 1, n), logits_for(v_ood), planted_t
+
+
+@pytest.mark.parametrize("mode", list(FUSIONS))
+@pytest.mark.parametrize("background_is_ood", [True, False])
+def test_selection_finds_planted_sign_and_temperature(mode, background_is_ood):
+    rng = np.random.default_rng(2)
+    id_fg, id_logits, ood_fg, ood_logits, planted_t = planted_data(rng, mode, background_is_ood)
+    choice = select_fusion(id_fg, id_logits, ood_fg, ood_logits, mode)
+    assert choice.sign == (1 if background_is_ood else -1)
+    # within one grid step (10^0.25) of Fisher's optimum (AUROC is flat near its maximum)
+    assert abs(np.log10(choice.temperature / planted_t)) <= 0.25
+    assert choice.auroc > auroc(id_fg, ood_fg) + 0.05          # the background carries signal
+    fused = FUSIONS[mode](id_fg, id_logits, choice.temperature, choice.sign)
+    fused_ood = FUSIONS[mode](ood_fg, ood_logits, choice.temperature, choice.sign)
+    assert choice.auroc == pytest.approx(auroc(fused, fused_ood))
+
+
+@pytest.mark.parametrize("mode, weakest", [("logit", DEFAULT_GRID.max()), ("prob", DEFAULT_GRID.min()),
+                                           ("logprob", DEFAULT_GRID.min())])
+def test_ties_go_to_positive_sign_and_weakest_background_term(mode, weakest):
+    # foreground separates perfectly and the background is noise: every weak enough fusion
+    # of either sign reaches AUROC 1
+    rng = np.random.default_rng(3)
+    id_logits, ood_logits = rng.normal(size=(50, 3)), rng.normal(size=(60, 3))
+    choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode)
+    assert choice == (1, weakest, 1.0)
+    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, signs=(-1,))
+    assert only_negative.sign == -1
+
+
+def test_select_all_and_apply_fusions_names_and_values():
+    rng = np.random.default_rng(4)
+    id_fg, id_logits, val_fg, val_logits, _ = planted_data(rng, "logit", True, n=200)
+    choices = select_all_fusions({"Energy": id_fg, "MSP": id_fg / 10}, id_logits,
+                                 {"Energy": val_fg, "MSP": val_fg / 10}, val_logits)
+    assert set(choices) == {(m, mode) for m in ("Energy", "MSP") for mode in FUSIONS}
+    test_logits = rng.normal(size=(7, 3))
+    fg_scores = {"Energy": {"test_set": rng.normal(size=7)}, "MSP": {"test_set": rng.random(7)}}
+    fused = apply_fusions(fg_scores, {"test_set": test_logits}, choices)
+    assert list(fused) == ["DFB-Energy", "DFB-Energy[logit]", "DFB-Energy[prob]", "DFB-Energy[logprob]",
+                           "DFB-MSP", "DFB-MSP[logit]", "DFB-MSP[prob]", "DFB-MSP[logprob]"]
+    for method in ("Energy", "MSP"):
+        for mode in FUSIONS:
+            sign, temperature, _ = choices[method, mode]
+            expected = FUSIONS[mode](fg_scores[method]["test_set"], test_logits, temperature, sign)
+            got = fused[fusion_name(method, mode)]["test_set"]
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
+        np.testing.assert_array_equal(fused[fusion_name(method)]["test_set"],
+                                      fused[fusion_name(method, DEFAULT_FUSION)]["test_set"])
+
+
+def test_clear_errors(logits_k1):
+    fg = np.zeros(len(logits_k1))
+    with pytest.raises(ValueError, match="fg_score: expected shape"):
+        FUSIONS["logit"](fg[:3], logits_k1, 1.0)
+    with pytest.raises(ValueError, match="temperature: expected a finite value > 0"):
+        FUSIONS["prob"](fg, logits_k1, 0.0)
+    with pytest.raises(ValueError, match="sign: expected"):
+        FUSIONS["logprob"](fg, logits_k1, 1.0, sign=2)
+    with pytest.raises(ValueError, match="fusion mode: expected one of"):
+        select_fusion(fg, logits_k1, fg, logits_k1, "product")
+    with pytest.raises(ValueError, match="no \\('Energy', 'logit'\\) entry"):
+        apply_fusions({"Energy": {"a": fg}}, {"a": logits_k1}, {("Energy", "prob"): (1, 1.0, 0.5)})
+    with pytest.raises(ValueError, match="logits: no \\[N, K\\+1\\] logits for sets \\['a'\\]"):
+        apply_fusions({"Energy": {"a": fg}}, {}, {("Energy", "logit"): (1, 1.0, 0.5)})

@@ -1,0 +1,107 @@
+"""OOD detection metrics: FPR at 95 % TPR, AUROC, AUPR-In, AUPR-Out.
+
+Convention (DESIGN.md §3): in-distribution (ID) is the positive class and every score
+is "higher = more in-distribution". All metrics are fractions in [0, 1].
+
+Written with numpy only (sort / rank based); scikit-learn serves as the independent
+oracle in the tests, and AUROC / AUPR agree with its `roc_auc_score` and step-wise
+`average_precision_score` exactly, ties included.
+"""
+import math
+
+import numpy as np
+
+
+def _check_scores(scores, name):
+    """1-D float64 array without NaN; a clear error names the argument otherwise."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of scores, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name}: expected at least one score, got an empty array")
+    nans = int(np.isnan(array).sum())
+    if nans:
+        raise ValueError(f"{name}: {nans} of {array.size} scores are NaN")
+    return array
+
+
+def fpr_at_tpr(id_scores, ood_scores, tpr=0.95):
+    """Fraction of OOD scores >= the threshold that keeps a fraction `tpr` of ID scores.
+
+    The threshold t is the largest value with at least ceil(tpr * n_id) ID scores >= t,
+    i.e. the ceil(tpr * n_id)-th largest ID score.
+    """
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    # round() absorbs binary noise such as 0.95 * 20 = 19.000000000000004
+    kept = max(1, math.ceil(round(tpr * id_scores.size, 9)))
+    threshold = np.sort(id_scores)[::-1][kept - 1]
+    return float(np.mean(ood_scores >= threshold))
+
+
+def fpr_at_95_tpr(id_scores, ood_scores):
+    """FPR95: fraction of OOD samples scored >= the threshold that keeps 95 % of ID samples."""
+    return fpr_at_tpr(id_scores, ood_scores, 0.95)
+
+
+def auroc(id_scores, ood_scores):
+    """Area under the ROC curve = P(score_id > score_ood) + 1/2 P(score_id = score_ood).
+
+    Computed as the Mann-Whitney U statistic from mid-ranks (tied scores share the
+    average of their ranks, which is what makes ties count one half).
+    """
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    n_id, n_ood = id_scores.size, ood_scores.size
+    _, group, counts = np.unique(np.concatenate([id_scores, ood_scores]),
+                                 return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0     # 1-based ranks
+    id_rank_sum = mid_rank[group[:n_id]].sum()
+    u_statistic = id_rank_sum - n_id * (n_id + 1) / 2.0
+    return float(u_statistic / (n_id * n_ood))
+
+
+def _average_precision(positive_scores, negative_scores):
+    """Step-wise average precision: AP = sum_n (R_n - R_(n-1)) P_n over distinct thresholds.
+
+    Thresholds run over the distinct scores from high to low; tied scores enter together.
+    This is scikit-learn's `average_precision_score` definition (no interpolation).
+    """
+    scores = np.concatenate([positive_scores, negative_scores])
+    is_positive = np.concatenate([np.ones(positive_scores.size), np.zeros(negative_scores.size)])
+    order = np.argsort(-scores, kind="stable")
+    scores, is_positive = scores[order], is_positive[order]
+    # last index of every run of equal scores (`!=` instead of np.diff: inf - inf is NaN)
+    run_ends = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
+    true_pos = np.cumsum(is_positive)[run_ends]
+    precision = true_pos / (run_ends + 1)
+    recall = true_pos / positive_scores.size
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def aupr_in(id_scores, ood_scores):
+    """Area under the precision-recall curve with ID as the positive class (average precision)."""
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    return _average_precision(id_scores, ood_scores)
+
+
+def aupr_out(id_scores, ood_scores):
+    """Area under the precision-recall curve with OOD as the positive class (scores negated)."""
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    return _average_precision(-ood_scores, -id_scores)
+
+
+def ood_metrics(id_scores, ood_scores):
+    """All four metrics as a dict {fpr95, auroc, aupr_in, aupr_out} of fractions in [0, 1]."""
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    return {
+        "fpr95": fpr_at_95_tpr(id_scores, ood_scores),
+        "auroc": auroc(id_scores, ood_scores),
+        "aupr_in": aupr_in(id_scores, ood_scores),
+        "aupr_out": aupr_out(id_scores, ood_scores),
+    }
