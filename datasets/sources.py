@@ -1,0 +1,156 @@
+"""Where training and evaluation batches come from.
+
+Training draws global batches from one permutation per epoch that depends only on the
+seed and the epoch, so a run resumed at step s (with any number of processes) sees the
+batches it would have seen. Each process takes its slice of every global batch.
+
+Two sources give the same augmentation distribution:
+- `InMemoryBatches`: the whole split decoded once to uint8 and kept on the device
+  (CIFAR: 50k x 3 x 32 x 32 = 150 MB); crop, flip and resize run on whole batches there.
+- `LoaderBatches`: DataLoader workers decode and augment each image (data too large
+  to keep in memory).
+"""
+import copy
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datasets.batch_augment import test_resize, train_augment
+from datasets.folder import ImageFolderDataset, decode_all
+from datasets.transforms import TrainJointTransform, normalize
+
+
+class GlobalBatchIndices:
+    """Indices of this rank's part of every global batch, from `start_step` on, forever."""
+
+    def __init__(self, num_items, global_batch, rank=0, world_size=1, seed=0, start_step=0):
+        if global_batch % world_size:
+            raise ValueError(f"--batch {global_batch} must be divisible by the number of processes {world_size}")
+        if num_items < global_batch:
+            raise ValueError(f"the training set has {num_items} images, fewer than one batch (--batch {global_batch})")
+        self.num_items, self.global_batch = num_items, global_batch
+        self.local_batch = global_batch // world_size
+        self.rank, self.seed, self.start_step = rank, seed, start_step
+        self.batches_per_epoch = num_items // global_batch  # the incomplete last batch is dropped
+
+    def permutation(self, epoch):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            epoch, position = divmod(step, self.batches_per_epoch)
+            permutation = self.permutation(epoch)
+            for batch in range(position, self.batches_per_epoch):
+                start = batch * self.global_batch + self.rank * self.local_batch
+                yield permutation[start:start + self.local_batch]
+            step = (epoch + 1) * self.batches_per_epoch
+
+
+def step_generator(seed, step, rank, device):
+    """Augmentation randomness that depends on (seed, step, rank) only, so a resumed run repeats it."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+    return generator
+
+
+class InMemoryBatches:
+    """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`."""
+
+    def __init__(self, decoded, indices, resolution, device, seed=0):
+        self.images = decoded["images"].to(device)
+        self.labels = decoded["labels"].to(device)
+        self.masks = decoded["masks"].to(device) if "masks" in decoded else None
+        self.indices, self.resolution, self.device, self.seed = indices, resolution, device, seed
+
+    def __iter__(self):
+        for step, index in enumerate(self.indices, start=self.indices.start_step):
+            index = index.to(self.device)
+            masks = self.masks[index] if self.masks is not None else None
+            generator = step_generator(self.seed, step, self.indices.rank, self.device)
+            images, masks = train_augment(self.images[index], masks, self.resolution, generator=generator)
+            yield images, self.labels[index], masks
+
+
+class _Augmented(Dataset):
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        image, mask = self.transform(item["image"], item.get("mask"))
+        out = {"image": image, "label": item["label"]}
+        if mask is not None:
+            out["mask"] = mask
+        return out
+
+
+class LoaderBatches:
+    """Same interface as InMemoryBatches; workers decode and augment every image."""
+
+    def __init__(self, dataset, indices, resolution, device, workers=4):
+        self.loader = DataLoader(_Augmented(dataset, TrainJointTransform(resolution)),
+                                 batch_sampler=indices, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        self.device = device
+
+    def __iter__(self):
+        for batch in self.loader:
+            images = normalize(batch["image"].to(self.device, non_blocking=True))
+            masks = batch["mask"].to(self.device, non_blocking=True) if "mask" in batch else None
+            yield images, batch["label"].to(self.device), masks
+
+
+def decode_size_for(dataset, fallback_size):
+    """Keep native pixels when every image has the same size (CIFAR); otherwise decode at
+    `fallback_size` so the set can be stacked."""
+    try:
+        dataset.native_size()
+        return None
+    except ValueError:
+        return fallback_size
+
+
+def restrict(dataset, indices):
+    """The same split limited to `indices` (positions renumbered 0..len-1), e.g. without held-out images."""
+    subset = copy.copy(dataset)
+    subset.samples = [dataset.samples[i] for i in indices]
+    return subset
+
+
+def decoded_size(dataset):
+    """(height, width) of the uint8 images the dataset yields."""
+    if dataset.image_size is not None:
+        return (dataset.image_size, dataset.image_size)
+    return tuple(dataset.native_size())
+
+
+def eval_batches(dataset, resolution, device, batch_size, workers=2, indices=None):
+    """Test-time batches in dataset order: (images float [b,3,r,r], labels [b])."""
+    subset = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        yield test_resize(images, resolution), batch["label"].to(device), batch
+
+
+def open_split(root, resolution, with_masks=False, mask_root=None, num_classes=None, classes=None,
+               decode_for_training=False):
+    """The ImageFolder of a split, decoding at native size where possible."""
+    dataset = ImageFolderDataset(root, with_masks=with_masks, mask_root=mask_root,
+                                 num_classes=num_classes, classes=classes)
+    fallback = round(resolution * 160 / 128) if decode_for_training else resolution
+    size = decode_size_for(dataset, fallback)
+    if size is not None:
+        dataset = ImageFolderDataset(root, image_size=size, with_masks=with_masks, mask_root=mask_root,
+                                     num_classes=num_classes, classes=classes)
+    return dataset
+
+
+def decode_in_memory(dataset, workers, desc):
+    return decode_all(dataset, batch_size=256, workers=workers, progress=True, desc=desc)

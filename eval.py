@@ -1,0 +1,43 @@
+"""OOD evaluation of a classifier (cls) or DFB (dfb) checkpoint.
+
+  python eval.py --model_path runs/cifar10_dfb/checkpoint.pth.tar \
+      --id_train_path dataset/cifar10/train --id_test_path dataset/cifar10/test \
+      --ood_path dataset/SVHN/test dataset/Places/test dataset/Textures/test --logdir results/cifar10_dfb
+
+Writes <logdir>/results.csv (one row per method and OOD set), results.md, accuracy.json,
+logits/<set>.npy, scores/<method>/<set>.npy and figures/.
+"""
+import argparse
+
+from utils.evaluation import run
+from utils.fusion import FUSIONS, DEFAULT_FUSION
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="checkpoint of train.py (--task cls or dfb)")
+    parser.add_argument("--id_train_path", required=True, help="ID training split (fits KNN, ViM, ReAct, Mahalanobis)")
+    parser.add_argument("--id_test_path", required=True, help="ID test split (the positives)")
+    parser.add_argument("--ood_path", nargs="+", required=True, help="one or more OOD splits")
+    parser.add_argument("--logdir", required=True, help="result folder")
+    parser.add_argument("--task", choices=["cls", "dfb"], default=None, help="only for checkpoints that do not say")
+    parser.add_argument("--head_size", type=int, default=None, help="only for checkpoints that do not say")
+    parser.add_argument("--model", default=None, help="model name (default: from the checkpoint)")
+    parser.add_argument("--resolution", type=int, default=None, help="test size (default: the checkpoint's)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["bf16", "none"], default=None)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--fusion", choices=sorted(FUSIONS), default=DEFAULT_FUSION,
+                        help="fusion reported under the plain name DFB-<method> (all are reported)")
+    parser.add_argument("--shuffle_grid", type=int, default=4, help="tiles per side of the pseudo-OOD images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--odin_temperature", type=float, default=1000.0)
+    parser.add_argument("--energy_temperature", type=float, default=1.0)
+    parser.add_argument("--knn_k", type=int, default=50)
+    parser.add_argument("--react_percentile", type=float, default=90.0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run(parse_args())

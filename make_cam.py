@@ -1,0 +1,43 @@
+"""Pseudo masks for DFB from the K-class classifier's class activation maps.
+
+  python make_cam.py --dataset=dataset/cifar10/train \
+      --model_path=cls_pretrained_models/cifar10.pth.tar --head_size=10
+
+Writes dataset/cifar10/train_mask/<class>/<stem>.png (value k = class k foreground,
+K = background), skips masks already written, and runs under torchrun too.
+"""
+import argparse
+
+from utils.make_masks import run
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="split folder, ImageFolder layout <dataset>/<class>/<image>")
+    parser.add_argument("--model_path", required=True, help="K-class classifier checkpoint (train.py --task cls)")
+    parser.add_argument("--head_size", type=int, required=True, help="K, the number of classes of the classifier")
+    parser.add_argument("--model", default=None, help="model name (default: from the checkpoint, else BiT-M-R50x1)")
+    parser.add_argument("--labeled", action=argparse.BooleanOptionalAction, default=False,
+                        help="use the folder label instead of the predicted class (--no-labeled to turn off)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
+    parser.add_argument("--threshold", type=float, default=0.5, help="foreground where the normalised CAM > this")
+    parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian blur sigma in pixels")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="CAM input size = mask size (default: the classifier's training resolution, else 128)")
+    parser.add_argument("--out", default=None, help="mask folder (default: <dataset>_mask)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["bf16", "none"], default=None)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--overlays", type=int, default=16, help="images shown in <out>/overlays.png (0: none)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    args = parser.parse_args(argv)
+    if args.head_size < 1 or args.head_size > 254:
+        parser.error("--head_size must be in 1..254 (masks are uint8 with 255 = ignore)")
+    if not 0 < args.threshold < 1:
+        parser.error("--threshold must be in (0, 1)")
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 1: fine-tune the K-class BiT classifier of each ID data set and export it to
+# $CLS_DIR/<dataset>.pth.tar (the input of make_cam.py). Settings: see scripts/common.sh.
+source "$(dirname "$0")/common.sh"
+for ds in $DATASETS; do
+  require_split "$DATA_ROOT/$ds/train" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
+  require_split "$DATA_ROOT/$ds/test" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
+done
+require_weights
+for ds in $DATASETS; do
+  echo "[train_cls] $ds: classifier $MODEL on $DATA_ROOT/$ds/train -> $CLS_DIR/$ds.pth.tar (run $LOGDIR/${ds}_cls)"
+  "$PYTHON" train.py --task cls --datadir "$DATA_ROOT/$ds/train" --test_datadir "$DATA_ROOT/$ds/test" \
+    --model "$MODEL" --pretrained "$PRETRAINED" --logdir "$LOGDIR" --name "${ds}_cls" \
+    --export "$CLS_DIR/$ds.pth.tar" ${STEPS:+--steps "$STEPS"} $(common_flags)
+done

@@ -1,0 +1,142 @@
+"""The whole DFB pipeline at tiny size on CPU, through the three CLIs, checking every
+contract of DESIGN.md §3 on data the test makes itself."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_cli
+import make_cam
+import train
+from datasets.synthetic import generate_benchmark
+from utils.fusion import FUSIONS, background_score
+from utils.scores import SCORE_CLASSES, energy, msp
+
+TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
+        "--workers", "0", "--batch", "16", "--eval_every", "0", "--save_every", "10"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
+                              n_ood=16, progress=False)
+    train_dir, test_dir = str(sets["id_train"]), str(sets["id_test"])
+    ood_dirs = [str(path) for path in sets["ood"].values()]
+    cls_export = root / "cls_pretrained_models" / "synthetic.pth.tar"
+    train.run(train.parse_args(["--task", "cls", "--datadir", train_dir, "--test_datadir", test_dir,
+                                "--logdir", str(root / "runs"), "--name", "cls", "--steps", "12",
+                                "--export", str(cls_export), *TINY]))
+    cam_summary = make_cam.run(make_cam.parse_args([
+        f"--dataset={train_dir}", f"--model_path={cls_export}", "--head_size=6", "--device=cpu",
+        "--workers=0", "--batch=16", "--overlays=4"]))
+    train.run(train.parse_args(["--task", "dfb", "--datadir", train_dir, "--test_datadir", test_dir,
+                                "--logdir", str(root / "runs"), "--name", "dfb", "--steps", "12",
+                                "--holdout", "0.1", *TINY]))
+    results = root / "results"
+    eval_cli.run(eval_cli.parse_args([
+        "--model_path", str(root / "runs" / "dfb" / "checkpoint.pth.tar"), "--id_train_path", train_dir,
+        "--id_test_path", test_dir, "--ood_path", *ood_dirs, "--logdir", str(results), "--device", "cpu",
+        "--workers", "0", "--batch", "32", "--knn_k", "5"]))
+    return dict(root=root, sets=sets, cls_export=cls_export, cam_summary=cam_summary, results=results,
+                ood_names=sorted(sets["ood"]))
+
+
+def test_masks_follow_the_contract(pipeline):
+    train_dir = pipeline["sets"]["id_train"]
+    mask_root = train_dir.parent / "train_mask"
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    for k, name in enumerate(classes):
+        images = sorted(p.stem for p in (train_dir / name).iterdir())
+        masks = sorted(p.stem for p in (mask_root / name).iterdir())
+        assert images == masks
+        for stem in masks[:3]:
+            mask = np.array(Image.open(mask_root / name / f"{stem}.png"))
+            assert mask.dtype == np.uint8 and mask.shape == (32, 32)
+            assert set(np.unique(mask)) <= {0, 1, 2, 3, 4, 5, 6}
+    summary = json.loads((mask_root / "summary.json").read_text())
+    assert summary["images_computed"] == 72 and 0 <= summary["mean_foreground_fraction"] <= 1
+    assert (mask_root / "overlays.png").is_file()
+
+
+def test_make_cam_skips_existing_masks(pipeline):
+    train_dir = pipeline["sets"]["id_train"]
+    summary = make_cam.run(make_cam.parse_args([
+        f"--dataset={train_dir}", f"--model_path={pipeline['cls_export']}", "--head_size=6", "--device=cpu",
+        "--workers=0", "--overlays=0"]))
+    assert summary["images_computed"] == 0 and summary["images_skipped"] == 72
+
+
+def test_checkpoints_say_what_they_are(pipeline):
+    for name, task, head in (("cls", "cls", 6), ("dfb", "dfb", 7)):
+        checkpoint = torch.load(pipeline["root"] / "runs" / name / "checkpoint.pth.tar", weights_only=False)
+        for key in ("model", "optim", "step", "args"):
+            assert key in checkpoint
+        assert checkpoint["task"] == task and checkpoint["head_size"] == head
+        assert checkpoint["num_classes"] == 6 and len(checkpoint["classes"]) == 6
+        assert checkpoint["model_name"] == "ResNetV2-Tiny" and checkpoint["step"] == 12 and checkpoint["finished"]
+        assert checkpoint["model"]["head.conv.weight"].shape[0] == head
+
+
+def test_results_have_every_method_and_fusion(pipeline):
+    results = pipeline["results"]
+    with open(results / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
+    methods = {row["method"] for row in rows}
+    expected = set(SCORE_CLASSES) | {"Background"}
+    expected |= {f"DFB-{m}" for m in SCORE_CLASSES} | {f"DFB-{m}[{mode}]" for m in SCORE_CLASSES for mode in FUSIONS}
+    assert methods == expected
+    for method in methods:
+        assert sorted(r["ood_dataset"] for r in rows if r["method"] == method) == pipeline["ood_names"]
+    for row in rows:
+        assert row["id_dataset"] == "synthetic_test"
+        for key in ("fpr95", "auroc", "aupr_in", "aupr_out"):
+            assert 0.0 <= float(row[key]) <= 1.0
+    assert (results / "results.md").read_text().count("\n| ") >= len(methods)
+    accuracy = json.loads((results / "accuracy.json").read_text())
+    assert 0 <= accuracy["top1"] <= 1
+    for figure in (results / "figures").glob("*.png"):
+        assert Image.open(figure).format == "PNG"
+
+
+def test_logits_and_scores_follow_the_contract(pipeline):
+    results = pipeline["results"]
+    for name in ["synthetic_train", "synthetic_test", *pipeline["ood_names"]]:
+        logits = np.load(results / "logits" / f"{name}.npy")
+        assert logits.dtype == np.float32 and logits.ndim == 2 and logits.shape[1] == 7
+    test_logits = np.load(results / "logits" / "synthetic_test.npy")
+    assert test_logits.shape[0] == 24
+    fg = test_logits[:, :6]  # background is the LAST column
+    np.testing.assert_allclose(np.load(results / "scores" / "MSP" / "synthetic_test.npy"), msp(fg), rtol=1e-5)
+    np.testing.assert_allclose(np.load(results / "scores" / "Energy" / "synthetic_test.npy"), energy(fg), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.load(results / "scores" / "Background" / "synthetic_test.npy"),
+                               background_score(test_logits), rtol=1e-6)
+    assert np.allclose(background_score(test_logits), -test_logits[:, 6])
+    selection = json.loads((results / "fusion_selection.json").read_text())
+    choice = selection["DFB-Energy[logit]"]
+    expected = FUSIONS["logit"](energy(fg), test_logits, choice["temperature"], choice["sign"])
+    np.testing.assert_allclose(np.load(results / "scores" / "DFB-Energy[logit]" / "synthetic_test.npy"), expected,
+                               rtol=1e-5, atol=1e-5)
+    for ood in pipeline["ood_names"]:
+        assert np.load(results / "scores" / "DFB-Energy" / f"{ood}.npy").dtype == np.float32
+
+
+def test_eval_cache_is_reused_and_keyed_by_checkpoint(pipeline, capsys):
+    root, sets = pipeline["root"], pipeline["sets"]
+    args = ["--id_train_path", str(sets["id_train"]), "--id_test_path", str(sets["id_test"]),
+            "--ood_path", *map(str, sets["ood"].values()), "--device", "cpu", "--workers", "0", "--knn_k", "5"]
+    eval_cli.run(eval_cli.parse_args(["--model_path", str(root / "runs" / "dfb" / "checkpoint.pth.tar"),
+                                      "--logdir", str(pipeline["results"]), *args]))
+    assert "extracted" not in capsys.readouterr().out
+    # the classifier is another checkpoint: nothing may come from the dfb network's cache
+    eval_cli.run(eval_cli.parse_args(["--model_path", str(pipeline["cls_export"]),
+                                      "--logdir", str(pipeline["results"]), *args]))
+    out = capsys.readouterr().out
+    assert "cached" not in out.split("[eval] synthetic_train")[1].splitlines()[0]
+    logits = np.load(pipeline["results"] / "logits" / "synthetic_test.npy")
+    assert logits.shape[1] == 6  # a plain classifier: [N, K]

@@ -1,0 +1,58 @@
+"""Fine-tune BiT: the K-class classifier (--task cls) or DFB's (K+1)-class dense network (--task dfb).
+
+  python train.py --task cls --datadir dataset/cifar10/train --test_datadir dataset/cifar10/test \
+      --name cifar10_cls --export cls_pretrained_models/cifar10.pth.tar
+  python train.py --task dfb --datadir dataset/cifar10/train --test_datadir dataset/cifar10/test \
+      --name cifar10_dfb
+
+Runs resume automatically from <logdir>/<name>/checkpoint.pth.tar. Under torchrun every
+process trains on its slice of each global batch (--batch is the global batch).
+"""
+import argparse
+
+from utils.train_setup import run
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["cls", "dfb"], required=True,
+                        help="cls: K-class classifier; dfb: (K+1)-class dense network on pseudo masks")
+    parser.add_argument("--datadir", required=True, help="training split, ImageFolder: <datadir>/<class>/<image>")
+    parser.add_argument("--test_datadir", default=None, help="ID test split for top-1 (e.g. dataset/cifar10/test)")
+    parser.add_argument("--mask_dir", default=None, help="dfb: pseudo masks (default: <datadir>_mask)")
+    parser.add_argument("--model", default="BiT-M-R50x1", help="BiT model name (or ResNetV2-Tiny for demos)")
+    parser.add_argument("--logdir", default="runs", help="runs are written to <logdir>/<name>/")
+    parser.add_argument("--name", required=True, help="run name")
+    parser.add_argument("--export", default=None, help="copy the finished checkpoint here")
+    parser.add_argument("--batch", type=int, default=128, help="global batch size")
+    parser.add_argument("--base_lr", type=float, default=0.003)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="total steps (default: BiT HyperRule; the schedule is scaled to fit)")
+    parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)")
+    parser.add_argument("--resolution", type=int, default=128, help="training crop / test size")
+    parser.add_argument("--pretrained", default=None,
+                        help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start from scratch")
+    parser.add_argument("--holdout", type=float, default=0.01,
+                        help="dfb: fraction of training images held out to measure mask accuracy / IoU")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", choices=["bf16", "none"], default=None,
+                        help="mixed precision (default: bf16 on GPUs, none on the CPU)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
+    parser.add_argument("--data_on_device", choices=["auto", "always", "never"], default="auto",
+                        help="keep the decoded training set on the device (auto: when it fits)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_every", type=int, default=1000, help="evaluate every N steps (0: only at the end)")
+    parser.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps")
+    args = parser.parse_args(argv)
+    for flag in ("batch", "resolution", "save_every"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be positive")
+    if not 0 <= args.holdout < 1:
+        parser.error("--holdout must be in [0, 1)")
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args())

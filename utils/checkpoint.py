@@ -1,0 +1,64 @@
+"""Checkpoints per DESIGN.md §3: a dict with `model`, `optim`, `step`, the run's `args`, and
+what the network is (`task`, `model_name`, `head_size`, `num_classes`, `classes`,
+`resolution`), so a run can resume and any stage can check it was given the right file.
+"""
+import hashlib
+from pathlib import Path
+
+import torch
+
+from utils.io import torch_save_atomic
+
+TASKS = ("cls", "dfb")
+
+
+def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_name, classes,
+                    resolution, finished=False):
+    num_classes = len(classes)
+    torch_save_atomic({
+        "model": model_state,
+        "optim": optim_state,
+        "step": step,
+        "args": dict(args),
+        "task": task,
+        "model_name": model_name,
+        "num_classes": num_classes,
+        "head_size": num_classes + (1 if task == "dfb" else 0),
+        "classes": list(classes),
+        "resolution": resolution,
+        "finished": finished,
+    }, path)
+
+
+def load_checkpoint(path, expect_task=None):
+    """Load a checkpoint on the CPU. Files of the original BiT/DFB release (a dict with only
+    `model`, or a bare state dict) are accepted with task/head size unknown (None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # corrupt or truncated file
+        raise ValueError(f"checkpoint {path} could not be read ({error})") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path} is not a dict (got {type(checkpoint).__name__})")
+    if "model" not in checkpoint:
+        if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            checkpoint = {"model": checkpoint}
+        else:
+            raise ValueError(f"checkpoint {path} has no 'model' entry (keys: {sorted(checkpoint)[:8]})")
+    for key in ("task", "model_name", "head_size", "num_classes", "classes", "resolution", "step"):
+        checkpoint.setdefault(key, None)
+    if expect_task and checkpoint["task"] not in (None, expect_task):
+        raise ValueError(f"checkpoint {path} is a '{checkpoint['task']}' checkpoint, "
+                         f"but this stage needs a '{expect_task}' checkpoint")
+    return checkpoint
+
+
+def file_digest(path, chunk=1 << 22):
+    """sha256 of a file's bytes (cache keys: a new checkpoint never reuses old features)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

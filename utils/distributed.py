@@ -1,0 +1,77 @@
+"""torchrun support: one process per device, NCCL on GPUs, gloo on CPUs.
+
+Without torchrun's environment every helper degrades to the single-process case, so
+the same code path serves both.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device_arg="auto"):
+    """Set up the process group when launched by torchrun; return (device, rank, world_size)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_arg, local_rank if world_size > 1 else None)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return device, rank, world_size
+
+
+def resolve_device(device_arg="auto", local_rank=None):
+    """'auto' -> the GPU when there is one, else the CPU; 'cuda' under torchrun -> this rank's GPU."""
+    if device_arg == "auto":
+        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_arg)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device_arg}: CUDA is not available on this machine; use --device cpu")
+        if local_rank is not None and device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def is_main_process():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_indices(num_items, rank, world_size):
+    """Contiguous, non-overlapping shards that cover 0..num_items-1 in order."""
+    per_rank = -(-num_items // world_size)
+    return range(min(rank * per_rank, num_items), min((rank + 1) * per_rank, num_items))
+
+
+def gather_in_order(tensor, num_items, world_size):
+    """Concatenate the per-rank shards of `shard_indices` back into dataset order."""
+    if world_size == 1:
+        return tensor
+    per_rank = -(-num_items // world_size)
+    padded = torch.zeros((per_rank,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat(gathered)[:num_items]
+
+
+def broadcast_object(obj):
+    """Rank 0's Python object on every rank."""
+    if not dist.is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

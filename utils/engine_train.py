@@ -1,0 +1,115 @@
+"""The training loop shared by both tasks (setup lives in utils/train_setup.py).
+
+cls: K-class image classifier, cross-entropy (with MixUp on large datasets).
+dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored).
+"""
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from datasets.batch_augment import mixup
+from datasets.sources import step_generator
+from utils.runtime import autocast
+from utils.schedule import get_lr
+
+IGNORE = 255
+
+
+class DenseLogits(nn.Module):
+    """Per-pixel logits at the input's size as the module's forward, so DDP and
+    torch.compile see the dense computation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.dense_logits(images, upsample=True)
+
+
+def dense_loss(dense_logits, masks):
+    """Mean cross-entropy over labelled pixels; zero (with a gradient) if none is labelled."""
+    valid = masks != IGNORE
+    if not valid.any():
+        return dense_logits.sum() * 0.0
+    return F.cross_entropy(dense_logits.float(), masks.long(), ignore_index=IGNORE)
+
+
+def soft_cross_entropy(logits, targets):
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def classification_step(net, images, labels, num_classes, mixup_alpha, generator):
+    if mixup_alpha > 0:
+        images, targets = mixup(images, labels, num_classes, mixup_alpha, generator=generator)
+        logits = net(images)
+        loss = soft_cross_entropy(logits, targets)
+        correct = (logits.argmax(1) == targets.argmax(1)).float().mean()
+    else:
+        logits = net(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        correct = (logits.argmax(1) == labels).float().mean()
+    return loss, {"accuracy": correct}
+
+
+def dense_step(net, images, masks):
+    logits = net(images)
+    loss = dense_loss(logits, masks)
+    valid = masks != IGNORE
+    pixel_accuracy = ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)
+    return loss, {"pixel_accuracy": pixel_accuracy}
+
+
+def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, num_classes, mixup_alpha,
+               device, amp, seed, rank, writer=None, on_checkpoint=None, checkpoint_every=1000,
+               on_evaluate=None, eval_every=0, log_every=10, show_progress=True):
+    """Run steps start_step .. schedule[-1]-1. Calls on_checkpoint(step) every `checkpoint_every`
+    steps and at the end, on_evaluate(step) every `eval_every` steps (0: never)."""
+    stop = schedule[-1]
+    net.train()
+    progress = tqdm(total=stop, initial=start_step, desc=f"train {task}", disable=not show_progress,
+                    dynamic_ncols=True)
+    window_start, window_images = time.perf_counter(), 0
+    step = start_step
+    for step, (images, labels, masks) in zip(range(start_step, stop), batches):
+        lr = get_lr(step, schedule, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, amp):
+            if task == "cls":
+                generator = step_generator(seed + 1, step, rank, device)
+                loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator)
+            else:
+                loss, stats = dense_step(net, images, masks)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step} (lr {lr:.2e}); lower --base_lr or check the data "
+                f"(masks with values outside 0..{num_classes}/255?). The last checkpoint was kept.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        window_images += images.shape[0]
+        if (step + 1) % log_every == 0 or step + 1 == stop:
+            elapsed = time.perf_counter() - window_start
+            throughput = window_images / max(elapsed, 1e-9)
+            values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
+            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{throughput:.0f}")
+            if writer is not None:
+                for key, value in values.items():
+                    writer.add_scalar(f"train/{key}", value, step + 1)
+                writer.add_scalar("train/images_per_second_per_process", throughput, step + 1)
+            window_start, window_images = time.perf_counter(), 0
+        progress.update(1)
+        done = step + 1
+        if on_checkpoint is not None and done % checkpoint_every == 0 and done != stop:
+            on_checkpoint(done)
+        if on_evaluate is not None and eval_every and done % eval_every == 0 and done != stop:
+            on_evaluate(done)
+            net.train()
+    progress.close()
+    return stop

@@ -1,0 +1,240 @@
+"""Stage 4 of DFB: OOD evaluation of a cls or dfb checkpoint (what eval.py runs).
+
+1. Image-level logits and pooled features of the ID train set, the ID test set and every
+   OOD set (cached under <logdir>/cache/, keyed by the checkpoint's bytes, the images'
+   bytes, the resolution and the precision, so a new checkpoint never reuses stale features).
+2. Every post-hoc score of utils/scores.py on the K foreground logits and the pooled feature.
+3. For a dfb checkpoint: the background score and every DFB fusion of every score; sign and
+   temperature are picked on ID test images against patch-shuffled copies of them
+   (a validation pseudo-OOD set), never on an OOD test set.
+4. results.csv, results.md, accuracy.json, logits/, scores/, figures/.
+"""
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.batch_augment import patch_shuffle
+from datasets.folder import dataset_name
+from datasets.sources import open_split
+from models.resnetv2 import create_model, load_state_dict_checked
+from utils import distributed
+from utils.checkpoint import file_digest, load_checkpoint
+from utils.engine_eval import extract, top1
+from utils.fusion import DEFAULT_FUSION, FUSIONS, background_score, select_fusion
+from utils.io import atomic_path, save_npy_atomic, write_text_atomic
+from utils.metrics import ood_metrics
+from utils.runtime import default_amp
+from utils.scores import IDTrainStats, compute_all_scores, make_scores
+
+CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
+PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", "Background", "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
+PSEUDO_OOD = "pseudo_ood_patch_shuffled"
+
+
+class PatchShuffled(torch.utils.data.Dataset):
+    """ID images with their tiles permuted (a fixed permutation per image): objects are
+    destroyed, colours and textures kept. Used only to choose the fusion's sign and T."""
+
+    def __init__(self, dataset, grid=4, seed=0):
+        self.dataset, self.grid, self.seed = dataset, grid, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        item["image"] = patch_shuffle(item["image"][None], self.grid, generator=generator)[0]
+        return item
+
+
+def dataset_digest(dataset):
+    """sha256 over every image's relative path and bytes."""
+    digest = hashlib.sha256()
+    for path, label in dataset.samples:
+        digest.update(f"{Path(path).relative_to(dataset.root)}|{label}|".encode())
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()
+
+
+def cached_extract(cache_dir, name, key, compute):
+    """Load <cache_dir>/<name>-<key>.npz if present, else compute and store it (rank 0)."""
+    path = Path(cache_dir) / f"{name}-{key[:20]}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {k: stored[k] for k in stored.files}, True
+    outputs = compute()
+    if distributed.is_main_process():
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **outputs)
+    return outputs, False
+
+
+def score_overrides(args):
+    return {"ODIN": {"temperature": args.odin_temperature}, "Energy": {"temperature": args.energy_temperature},
+            "KNN": {"k": args.knn_k}, "ReAct": {"percentile": args.react_percentile}}
+
+
+def load_network(args):
+    checkpoint = load_checkpoint(args.model_path)
+    task = checkpoint["task"] or args.task
+    head_size = checkpoint["head_size"] or args.head_size
+    if task is None or head_size is None:
+        raise ValueError(f"{args.model_path} does not say what it is (a checkpoint of the original release?): "
+                         f"pass --task cls|dfb and --head_size")
+    if args.task and args.task != task:
+        raise ValueError(f"--task {args.task} but {args.model_path} is a '{task}' checkpoint")
+    if args.head_size and args.head_size != head_size:
+        raise ValueError(f"--head_size {args.head_size} but {args.model_path} has a head of {head_size}")
+    model = create_model(args.model or checkpoint["model_name"] or "BiT-M-R50x1", head_size=head_size)
+    load_state_dict_checked(model, checkpoint["model"], str(args.model_path))
+    return model, checkpoint, task, head_size
+
+
+def run(args):
+    device, rank, world_size = distributed.init_distributed(args.device)
+    main = distributed.is_main_process()
+    amp = args.amp or default_amp(device)
+    model, checkpoint, task, head_size = load_network(args)
+    num_classes = head_size - 1 if task == "dfb" else head_size
+    model.to(device).eval()
+    resolution = args.resolution or checkpoint["resolution"] or 128
+    out_dir = Path(args.logdir)
+    checkpoint_key = file_digest(args.model_path)
+
+    id_train_name = dataset_name(args.id_train_path, "id")
+    id_test_name = dataset_name(args.id_test_path, "id")
+    ood_names = [dataset_name(path, "ood") for path in args.ood_path]
+    if len(set(ood_names)) != len(ood_names) or {id_train_name, id_test_name} & set(ood_names):
+        raise ValueError(f"data set names must be unique, got ID {id_train_name}, {id_test_name} and OOD {ood_names}")
+    classes = checkpoint["classes"] or None
+    plan = [(id_train_name, open_split(args.id_train_path, resolution, classes=classes)),
+            (id_test_name, open_split(args.id_test_path, resolution, classes=classes))]
+    plan += [(name, open_split(path, resolution)) for name, path in zip(ood_names, args.ood_path)]
+    id_test_dataset = plan[1][1]
+    if task == "dfb":
+        plan.append((PSEUDO_OOD, PatchShuffled(id_test_dataset, grid=args.shuffle_grid, seed=args.seed)))
+    if main:
+        print(f"[eval] {task} checkpoint {args.model_path} (head {head_size}, K={num_classes}); resolution "
+              f"{resolution}; device {device}, amp {amp}; sets: " + ", ".join(f"{n} ({len(d)})" for n, d in plan))
+
+    outputs = {}
+    for name, dataset in plan:
+        source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
+        recipe = f"{checkpoint_key}|{dataset_digest(source)}|{resolution}|{amp}|{type(dataset).__name__}"
+        if isinstance(dataset, PatchShuffled):
+            recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
+        key = hashlib.sha256(recipe.encode()).hexdigest()
+        outputs[name], hit = cached_extract(out_dir / "cache", name, key, lambda: extract(
+            model, dataset, resolution, device, args.batch, amp, args.workers, rank, world_size, desc=name))
+        if main:
+            print(f"[eval] {name}: {'cached' if hit else 'extracted'} logits {outputs[name]['logits'].shape}")
+    distributed.barrier()
+    if not main:
+        distributed.cleanup()
+        return None
+
+    results = score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names,
+                               out_dir, args, device)
+    distributed.cleanup()
+    return results
+
+
+def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names, out_dir, args,
+                     device):
+    for name in [id_train_name, id_test_name, *ood_names]:
+        save_npy_atomic(out_dir / "logits" / f"{name}.npy", outputs[name]["logits"].astype(np.float32))
+    test = outputs[id_test_name]
+    accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
+                "images": int(len(test["labels"]))}
+    write_text_atomic(out_dir / "accuracy.json", json.dumps(accuracy, indent=2) + "\n")
+
+    weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
+    train = outputs[id_train_name]
+    id_train = IDTrainStats(features=train["features"], logits=train["logits"][:, :num_classes],
+                            labels=train["labels"], head_weight=weight[:num_classes], head_bias=bias[:num_classes])
+    scored_sets = [id_test_name, *ood_names] + ([PSEUDO_OOD] if task == "dfb" else [])
+    test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
+    scores = compute_all_scores(id_train, test_sets, device=device, scores=make_scores(**score_overrides(args)))
+
+    selection = {}
+    if task == "dfb":
+        scores, selection = add_dfb_scores(scores, outputs, id_test_name, scored_sets, args.fusion)
+        write_text_atomic(out_dir / "fusion_selection.json", json.dumps(selection, indent=2) + "\n")
+
+    rows = []
+    for method, per_set in scores.items():
+        for name in [id_test_name, *ood_names]:
+            save_npy_atomic(out_dir / "scores" / method / f"{name}.npy", per_set[name].astype(np.float32))
+        for ood in ood_names:
+            rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
+                         **ood_metrics(per_set[id_test_name], per_set[ood])})
+    write_results(out_dir, rows, ood_names, accuracy)
+    draw_figures(out_dir, scores, id_test_name, ood_names)
+    return {"rows": rows, "accuracy": accuracy, "selection": selection}
+
+
+def add_dfb_scores(scores, outputs, id_test_name, scored_sets, default_mode):
+    """Background score and, for every base score, every fusion mode (name 'DFB-<m>[<mode>]') plus the
+    default mode under the plain name 'DFB-<m>'. Sign and T per (method, mode) from select_fusion."""
+    logits = {name: outputs[name]["logits"] for name in scored_sets}
+    combined = dict(scores)
+    combined["Background"] = {name: background_score(logits[name]) for name in scored_sets}
+    selection = {}
+    for method, per_set in scores.items():
+        for mode, fuse in FUSIONS.items():
+            sign, temperature, val_auroc = select_fusion(per_set[id_test_name], logits[id_test_name],
+                                                         per_set[PSEUDO_OOD], logits[PSEUDO_OOD], mode)
+            fused = {name: fuse(per_set[name], logits[name], temperature, sign) for name in scored_sets}
+            selection[f"DFB-{method}[{mode}]"] = {"sign": sign, "temperature": temperature,
+                                                  "validation_auroc": val_auroc}
+            combined[f"DFB-{method}[{mode}]"] = fused
+            if mode == default_mode:
+                combined[f"DFB-{method}"] = fused
+    return combined, selection
+
+
+def write_results(out_dir, rows, ood_names, accuracy):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
+    write_text_atomic(out_dir / "results.csv", buffer.getvalue())
+    table = markdown_table(rows, ood_names, accuracy)
+    write_text_atomic(out_dir / "results.md", table)
+    print(table)
+    print(f"[eval] wrote {out_dir / 'results.csv'}, results.md, accuracy.json, logits/, scores/, figures/")
+
+
+def markdown_table(rows, ood_names, accuracy):
+    """One row per method: FPR95 / AUROC (%) per OOD set and their average."""
+    by_method = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[row["ood_dataset"]] = row
+    header = ["method"] + [f"{name} FPR95↓ / AUROC↑" for name in ood_names] + ["average FPR95↓ / AUROC↑"]
+    lines = [f"ID: {accuracy['id_dataset']}, top-1 {100 * accuracy['top1']:.2f} % ({accuracy['images']} images)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, per_ood in by_method.items():
+        cells = [f"{100 * per_ood[n]['fpr95']:.2f} / {100 * per_ood[n]['auroc']:.2f}" for n in ood_names]
+        fpr = np.mean([per_ood[n]["fpr95"] for n in ood_names])
+        auc = np.mean([per_ood[n]["auroc"] for n in ood_names])
+        lines.append("| " + " | ".join([method, *cells, f"{100 * fpr:.2f} / {100 * auc:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_figures(out_dir, scores, id_test_name, ood_names):
+    from utils.plots import plot_roc_curves, plot_score_histograms
+    figures = out_dir / "figures"
+    shown = [m for m in PLOTTED_METHODS if m in scores]
+    for method in shown:
+        plot_score_histograms(scores[method][id_test_name], {n: scores[method][n] for n in ood_names},
+                              figures / f"hist_{method}.png", title=f"{method}: {id_test_name} vs OOD")
+    for ood in ood_names:
+        plot_roc_curves({m: (scores[m][id_test_name], scores[m][ood]) for m in shown},
+                        figures / f"roc_{ood}.png", title=f"ROC, {id_test_name} vs {ood}")

@@ -1,0 +1,110 @@
+"""Stage 2 of DFB: pseudo masks of a split from the K-class classifier's CAMs.
+
+Masks are written per the contract (DESIGN.md §3) to <split>_mask/<class>/<stem>.png, one
+file each, atomically; masks already on disk are skipped, so an interrupted run resumes.
+Under torchrun the pending images are split across processes without overlap.
+"""
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets.folder import mask_path, mask_root_for
+from datasets.sources import eval_batches, open_split
+from models.resnetv2 import create_model, load_state_dict_checked
+from utils import distributed
+from utils.cam import cams_to_masks, check_scales, multiscale_cam
+from utils.checkpoint import load_checkpoint
+from utils.io import save_png_atomic, write_text_atomic
+from utils.runtime import autocast, default_amp
+
+
+def load_classifier(model_path, head_size, model_name=None):
+    """The K-class classifier of a checkpoint, refusing a head of the wrong size or a dfb network."""
+    checkpoint = load_checkpoint(model_path, expect_task="cls")
+    if checkpoint["head_size"] is not None and checkpoint["head_size"] != head_size:
+        raise ValueError(f"--head_size {head_size} does not match {model_path}, whose head has "
+                         f"{checkpoint['head_size']} classes")
+    name = model_name or checkpoint["model_name"] or "BiT-M-R50x1"
+    model = create_model(name, head_size=head_size)
+    load_state_dict_checked(model, checkpoint["model"], str(model_path))
+    return model, checkpoint
+
+
+def run(args):
+    device, rank, world_size = distributed.init_distributed(args.device)
+    main = distributed.is_main_process()
+    amp = args.amp or default_amp(device)
+    scales = check_scales(args.scales)
+    model, checkpoint = load_classifier(args.model_path, args.head_size, args.model)
+    model.to(device).eval()
+    resolution = args.resolution or checkpoint["resolution"] or 128
+
+    dataset = open_split(args.dataset, resolution, classes=checkpoint["classes"] or None)
+    if len(dataset.classes) != args.head_size:
+        raise ValueError(f"{args.dataset} has {len(dataset.classes)} class folders but --head_size is "
+                         f"{args.head_size}; masks store folder k as value k, so they must agree")
+    out_root = Path(args.out) if args.out else mask_root_for(args.dataset)
+    targets = [mask_path(out_root, path) for path, _ in dataset.samples]
+    pending = [i for i, target in enumerate(targets) if args.overwrite or not target.is_file()]
+    mine = [pending[i] for i in distributed.shard_indices(len(pending), rank, world_size)]
+    if main:
+        print(f"[make_cam] {len(dataset)} images in {args.dataset}; {len(dataset) - len(pending)} masks "
+              f"already in {out_root}, {len(pending)} to compute; scales {list(scales)} + flips; "
+              f"class = {'folder label' if args.labeled else 'prediction'}; device {device}, amp {amp}, "
+              f"processes {world_size}")
+
+    counts = torch.zeros(4, dtype=torch.float64)  # images, foreground pixels, pixels, empty masks
+    agree = torch.zeros(1, dtype=torch.float64)   # predicted class == folder label
+    preview = []
+    with ThreadPoolExecutor(max_workers=4) as writers, torch.no_grad():
+        jobs = []
+        batches = eval_batches(dataset, resolution, device, args.batch, args.workers, mine)
+        for images, labels, batch in tqdm(batches, total=-(-len(mine) // args.batch), desc="make_cam",
+                                          disable=not main, dynamic_ncols=True):
+            with autocast(device, amp):
+                predicted = model(images).argmax(1)
+                cams = multiscale_cam(model.cam, images, scales)
+            chosen = labels if args.labeled else predicted
+            masks, _ = cams_to_masks(cams, chosen, sigma=args.sigma, threshold=args.threshold)
+            masks = masks.cpu().numpy()
+            foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
+            counts += torch.tensor([len(masks), foreground.sum(), len(masks), (foreground == 0).sum()],
+                                   dtype=torch.float64)
+            agree += (predicted == labels).sum().item()
+            for index, mask in zip(batch["index"].tolist(), masks):
+                jobs.append(writers.submit(save_png_atomic, targets[index], mask))
+            if main and len(preview) < args.overlays:
+                keep = args.overlays - len(preview)
+                preview.extend(zip(batch["image"][:keep].permute(0, 2, 3, 1).numpy(), masks[:keep]))
+        for job in jobs:
+            job.result()
+    if torch.distributed.is_initialized():
+        for tensor in (counts, agree):
+            torch.distributed.all_reduce(tensor)
+    distributed.barrier()
+    summary = None
+    if main:
+        images, foreground_sum, _, empty = counts.tolist()
+        summary = {"split": str(args.dataset), "mask_root": str(out_root), "images_total": len(dataset),
+                   "images_computed": int(images), "images_skipped": len(dataset) - len(pending),
+                   "mean_foreground_fraction": foreground_sum / images if images else None,
+                   "empty_foreground": int(empty),
+                   "classifier_accuracy_on_split": agree.item() / images if images else None,
+                   "labeled": bool(args.labeled), "scales": list(scales), "sigma": args.sigma,
+                   "threshold": args.threshold, "resolution": resolution, "model_path": str(args.model_path)}
+        write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if preview:
+            from utils.plots import save_mask_grid
+            images_np = np.stack([p[0] for p in preview])
+            save_mask_grid(images_np, np.stack([p[1] for p in preview]), args.head_size,
+                           out_root / "overlays.png", class_names=dataset.classes)
+        print(f"[make_cam] computed {int(images)} masks ({summary['images_skipped']} skipped); mean foreground "
+              f"fraction {summary['mean_foreground_fraction'] or 0:.3f}; {int(empty)} with empty foreground; "
+              f"classifier accuracy on this split {summary['classifier_accuracy_on_split'] or 0:.4f}")
+        print(f"[make_cam] wrote {out_root} (summary.json" + (", overlays.png)" if preview else ")"))
+    distributed.cleanup()
+    return summary

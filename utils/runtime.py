@@ -1,0 +1,29 @@
+"""Small run-time switches shared by the three CLIs."""
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+
+def autocast(device, amp):
+    """bf16 autocast when `amp` is 'bf16'; GroupNorm and weight standardisation stay float32
+    (autocast runs group_norm in float32, StdConv2d standardises in float32)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if amp in (None, "none", "fp32"):
+        return contextlib.nullcontext()
+    raise ValueError(f"--amp must be 'bf16' or 'none', got {amp!r}")
+
+
+def default_amp(device):
+    """bf16 on GPUs that support it; fp32 on the CPU, where bf16 convolutions are slow."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "none"
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

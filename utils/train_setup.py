@@ -1,0 +1,199 @@
+"""Everything `train.py` sets up before the loop: data, model, optimizer, resume, logging,
+and what happens at checkpoints and evaluations."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from datasets.folder import find_classes, mask_root_for
+from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches, decode_in_memory,
+                              decoded_size, open_split, restrict)
+from models.resnetv2 import create_model, load_state_dict_checked
+from utils import distributed
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.engine_eval import extract, top1
+from utils.engine_train import DenseLogits, train_loop
+from utils.dense_eval import evaluate_masks
+from utils.io import write_text_atomic
+from utils.runtime import default_amp, seed_everything
+from utils.schedule import get_mixup, get_schedule, scale_schedule
+
+BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
+
+
+def checkpoint_path(run_dir):
+    return Path(run_dir) / "checkpoint.pth.tar"
+
+
+def pretrained_path(args):
+    if args.pretrained and args.pretrained.lower() == "none":
+        return None
+    return Path(args.pretrained or f"pretrained/{args.model}.npz")
+
+
+def check_pretrained(args):
+    path = pretrained_path(args)
+    if path is not None and not path.is_file():
+        url = BIT_URL.format(name=args.model)
+        raise FileNotFoundError(
+            f"BiT weights {path} not found. Download them with\n"
+            f"  mkdir -p {path.parent} && wget -O {path} {url}\n"
+            f"or pass --pretrained PATH, or --pretrained none to train from scratch.")
+    return path
+
+
+def holdout_split(num_items, fraction, seed):
+    """Deterministic split of the training set: (train indices, held-out indices)."""
+    count = int(round(num_items * fraction))
+    order = np.random.default_rng(seed).permutation(num_items)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def fits_in_memory(num_images, image_size, mask_size, device):
+    """Rough size of the decoded split against what the device can hold."""
+    needed = num_images * (3 * image_size[0] * image_size[1] + mask_size[0] * mask_size[1])
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return needed < 0.4 * free
+    return needed < 6 * 2 ** 30
+
+
+def run(args):
+    device, rank, world_size = distributed.init_distributed(args.device)
+    main = distributed.is_main_process()
+    amp = args.amp or default_amp(device)
+    run_dir = Path(args.logdir) / args.name
+    ckpt_file = checkpoint_path(run_dir)
+
+    resume = load_checkpoint(ckpt_file, expect_task=args.task) if ckpt_file.is_file() else None
+    if resume is not None and resume.get("finished"):
+        if main:
+            print(f"[train] {ckpt_file} is a finished run; nothing to do (delete it or choose another --name)")
+        export(args, ckpt_file, main)
+        distributed.cleanup()
+        return json.loads((run_dir / "final_metrics.json").read_text()) if (run_dir / "final_metrics.json").is_file() else None
+    start_step = resume["step"] if resume else 0
+    seed_everything(args.seed + rank)
+
+    classes = find_classes(args.datadir)
+    num_classes = len(classes)
+    if resume is not None and resume["classes"] and list(resume["classes"]) != classes:
+        raise ValueError(f"{ckpt_file} was trained on classes {resume['classes']}, but {args.datadir} has {classes}")
+    task = args.task
+    if task == "dfb" and num_classes > 254:
+        raise ValueError(f"masks are uint8 with 255 = ignore: at most 254 classes, {args.datadir} has {num_classes}")
+    mask_root = (Path(args.mask_dir) if args.mask_dir else mask_root_for(args.datadir)) if task == "dfb" else None
+    if mask_root is not None and not mask_root.is_dir():
+        raise FileNotFoundError(
+            f"pseudo masks {mask_root} not found: run\n  python make_cam.py --dataset={args.datadir} "
+            f"--model_path=cls_pretrained_models/<dataset>.pth.tar --head_size={num_classes}\nfirst")
+    dataset = open_split(args.datadir, args.resolution, with_masks=task == "dfb", mask_root=mask_root,
+                         num_classes=num_classes, decode_for_training=True)
+    train_indices, holdout_indices = (holdout_split(len(dataset), args.holdout, args.seed)
+                                      if task == "dfb" else (np.arange(len(dataset)), np.array([], int)))
+    schedule = get_schedule(len(train_indices))
+    if args.steps:
+        schedule = scale_schedule(schedule, args.steps)
+    mixup_alpha = (get_mixup(len(train_indices)) if args.mixup is None else args.mixup) if task == "cls" else 0.0
+
+    head_size = num_classes + (1 if task == "dfb" else 0)
+    model = create_model(args.model, head_size=head_size, zero_head=True)
+    if resume is not None:
+        load_state_dict_checked(model, resume["model"], str(ckpt_file))
+    else:
+        weights = check_pretrained(args)
+        if weights is not None:
+            model.load_from_npz(str(weights), load_head=False)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = DenseLogits(model) if task == "dfb" else model
+    if world_size > 1:
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9)
+    if resume is not None and resume.get("optim"):
+        optimizer.load_state_dict(resume["optim"])
+
+    indices = GlobalBatchIndices(len(train_indices), args.batch, rank, world_size, args.seed, start_step)
+    in_memory = args.data_on_device == "always" or (
+        args.data_on_device == "auto" and fits_in_memory(
+            len(train_indices), decoded_size(dataset), (args.resolution,) * 2 if task == "dfb" else (0, 0), device))
+    train_subset = restrict(dataset, train_indices)
+    if in_memory:
+        decoded = decode_in_memory(train_subset, args.workers, desc=f"decode {Path(args.datadir).name}")
+        batches = InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed)
+    else:
+        batches = LoaderBatches(train_subset, indices, args.resolution, device, workers=args.workers)
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        print(f"[train] task={task} model={args.model} classes={num_classes} head={head_size} "
+              f"images={len(train_indices)} held-out={len(holdout_indices)} device={device} amp={amp} "
+              f"processes={world_size} data={'in memory' if in_memory else 'worker loader'}")
+        print(f"[train] schedule {schedule} (warm-up, x0.1 steps, stop), base lr {args.base_lr}, "
+              f"batch {args.batch}, mixup {mixup_alpha}, "
+              + (f"resuming at step {start_step} from {ckpt_file}" if resume else "fresh start"))
+
+    test_dataset = None
+    if args.test_datadir:
+        test_dataset = open_split(args.test_datadir, args.resolution, classes=classes)
+    holdout_dataset = restrict(dataset, holdout_indices) if len(holdout_indices) else None
+
+    def evaluate(step):
+        metrics = {}
+        if test_dataset is not None:
+            outputs = extract(model, test_dataset, args.resolution, device, args.batch, amp, args.workers,
+                              rank, world_size, desc="eval")
+            metrics["test_top1"] = top1(outputs["logits"][:, :num_classes], outputs["labels"])
+        if holdout_dataset is not None:
+            metrics.update(evaluate_masks(model, holdout_dataset, args.resolution, device, args.batch, amp,
+                                          num_classes, rank, world_size))
+        if main:
+            for key, value in metrics.items():
+                writer.add_scalar(f"eval/{key}", value, step)
+            print(f"[train] step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def save(step, finished=False):
+        if main:
+            save_checkpoint(ckpt_file, model_state=model.state_dict(), optim_state=optimizer.state_dict(),
+                            step=step, args=vars(args), task=task, model_name=args.model, classes=classes,
+                            resolution=args.resolution, finished=finished)
+        distributed.barrier()
+
+    started = time.perf_counter()
+    train_loop(net=net, optimizer=optimizer, batches=batches, schedule=schedule, base_lr=args.base_lr,
+               start_step=start_step, task=task, num_classes=num_classes, mixup_alpha=mixup_alpha,
+               device=device, amp=amp, seed=args.seed, rank=rank, writer=writer, on_checkpoint=save,
+               checkpoint_every=args.save_every, on_evaluate=evaluate, eval_every=args.eval_every,
+               show_progress=main)
+    metrics = evaluate(schedule[-1])
+    metrics.update(steps=schedule[-1], train_seconds_this_run=round(time.perf_counter() - started, 1))
+    save(schedule[-1], finished=True)
+    if main:
+        write_text_atomic(run_dir / "final_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        writer.close()
+        print(f"[train] done: {ckpt_file}" + (f", ID top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else ""))
+    export(args, ckpt_file, main)
+    distributed.cleanup()
+    return metrics
+
+
+def export(args, ckpt_file, main):
+    """Copy the finished checkpoint to --export (e.g. cls_pretrained_models/cifar10.pth.tar)."""
+    if main and args.export:
+        target = Path(args.export)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(ckpt_file, tmp)
+        tmp.replace(target)
+        print(f"[train] exported {target}")
