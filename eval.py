@@ -32,6 +32,8 @@ def parse_args(argv=None):
                         help="fusion reported under the plain name DFB-<method> (all are reported)")
     parser.add_argument("--shuffle_grid", type=int, default=4, help="tiles per side of the pseudo-OOD images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dense_maps", type=int, default=4,
+                        help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
     parser.add_argument("--odin_temperature", type=float, default=1000.0)
     parser.add_argument("--energy_temperature", type=float, default=1.0)
     parser.add_argument("--knn_k", type=int, default=50)

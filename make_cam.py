@@ -30,6 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--amp", choices=["bf16", "none"], default=None)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--overlays", type=int, default=16, help="images shown in <out>/overlays.png (0: none)")
+    parser.add_argument("--true_masks", default=None,
+                        help="folder of ground-truth masks (same contract): report the pseudo masks' IoU")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     args = parser.parse_args(argv)
     if args.head_size < 1 or args.head_size > 254:

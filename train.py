@@ -45,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_every", type=int, default=1000, help="evaluate every N steps (0: only at the end)")
     parser.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps")
+    parser.add_argument("--stop_after", type=int, default=None,
+                        help="leave after N steps of this invocation (checkpointed; rerun to resume), "
+                             "e.g. for jobs with a time limit")
     args = parser.parse_args(argv)
     for flag in ("batch", "resolution", "save_every"):
         if getattr(args, flag) <= 0:

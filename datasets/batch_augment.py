@@ -56,11 +56,12 @@ def crop_and_flip(tensor, tops, lefts, flips, resolution):
     return picked.movedim((1, 2), (-2, -1)).contiguous()
 
 
-def train_augment(images, masks, resolution, train_size=None, generator=None):
+def train_augment(images, masks, resolution, train_size=None, generator=None, crops=None):
     """(uint8 [B,3,h,w], uint8 [B,hm,wm] or None) -> (float normalised [B,3,r,r], uint8 [B,r,r] or None).
 
     Resize to train_size (default round(r * 160 / 128)), then per-sample random crop r and
-    h-flip (p = 0.5), the same for an image and its mask.
+    h-flip (p = 0.5), the same for an image and its mask. `crops` = (tops, lefts, flips) from
+    `sample_crops` replaces the draw, e.g. a slice of the draw for a whole global batch.
     """
     resolution, train_size = check_sizes(resolution, train_size)
     check_uint8(images, "images", ("B", "3", "h", "w"))
@@ -69,7 +70,9 @@ def train_augment(images, masks, resolution, train_size=None, generator=None):
         if masks.shape[0] != images.shape[0] or masks.device != images.device:
             raise ValueError(f"masks {tuple(masks.shape)} on {masks.device} do not match images "
                              f"{tuple(images.shape)} on {images.device}")
-    tops, lefts, flips = sample_crops(images.shape[0], train_size, resolution, images.device, generator)
+    if crops is None:
+        crops = sample_crops(images.shape[0], train_size, resolution, images.device, generator)
+    tops, lefts, flips = (c.to(images.device) for c in crops)
     pixels = crop_and_flip(resize_float(images, train_size), tops, lefts, flips, resolution)
     if masks is not None:
         masks = crop_and_flip(resize_masks(masks, train_size), tops, lefts, flips, resolution)

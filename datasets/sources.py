@@ -15,9 +15,9 @@ import copy
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datasets.batch_augment import test_resize, train_augment
+from datasets.batch_augment import sample_crops, test_resize, train_augment
 from datasets.folder import ImageFolderDataset, decode_all
-from datasets.transforms import TrainJointTransform, normalize
+from datasets.transforms import TrainJointTransform, default_train_size, normalize
 
 
 class GlobalBatchIndices:
@@ -48,10 +48,11 @@ class GlobalBatchIndices:
             step = (epoch + 1) * self.batches_per_epoch
 
 
-def step_generator(seed, step, rank, device):
-    """Augmentation randomness that depends on (seed, step, rank) only, so a resumed run repeats it."""
+def step_generator(seed, step, device):
+    """Randomness of one global batch, from (seed, step) only: a resumed run repeats it, and any
+    number of processes draw the same numbers (each then takes its own slice)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+    generator.manual_seed(seed * 1_000_003 + step)
     return generator
 
 
@@ -63,13 +64,17 @@ class InMemoryBatches:
         self.labels = decoded["labels"].to(device)
         self.masks = decoded["masks"].to(device) if "masks" in decoded else None
         self.indices, self.resolution, self.device, self.seed = indices, resolution, device, seed
+        self.train_size = default_train_size(resolution)
 
     def __iter__(self):
         for step, index in enumerate(self.indices, start=self.indices.start_step):
             index = index.to(self.device)
             masks = self.masks[index] if self.masks is not None else None
-            generator = step_generator(self.seed, step, self.indices.rank, self.device)
-            images, masks = train_augment(self.images[index], masks, self.resolution, generator=generator)
+            generator = step_generator(self.seed, step, self.device)
+            crops = sample_crops(self.indices.global_batch, self.train_size, self.resolution, self.device, generator)
+            mine = slice(self.indices.rank * len(index), (self.indices.rank + 1) * len(index))
+            images, masks = train_augment(self.images[index], masks, self.resolution,
+                                          crops=[c[mine] for c in crops])
             yield images, self.labels[index], masks
 
 
@@ -144,7 +149,7 @@ def open_split(root, resolution, with_masks=False, mask_root=None, num_classes=N
     """The ImageFolder of a split, decoding at native size where possible."""
     dataset = ImageFolderDataset(root, with_masks=with_masks, mask_root=mask_root,
                                  num_classes=num_classes, classes=classes)
-    fallback = round(resolution * 160 / 128) if decode_for_training else resolution
+    fallback = default_train_size(resolution) if decode_for_training else resolution
     size = decode_size_for(dataset, fallback)
     if size is not None:
         dataset = ImageFolderDataset(root, image_size=size, with_masks=with_masks, mask_root=mask_root,

@@ -66,35 +66,36 @@ def dense_step(net, images, masks):
 
 def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, num_classes, mixup_alpha,
                device, amp, seed, rank, writer=None, on_checkpoint=None, checkpoint_every=1000,
-               on_evaluate=None, eval_every=0, log_every=10, show_progress=True):
-    """Run steps start_step .. schedule[-1]-1. Calls on_checkpoint(step) every `checkpoint_every`
-    steps and at the end, on_evaluate(step) every `eval_every` steps (0: never)."""
-    stop = schedule[-1]
+               on_evaluate=None, eval_every=0, log_every=10, show_progress=True, stop_at=None):
+    """Run steps start_step .. stop_at-1 (default: to the end of the schedule). Calls
+    on_checkpoint(step) every `checkpoint_every` steps, on_evaluate(step) every `eval_every`
+    steps (0: never). Returns the number of steps done in total."""
+    stop = schedule[-1] if stop_at is None else min(stop_at, schedule[-1])
     net.train()
-    progress = tqdm(total=stop, initial=start_step, desc=f"train {task}", disable=not show_progress,
+    progress = tqdm(total=schedule[-1], initial=start_step, desc=f"train {task}", disable=not show_progress,
                     dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
-    step = start_step
     for step, (images, labels, masks) in zip(range(start_step, stop), batches):
         lr = get_lr(step, schedule, base_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast(device, amp):
             if task == "cls":
-                generator = step_generator(seed + 1, step, rank, device)
+                generator = step_generator(seed + 1, step * 1009 + rank, device)
                 loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator)
             else:
                 loss, stats = dense_step(net, images, masks)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step} (lr {lr:.2e}); lower --base_lr or check the data "
-                f"(masks with values outside 0..{num_classes}/255?). The last checkpoint was kept.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
         window_images += images.shape[0]
+        # Reading the loss waits for the device, so it happens only every `log_every` steps.
         if (step + 1) % log_every == 0 or step + 1 == stop:
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step} (lr {lr:.2e}); lower --base_lr or check the data "
+                    f"(masks with values outside 0..{num_classes}/255?). The last checkpoint was kept.")
             elapsed = time.perf_counter() - window_start
             throughput = window_images / max(elapsed, 1e-9)
             values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}

@@ -141,6 +141,9 @@ def run(args):
 
     results = score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names,
                                out_dir, args, device)
+    if task == "dfb" and args.dense_maps > 0:
+        draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name != PSEUDO_OOD],
+                        num_classes, resolution, device, amp, args.dense_maps, out_dir / "figures" / "dense_maps.png")
     distributed.cleanup()
     return results
 
@@ -226,6 +229,25 @@ def markdown_table(rows, ood_names, accuracy):
         auc = np.mean([per_ood[n]["auroc"] for n in ood_names])
         lines.append("| " + " | ".join([method, *cells, f"{100 * fpr:.2f} / {100 * auc:.2f}"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def draw_dense_maps(model, named_datasets, num_classes, resolution, device, amp, per_set, path):
+    """The dense network's view of a few images of every set: predicted mask and background probability."""
+    from datasets.batch_augment import test_resize
+    from utils.plots import save_mask_grid
+    from utils.runtime import autocast
+    images, masks, background = [], [], []
+    for _, dataset in named_datasets:
+        batch = torch.stack([dataset[i]["image"] for i in range(min(per_set, len(dataset)))])
+        with autocast(device, amp):
+            dense = model.dense_logits(test_resize(batch.to(device), resolution), upsample=True).float()
+        images.append(torch.nn.functional.interpolate(batch.float(), size=(resolution, resolution)).to(torch.uint8))
+        masks.append(dense.argmax(1).to(torch.uint8).cpu())
+        background.append(dense.softmax(1)[:, num_classes].cpu())
+    save_mask_grid(torch.cat(images), torch.cat(masks).numpy(), num_classes, path,
+                   extra_maps={"background probability": torch.cat(background).numpy()})
+    print(f"[eval] dense maps of {per_set} images per set (" + ", ".join(n for n, _ in named_datasets) + f"): {path}")
 
 
 def draw_figures(out_dir, scores, id_test_name, ood_names):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from datasets.folder import mask_path, mask_root_for
@@ -32,6 +33,29 @@ def load_classifier(model_path, head_size, model_name=None):
     model = create_model(name, head_size=head_size)
     load_state_dict_checked(model, checkpoint["model"], str(model_path))
     return model, checkpoint
+
+
+def read_mask(path, size=None):
+    with Image.open(path) as mask:
+        if size is not None and mask.size != size:
+            mask = mask.resize(size, Image.NEAREST)
+        return np.array(mask, dtype=np.uint8)
+
+
+def compare_with_true_masks(pseudo_paths, dataset, true_root, num_classes):
+    """Pseudo-mask quality against ground-truth masks (same contract, any size: the pseudo mask
+    is resized to the true mask's size with nearest neighbour)."""
+    from utils.plots import mask_iou
+    pseudo, true = [], []
+    for pseudo_path, (image_path, _) in zip(pseudo_paths, dataset.samples):
+        true_path = mask_path(true_root, image_path)
+        if not true_path.is_file():
+            raise FileNotFoundError(f"--true_masks: {true_path} is missing (expected one mask per image)")
+        true.append(read_mask(true_path))
+        pseudo.append(read_mask(pseudo_path, size=true[-1].shape[::-1]))
+    scores = mask_iou(np.stack(pseudo), np.stack(true), num_classes)
+    return {"foreground_iou": scores["foreground_iou"], "background_iou": scores["background_iou"],
+            "images": len(true), "true_masks": str(true_root)}
 
 
 def run(args):
@@ -57,7 +81,7 @@ def run(args):
               f"class = {'folder label' if args.labeled else 'prediction'}; device {device}, amp {amp}, "
               f"processes {world_size}")
 
-    counts = torch.zeros(4, dtype=torch.float64)  # images, foreground pixels, pixels, empty masks
+    counts = torch.zeros(3, dtype=torch.float64)  # images, sum of foreground fractions, empty masks
     agree = torch.zeros(1, dtype=torch.float64)   # predicted class == folder label
     preview = []
     with ThreadPoolExecutor(max_workers=4) as writers, torch.no_grad():
@@ -72,14 +96,14 @@ def run(args):
             masks, _ = cams_to_masks(cams, chosen, sigma=args.sigma, threshold=args.threshold)
             masks = masks.cpu().numpy()
             foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
-            counts += torch.tensor([len(masks), foreground.sum(), len(masks), (foreground == 0).sum()],
-                                   dtype=torch.float64)
+            counts += torch.tensor([len(masks), foreground.sum(), (foreground == 0).sum()], dtype=torch.float64)
             agree += (predicted == labels).sum().item()
             for index, mask in zip(batch["index"].tolist(), masks):
                 jobs.append(writers.submit(save_png_atomic, targets[index], mask))
             if main and len(preview) < args.overlays:
                 keep = args.overlays - len(preview)
-                preview.extend(zip(batch["image"][:keep].permute(0, 2, 3, 1).numpy(), masks[:keep]))
+                preview.extend(zip(batch["image"][:keep].permute(0, 2, 3, 1).numpy(), masks[:keep],
+                                   batch["index"][:keep].tolist()))
         for job in jobs:
             job.result()
     if torch.distributed.is_initialized():
@@ -88,7 +112,7 @@ def run(args):
     distributed.barrier()
     summary = None
     if main:
-        images, foreground_sum, _, empty = counts.tolist()
+        images, foreground_sum, empty = counts.tolist()
         summary = {"split": str(args.dataset), "mask_root": str(out_root), "images_total": len(dataset),
                    "images_computed": int(images), "images_skipped": len(dataset) - len(pending),
                    "mean_foreground_fraction": foreground_sum / images if images else None,
@@ -96,12 +120,19 @@ def run(args):
                    "classifier_accuracy_on_split": agree.item() / images if images else None,
                    "labeled": bool(args.labeled), "scales": list(scales), "sigma": args.sigma,
                    "threshold": args.threshold, "resolution": resolution, "model_path": str(args.model_path)}
+        true_masks = None
+        if args.true_masks:
+            summary["against_true_masks"] = compare_with_true_masks(targets, dataset, args.true_masks, args.head_size)
+            true_masks = np.stack([read_mask(mask_path(args.true_masks, dataset.samples[p[2]][0]))
+                                   for p in preview]) if preview else None
+            print(f"[make_cam] against the true masks in {args.true_masks}: foreground IoU "
+                  f"{summary['against_true_masks']['foreground_iou']:.3f}, background IoU "
+                  f"{summary['against_true_masks']['background_iou']:.3f}")
         write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
         if preview:
             from utils.plots import save_mask_grid
-            images_np = np.stack([p[0] for p in preview])
-            save_mask_grid(images_np, np.stack([p[1] for p in preview]), args.head_size,
-                           out_root / "overlays.png", class_names=dataset.classes)
+            save_mask_grid(np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]), args.head_size,
+                           out_root / "overlays.png", class_names=dataset.classes, true_masks=true_masks)
         print(f"[make_cam] computed {int(images)} masks ({summary['images_skipped']} skipped); mean foreground "
               f"fraction {summary['mean_foreground_fraction'] or 0:.3f}; {int(empty)} with empty foreground; "
               f"classifier accuracy on this split {summary['classifier_accuracy_on_split'] or 0:.4f}")

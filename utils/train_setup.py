@@ -171,11 +171,19 @@ def run(args):
         distributed.barrier()
 
     started = time.perf_counter()
-    train_loop(net=net, optimizer=optimizer, batches=batches, schedule=schedule, base_lr=args.base_lr,
+    stop_at = start_step + args.stop_after if args.stop_after else None
+    done = train_loop(net=net, optimizer=optimizer, batches=batches, schedule=schedule, base_lr=args.base_lr,
                start_step=start_step, task=task, num_classes=num_classes, mixup_alpha=mixup_alpha,
                device=device, amp=amp, seed=args.seed, rank=rank, writer=writer, on_checkpoint=save,
                checkpoint_every=args.save_every, on_evaluate=evaluate, eval_every=args.eval_every,
-               show_progress=main)
+               show_progress=main, stop_at=stop_at)
+    if done < schedule[-1]:
+        save(done)
+        if main:
+            print(f"[train] stopped after step {done} of {schedule[-1]} (--stop_after); rerun the same "
+                  f"command to resume from {ckpt_file}")
+        distributed.cleanup()
+        return None
     metrics = evaluate(schedule[-1])
     metrics.update(steps=schedule[-1], train_seconds_this_run=round(time.perf_counter() - started, 1))
     save(schedule[-1], finished=True)
