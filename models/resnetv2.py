@@ -36,10 +36,11 @@ GROUP_NORM_EPS = 1e-5
 
 @dataclass(frozen=True)
 class ResNetV2Config:
-    """Depth (units per block) and width of one named model."""
+    """Depth (units per block), width and stride of the last block of one named model."""
     block_units: tuple
     width_factor: float
     has_pretrained_weights: bool = True
+    last_block_stride: int = 2
 
 
 _BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -51,8 +52,11 @@ KNOWN_MODELS = {
     for depth, width in _BIT_VARIANTS
 }
 # Not a BiT model and has NO pretrained weights: one unit per block at half width
-# (root 32 channels, feature_dim 1024), for offline demos and fast CPU tests.
-KNOWN_MODELS["ResNetV2-Tiny"] = ResNetV2Config((1, 1, 1, 1), 0.5, has_pretrained_weights=False)
+# (root 32 channels, feature_dim 1024), for offline demos and fast CPU tests. Its last block
+# keeps the resolution (output stride 16), so a 64-pixel image gives the 4x4 map that BiT
+# gives at 128 pixels, at a fraction of the cost: CAMs and dense logits stay meaningful.
+KNOWN_MODELS["ResNetV2-Tiny"] = ResNetV2Config((1, 1, 1, 1), 0.5, has_pretrained_weights=False,
+                                               last_block_stride=1)
 
 
 class StdConv2d(nn.Conv2d):
@@ -136,9 +140,10 @@ def _head_conv(feature_dim, head_size, zero_init):
 
 class ResNetV2(nn.Module):
     """BiT ResNetV2 with widths root 64*wf, block i: cout = 256*wf*2^(i-1), cmid = cout/4,
-    strides 1, 2, 2, 2; feature_dim D = 2048*wf."""
+    strides 1, 2, 2, last_block_stride (2 in BiT: output stride 32); feature_dim D = 2048*wf."""
 
-    def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom"):
+    def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
+                 last_block_stride=2):
         super().__init__()
         if len(block_units) != 4 or any(int(n) < 1 for n in block_units):
             raise ValueError(f"block_units must be 4 positive counts, got {block_units!r}")
@@ -153,7 +158,7 @@ class ResNetV2(nn.Module):
         blocks, cin = [], root_width
         for index, units in enumerate(block_units, start=1):
             cout = int(256 * width_factor) * 2 ** (index - 1)
-            stride = 1 if index == 1 else 2
+            stride = 1 if index == 1 else (last_block_stride if index == 4 else 2)
             unit_list = [(f"unit{u:02d}", PreActBottleneck(cin if u == 1 else cout, cout, cout // 4,
                                                            stride if u == 1 else 1))
                          for u in range(1, int(units) + 1)]
@@ -225,7 +230,7 @@ def create_model(name, head_size, zero_head=True):
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(KNOWN_MODELS)}")
     config = KNOWN_MODELS[name]
     return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
-                    model_name=name)
+                    model_name=name, last_block_stride=config.last_block_stride)
 
 
 # -- BiT .npz checkpoints ------------------------------------------------------------------

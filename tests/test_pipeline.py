@@ -10,39 +10,18 @@ from PIL import Image
 
 import eval as eval_cli
 import make_cam
-import train
+from conftest import run_pipeline
 from datasets.synthetic import generate_benchmark
 from utils.fusion import FUSIONS, background_score
 from utils.scores import SCORE_CLASSES, energy, msp
-
-TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
-        "--workers", "0", "--batch", "16", "--eval_every", "0", "--save_every", "10"]
-
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
                               n_ood=16, progress=False)
-    train_dir, test_dir = str(sets["id_train"]), str(sets["id_test"])
-    ood_dirs = [str(path) for path in sets["ood"].values()]
-    cls_export = root / "cls_pretrained_models" / "synthetic.pth.tar"
-    train.run(train.parse_args(["--task", "cls", "--datadir", train_dir, "--test_datadir", test_dir,
-                                "--logdir", str(root / "runs"), "--name", "cls", "--steps", "12",
-                                "--export", str(cls_export), *TINY]))
-    cam_summary = make_cam.run(make_cam.parse_args([
-        f"--dataset={train_dir}", f"--model_path={cls_export}", "--head_size=6", "--device=cpu",
-        "--workers=0", "--batch=16", "--overlays=4"]))
-    train.run(train.parse_args(["--task", "dfb", "--datadir", train_dir, "--test_datadir", test_dir,
-                                "--logdir", str(root / "runs"), "--name", "dfb", "--steps", "12",
-                                "--holdout", "0.1", *TINY]))
-    results = root / "results"
-    eval_cli.run(eval_cli.parse_args([
-        "--model_path", str(root / "runs" / "dfb" / "checkpoint.pth.tar"), "--id_train_path", train_dir,
-        "--id_test_path", test_dir, "--ood_path", *ood_dirs, "--logdir", str(results), "--device", "cpu",
-        "--workers", "0", "--batch", "32", "--knn_k", "5"]))
-    return dict(root=root, sets=sets, cls_export=cls_export, cam_summary=cam_summary, results=results,
-                ood_names=sorted(sets["ood"]))
+    outputs = run_pipeline(root, sets["id_train"], sets["id_test"], list(sets["ood"].values()), num_classes=6)
+    return dict(root=root, sets=sets, ood_names=sorted(sets["ood"]), **outputs)
 
 
 def test_masks_follow_the_contract(pipeline):

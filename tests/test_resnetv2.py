@@ -77,7 +77,7 @@ def standardized(kernel_hwio):
     return (w - mean) / torch.sqrt(var + 1e-10)
 
 
-def functional_bit_forward(arrays, block_units, x):
+def functional_bit_forward(arrays, block_units, x, last_block_stride=2):
     """The whole BiT ResNetV2 in float64 from raw npz arrays; returns (logits, pooled)."""
     def gn(h, prefix):
         return F.group_norm(h, 32, torch_layout("gamma", arrays[prefix + "gamma"]).double(),
@@ -91,7 +91,7 @@ def functional_bit_forward(arrays, block_units, x):
     for b, units in enumerate(block_units, start=1):
         for u in range(1, units + 1):
             k = f"resnet/block{b}/unit{u:02d}/"
-            stride = 2 if (b > 1 and u == 1) else 1
+            stride = (last_block_stride if b == 4 else 2) if (b > 1 and u == 1) else 1
             a = F.relu(gn(h, k + "a/group_norm/"))
             residual = conv(a, k + "a/proj/standardized_conv2d/kernel", stride) if u == 1 else h
             out = conv(a, k + "a/standardized_conv2d/kernel")
@@ -139,7 +139,7 @@ def test_npz_model_matches_functional_forward(tmp_path, name):
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         logits, pooled = model.forward_with_features(x)
-    ref_logits, ref_pooled = functional_bit_forward(arrays, units, x)
+    ref_logits, ref_pooled = functional_bit_forward(arrays, units, x, KNOWN_MODELS[name].last_block_stride)
     torch.testing.assert_close(pooled, ref_pooled, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-9, atol=1e-9)
 
@@ -201,7 +201,7 @@ def test_pooled_dense_logits_equal_image_logits(resolution):
         cam = model.cam(x)
         upsampled = model.dense_logits(x, upsample=True)
         plain_logits = model(x)
-    side = resolution // 32
+    side = resolution // 16  # ResNetV2-Tiny: output stride 16
     assert dense.shape == (2, 6, side, side)
     pooled_dense = F.adaptive_avg_pool2d(dense, 1).flatten(1)
     torch.testing.assert_close(pooled_dense, logits, rtol=0, atol=1e-5)
