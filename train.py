@@ -30,6 +30,9 @@ def parse_args(argv=None):
                         help="total steps (default: BiT HyperRule; the schedule is scaled to fit)")
     parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)")
     parser.add_argument("--resolution", type=int, default=128, help="training crop / test size")
+    parser.add_argument("--train_resize", type=int, default=None,
+                        help="training images are resized to this, then randomly cropped to --resolution "
+                             "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)")
     parser.add_argument("--pretrained", default=None,
                         help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start from scratch")
     parser.add_argument("--holdout", type=float, default=0.01,
@@ -52,6 +55,8 @@ def parse_args(argv=None):
     for flag in ("batch", "resolution", "save_every"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag} must be positive")
+    if args.train_resize is not None and args.train_resize < args.resolution:
+        parser.error(f"--train_resize ({args.train_resize}) must be at least --resolution ({args.resolution})")
     if not 0 <= args.holdout < 1:
         parser.error("--holdout must be in [0, 1)")
     return args

@@ -59,12 +59,12 @@ def step_generator(seed, step, device):
 class InMemoryBatches:
     """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`."""
 
-    def __init__(self, decoded, indices, resolution, device, seed=0):
+    def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None):
         self.images = decoded["images"].to(device)
         self.labels = decoded["labels"].to(device)
         self.masks = decoded["masks"].to(device) if "masks" in decoded else None
         self.indices, self.resolution, self.device, self.seed = indices, resolution, device, seed
-        self.train_size = default_train_size(resolution)
+        self.train_size = train_size or default_train_size(resolution)
 
     def __iter__(self):
         for step, index in enumerate(self.indices, start=self.indices.start_step):
@@ -73,7 +73,7 @@ class InMemoryBatches:
             generator = step_generator(self.seed, step, self.device)
             crops = sample_crops(self.indices.global_batch, self.train_size, self.resolution, self.device, generator)
             mine = slice(self.indices.rank * len(index), (self.indices.rank + 1) * len(index))
-            images, masks = train_augment(self.images[index], masks, self.resolution,
+            images, masks = train_augment(self.images[index], masks, self.resolution, self.train_size,
                                           crops=[c[mine] for c in crops])
             yield images, self.labels[index], masks
 
@@ -97,8 +97,8 @@ class _Augmented(Dataset):
 class LoaderBatches:
     """Same interface as InMemoryBatches; workers decode and augment every image."""
 
-    def __init__(self, dataset, indices, resolution, device, workers=4):
-        self.loader = DataLoader(_Augmented(dataset, TrainJointTransform(resolution)),
+    def __init__(self, dataset, indices, resolution, device, workers=4, train_size=None):
+        self.loader = DataLoader(_Augmented(dataset, TrainJointTransform(resolution, train_size)),
                                  batch_sampler=indices, num_workers=workers,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
         self.device = device
@@ -145,11 +145,12 @@ def eval_batches(dataset, resolution, device, batch_size, workers=2, indices=Non
 
 
 def open_split(root, resolution, with_masks=False, mask_root=None, num_classes=None, classes=None,
-               decode_for_training=False):
-    """The ImageFolder of a split, decoding at native size where possible."""
+               train_size=None):
+    """The ImageFolder of a split, decoding at native size where possible (else at the training
+    resize `train_size` when given, else at `resolution`)."""
     dataset = ImageFolderDataset(root, with_masks=with_masks, mask_root=mask_root,
                                  num_classes=num_classes, classes=classes)
-    fallback = default_train_size(resolution) if decode_for_training else resolution
+    fallback = train_size or resolution
     size = decode_size_for(dataset, fallback)
     if size is not None:
         dataset = ImageFolderDataset(root, image_size=size, with_masks=with_masks, mask_root=mask_root,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils.fusion import (DEFAULT_FUSION, DEFAULT_GRID, FUSIONS, apply_fusions, background_score,
+from utils.fusion import (DEFAULT_FUSION, DEFAULT_GRID, FUSIONS, apply_fusions, background_score, balanced_temperature,
                           fusion_name, select_all_fusions, select_fusion, split_logits)
 from utils.metrics import auroc
 
@@ -119,9 +119,10 @@ def test_ties_go_to_positive_sign_and_weakest_background_term(mode, weakest):
     # of either sign reaches AUROC 1
     rng = np.random.default_rng(3)
     id_logits, ood_logits = rng.normal(size=(50, 3)), rng.normal(size=(60, 3))
-    choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode)
+    choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, DEFAULT_GRID)
     assert choice == (1, weakest, 1.0)
-    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, signs=(-1,))
+    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, DEFAULT_GRID,
+                                  signs=(-1,))
     assert only_negative.sign == -1
 
 
@@ -161,3 +162,24 @@ def test_clear_errors(logits_k1):
         apply_fusions({"Energy": {"a": fg}}, {"a": logits_k1}, {("Energy", "prob"): (1, 1.0, 0.5)})
     with pytest.raises(ValueError, match="logits: no \\[N, K\\+1\\] logits for sets \\['a'\\]"):
         apply_fusions({"Energy": {"a": fg}}, {}, {("Energy", "logit"): (1, 1.0, 0.5)})
+
+
+@pytest.mark.parametrize("mode", list(FUSIONS))
+def test_balanced_temperature_matches_spreads_and_bounds_the_default_search(mode):
+    rng = np.random.default_rng(5)
+    id_logits = rng.normal(scale=3.0, size=(400, 4))
+    id_logits[:, -1] = rng.normal(scale=0.1, size=400)  # a background logit that barely varies on ID
+    id_fg = rng.normal(scale=7.0, size=400)
+    temperature = balanced_temperature(id_fg, id_logits, mode)
+    # the fused background part alone, computed as fused score minus foreground score
+    background_part = FUSIONS[mode](id_fg, id_logits, temperature, 1) - id_fg
+    np.testing.assert_allclose(background_part.std(), id_fg.std(), rtol=1e-9)
+    # the validation set differs only by a larger background logit, so a stronger background
+    # term always helps: the full grid would go to its end, the default search stops at 10x
+    val_logits = id_logits.copy()
+    val_logits[:, -1] += 0.05  # half the background's ID spread: AUROC grows with the weight, never reaching 1
+    choice = select_fusion(id_fg, id_logits, id_fg, val_logits, mode)
+    assert choice.sign == 1
+    assert np.isclose(choice.temperature, temperature / 10 if mode == "logit" else temperature * 10)
+    unbounded = select_fusion(id_fg, id_logits, id_fg, val_logits, mode, DEFAULT_GRID)
+    assert unbounded.auroc >= choice.auroc

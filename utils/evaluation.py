@@ -25,7 +25,7 @@ from models.resnetv2 import create_model, load_state_dict_checked
 from utils import distributed
 from utils.checkpoint import file_digest, load_checkpoint
 from utils.engine_eval import extract, top1
-from utils.fusion import DEFAULT_FUSION, FUSIONS, background_score, select_fusion
+from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
 from utils.io import atomic_path, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
 from utils.runtime import default_amp
@@ -183,22 +183,16 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
 
 
 def add_dfb_scores(scores, outputs, id_test_name, scored_sets, default_mode):
-    """Background score and, for every base score, every fusion mode (name 'DFB-<m>[<mode>]') plus the
-    default mode under the plain name 'DFB-<m>'. Sign and T per (method, mode) from select_fusion."""
+    """The background score and every DFB fusion of every base score ('DFB-<m>' for the default
+    mode, 'DFB-<m>[<mode>]' for each mode), sign and T chosen against the pseudo-OOD set."""
     logits = {name: outputs[name]["logits"] for name in scored_sets}
-    combined = dict(scores)
-    combined["Background"] = {name: background_score(logits[name]) for name in scored_sets}
-    selection = {}
-    for method, per_set in scores.items():
-        for mode, fuse in FUSIONS.items():
-            sign, temperature, val_auroc = select_fusion(per_set[id_test_name], logits[id_test_name],
-                                                         per_set[PSEUDO_OOD], logits[PSEUDO_OOD], mode)
-            fused = {name: fuse(per_set[name], logits[name], temperature, sign) for name in scored_sets}
-            selection[f"DFB-{method}[{mode}]"] = {"sign": sign, "temperature": temperature,
-                                                  "validation_auroc": val_auroc}
-            combined[f"DFB-{method}[{mode}]"] = fused
-            if mode == default_mode:
-                combined[f"DFB-{method}"] = fused
+    choices = select_all_fusions({m: per_set[id_test_name] for m, per_set in scores.items()}, logits[id_test_name],
+                                 {m: per_set[PSEUDO_OOD] for m, per_set in scores.items()}, logits[PSEUDO_OOD])
+    combined = {**scores, "Background": {name: background_score(logits[name]) for name in scored_sets}}
+    combined.update(apply_fusions(scores, logits, choices, default_mode))
+    selection = {fusion_name(method, mode): {"sign": choice.sign, "temperature": choice.temperature,
+                                             "validation_auroc": choice.auroc}
+                 for (method, mode), choice in choices.items()}
     return combined, selection
 
 

@@ -12,10 +12,13 @@ small, explicit family (DESIGN.md §1), every member reported:
     'prob'    : S = S_fg - sign * T * p_bg
     'logprob' : S = S_fg + sign * T * log(1 - p_bg)
 
-with p = softmax over all K+1 logits. sign = +1 is the method's hypothesis (more
-background = more OOD); sign = -1 flips it. The sign and T of each (method, mode)
-are picked by `select_fusion` on ID data and a VALIDATION pseudo-OOD set, never on
-a test OOD set.
+with p = softmax over all K+1 logits. sign = +1 reads the background logit as "looks
+like background, so OOD"; sign = -1 reads it as "has the familiar ID background, so ID".
+Which one holds depends on the data, so the sign and T of each (method, mode) are
+picked by `select_fusion` on ID data and a VALIDATION pseudo-OOD set, never on a test
+OOD set. By default T is searched within a factor of 10 of the balanced temperature,
+at which the background term varies as much over the ID images as the foreground score:
+the validation set can tilt the balance but not hand the score to one term alone.
 """
 from typing import NamedTuple
 
@@ -32,6 +35,9 @@ DEFAULT_FUSION = "logit"
 # the widest foreground score (pure background ranking) to vanishing below the
 # resolution of the narrowest one (pure foreground ranking).
 DEFAULT_GRID = np.logspace(-6, 6, 49)
+
+# Multiples of the balanced temperature searched by default: 1/10 .. 10, 4 per decade
+RELATIVE_GRID = np.logspace(-1, 1, 9)
 
 # AUROCs are multiples of 1 / (n_id * n_ood); closer values are rounding noise, i.e. ties
 _AUROC_TIE = 1e-12
@@ -100,6 +106,29 @@ FUSIONS = {"logit": fuse_logit, "prob": fuse_prob, "logprob": fuse_logprob}
 _LARGER_T_IS_WEAKER = {"logit": True, "prob": False, "logprob": False}
 
 
+def background_term(logits_k1, mode):
+    """What each mode subtracts (times sign and its weight): z_bg, p_bg or -log(1 - p_bg)."""
+    _check_mode(mode)
+    foreground, background = split_logits(logits_k1)
+    log_all = logsumexp(np.column_stack([foreground, background]), axis=1)
+    if mode == "logit":
+        return background
+    if mode == "prob":
+        return np.exp(background - log_all)
+    return log_all - logsumexp(foreground, axis=1)
+
+
+def balanced_temperature(id_fg, id_logits, mode):
+    """T at which the background term's standard deviation over the ID images equals that of
+    the foreground score (weight 1/T in 'logit' mode, T otherwise). Uses ID data only."""
+    fg_spread = float(np.std(np.asarray(id_fg, dtype=np.float64)))
+    term_spread = float(np.std(background_term(id_logits, mode)))
+    if not fg_spread > 0 or not term_spread > 0:
+        return 1.0  # one side is constant on ID data: no scale to match
+    ratio = term_spread / fg_spread
+    return ratio if _LARGER_T_IS_WEAKER[mode] else 1.0 / ratio
+
+
 class FusionChoice(NamedTuple):
     sign: int
     temperature: float
@@ -112,8 +141,11 @@ def _check_mode(mode):
 
 
 def select_fusion(id_fg, id_logits, val_ood_fg, val_ood_logits, mode,
-                  temperatures=DEFAULT_GRID, signs=(1, -1)):
+                  temperatures=None, signs=(1, -1)):
     """(sign, T, auroc) maximising the AUROC of ID vs a validation pseudo-OOD set.
+
+    temperatures: the grid to search; None = RELATIVE_GRID times the balanced temperature
+    of (id_fg, id_logits); DEFAULT_GRID spans every scale instead.
 
     The caller guarantees that (val_ood_fg, val_ood_logits) is NOT one of the test OOD
     sets (e.g. a held-out or synthetic pseudo-OOD set): choosing on a test set would
@@ -121,6 +153,8 @@ def select_fusion(id_fg, id_logits, val_ood_fg, val_ood_logits, mode,
     then to the weaker background term (larger T for 'logit', smaller T otherwise).
     """
     _check_mode(mode)
+    if temperatures is None:
+        temperatures = RELATIVE_GRID * balanced_temperature(id_fg, id_logits, mode)
     temperatures = np.asarray(temperatures, dtype=np.float64).ravel()
     if temperatures.size == 0 or not (np.isfinite(temperatures) & (temperatures > 0)).all():
         raise ValueError(f"temperatures: expected finite values > 0, got {temperatures}")
@@ -146,7 +180,7 @@ def fusion_name(method, mode=None):
 
 
 def select_all_fusions(id_fg_scores, id_logits, val_fg_scores, val_logits, modes=tuple(FUSIONS),
-                       temperatures=DEFAULT_GRID, signs=(1, -1)):
+                       temperatures=None, signs=(1, -1)):
     """{(method, mode): FusionChoice} for every method of `id_fg_scores` and every mode.
 
     id_fg_scores / val_fg_scores: {method: [N] foreground scores} of the ID set and of the

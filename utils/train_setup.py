@@ -10,6 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.folder import find_classes, mask_root_for
+from datasets.transforms import default_train_size
 from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches, decode_in_memory,
                               decoded_size, open_split, restrict)
 from models.resnetv2 import create_model, load_state_dict_checked
@@ -91,8 +92,9 @@ def run(args):
         raise FileNotFoundError(
             f"pseudo masks {mask_root} not found: run\n  python make_cam.py --dataset={args.datadir} "
             f"--model_path=cls_pretrained_models/<dataset>.pth.tar --head_size={num_classes}\nfirst")
+    train_size = args.train_resize or default_train_size(args.resolution)
     dataset = open_split(args.datadir, args.resolution, with_masks=task == "dfb", mask_root=mask_root,
-                         num_classes=num_classes, decode_for_training=True)
+                         num_classes=num_classes, train_size=train_size)
     train_indices, holdout_indices = (holdout_split(len(dataset), args.holdout, args.seed)
                                       if task == "dfb" else (np.arange(len(dataset)), np.array([], int)))
     schedule = get_schedule(len(train_indices))
@@ -127,9 +129,10 @@ def run(args):
     train_subset = restrict(dataset, train_indices)
     if in_memory:
         decoded = decode_in_memory(train_subset, args.workers, desc=f"decode {Path(args.datadir).name}")
-        batches = InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed)
+        batches = InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed, train_size=train_size)
     else:
-        batches = LoaderBatches(train_subset, indices, args.resolution, device, workers=args.workers)
+        batches = LoaderBatches(train_subset, indices, args.resolution, device, workers=args.workers,
+                                train_size=train_size)
 
     writer = None
     if main:
@@ -140,7 +143,7 @@ def run(args):
               f"images={len(train_indices)} held-out={len(holdout_indices)} device={device} amp={amp} "
               f"processes={world_size} data={'in memory' if in_memory else 'worker loader'}")
         print(f"[train] schedule {schedule} (warm-up, x0.1 steps, stop), base lr {args.base_lr}, "
-              f"batch {args.batch}, mixup {mixup_alpha}, "
+              f"batch {args.batch}, mixup {mixup_alpha}, resize {train_size} -> crop {args.resolution}, "
               + (f"resuming at step {start_step} from {ckpt_file}" if resume else "fresh start"))
 
     test_dataset = None
