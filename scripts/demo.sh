@@ -7,6 +7,7 @@
 #
 # Environment: OUT (demo_out), DEVICE (auto), SEED (0), STEPS_CLS / STEPS_DFB (800), BATCH (32),
 # RESOLUTION (64), TRAIN_RESIZE (72), BASE_LR (0.01), MODEL (ResNetV2-Tiny, no download needed), PRETRAINED (none),
+# synthetic data only: TRAIN_PER_CLASS (400), TEST_PER_CLASS (100), OOD_PER_SET (600);
 # real data only: ID_NAME (cifar10), OOD_SETS ("SVHN Places Textures cifar100", those present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,8 @@ start=$(date +%s)
 
 if [ $# -eq 0 ]; then
   echo "== 1/6 generating the embedded benchmark into $OUT/data (seed $SEED)"
-  $PY make_demo_data.py --out "$OUT/data" --seed "$SEED"
+  $PY make_demo_data.py --out "$OUT/data" --seed "$SEED" --train_per_class "${TRAIN_PER_CLASS:-400}" \
+    --test_per_class "${TEST_PER_CLASS:-100}" --ood "${OOD_PER_SET:-600}"
   ID="$OUT/data/synthetic"
   OOD=("$OUT/data/SynthNewObjects/test" "$OUT/data/SynthNewBackgrounds/test" "$OUT/data/SynthClutter/test")
   TRUE_MASKS=(--true_masks "$ID/train_gtmask")

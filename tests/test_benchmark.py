@@ -1,0 +1,189 @@
+"""The speed benchmark: runs end to end, compares equal work, counts FLOPs and projects times
+correctly. No timing assertions (speeds depend on the machine)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench import benchmark, official_style
+from models.resnetv2 import create_model
+from utils.cam import cams_to_masks, multiscale_cam
+from utils.io import save_png_atomic
+
+TINY = "ResNetV2-Tiny"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP threads spin-wait for a core held by
+    another process, which made these tests 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    benchmark.main(["--device", "cpu", "--model", TINY, "--resolution", "32", "--batch", "4", "--warmup", "1",
+                    "--steps", "2", "--repeats", "1", "--cam_images", "4", "--eval_images", "8",
+                    "--workers", "0", "--threads", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [row["stage"] for row in result["rows"]] == ["train_cls", "train_dfb", "cam", "extract"]
+    for row in result["rows"]:
+        for side in ("ours", "official"):
+            assert row[side]["images_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["ours"]["images_per_s"] / row["official"]["images_per_s"])
+        assert row["flop_per_image"] > 0
+    assert result["peak"]["flop_per_s"] > 0
+    assert result["environment"]["torch"] == torch.__version__
+    assert [stage["row"] for stage in result["projection"]["stages"]] == ["decode", "train_cls", "cam",
+                                                                          "train_dfb", "extract"]
+    assert result["projection"]["stages"][0]["official_s"] is None  # the official loader decodes in its steps
+    assert result["projection"]["total"]["ours_s"] > 0
+    assert result["config"]["mask_source"] == "random masks"
+    printed = capsys.readouterr().out
+    for label in ("train step (cls)", "train step (dfb dense)", "CAM", "feature extraction", "FLOP floor",
+                  "torch " + torch.__version__):
+        assert label in printed
+
+
+def _conv_flops_by_hooks(model, x, run=lambda model, x: model(x)):
+    """2 x multiply-adds of every convolution run(model, x) applies, from the output shapes seen
+    by forward hooks (in `model(x)` the head conv runs on the pooled [N, D, 1, 1] feature)."""
+    total = []
+
+    def hook(module, inputs, output):
+        kh, kw = module.kernel_size
+        total.append(2 * output.numel() * module.in_channels // module.groups * kh * kw)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        run(model, x)
+    for handle in handles:
+        handle.remove()
+    return sum(total)
+
+
+def test_flops_per_image_match_an_independent_count():
+    model = create_model(TINY, head_size=10)
+    dense_model = create_model(TINY, head_size=11)
+    flops = benchmark.flops_per_image(model, dense_model, 32, torch.device("cpu"), scales=(1.0, 0.5))
+    forward = _conv_flops_by_hooks(model, torch.zeros(1, 3, 32, 32))
+    assert flops["train_cls"] == 3 * forward
+    assert flops["extract"] == forward
+
+    def cam(size):
+        return _conv_flops_by_hooks(model, torch.zeros(1, 3, size, size), lambda m, x: m.cam(x))
+
+    assert flops["cam"] == forward + 2 * cam(32) + 2 * cam(16)
+    dense = _conv_flops_by_hooks(dense_model, torch.zeros(1, 3, 32, 32), lambda m, x: m.dense_logits(x))
+    assert flops["train_dfb"] == 3 * dense
+
+
+def test_projection_and_durations():
+    rates = {"a": {"ours": 100.0, "official": 10.0}, "b": {"ours": 50.0, "official": 25.0},
+             "once": {"ours": 200.0, "official": None}}
+    flops = {"a": 2e9, "b": 1e9, "once": 0}
+    pipeline = (("A", "a", 1000), ("B", "b", 500), ("once", "once", 400))
+    projection = benchmark.project_pipeline(rates, flops, 1e12, pipeline=pipeline)
+    assert [s["ours_s"] for s in projection["stages"]] == [10.0, 10.0, 2.0]
+    assert [s["official_s"] for s in projection["stages"]] == [100.0, 20.0, None]
+    assert projection["total"]["floor_s"] == pytest.approx((1000 * 2e9 + 500 * 1e9) / 1e12)
+    assert projection["speedup"] == pytest.approx(120 / 22)
+    assert benchmark.format_duration(None) == "-"
+    assert benchmark.format_duration(5.25) == "5.2 s"
+    assert benchmark.format_duration(600) == "10.0 min"
+    assert benchmark.format_duration(5 * 3600) == "5.0 h"
+    assert sum(benchmark.PAPER_EVAL_SETS.values()) == 50_000 + 10_000 + 26_032 + 5_640 + 10_000
+
+
+def test_measure_reports_the_median_rate():
+    calls = []
+    result = benchmark.measure(lambda: calls.append(1), images_per_step=4, warmup=2, steps=3, repeats=3,
+                               device=torch.device("cpu"))
+    assert len(calls) == 2 + 3 * 3
+    assert len(result["repeats"]) == 3
+    assert result["images_per_s"] == sorted(result["repeats"])[1]
+
+
+def test_official_one_image_cam_gives_the_masks_of_our_batched_cam():
+    """Same model, same images: the released way (one image, one forward per scale and flip,
+    numpy / OpenCV post-processing) and ours (batched) must agree, so the speed rows compare
+    equal work."""
+    torch.manual_seed(0)
+    num_classes = 5
+    model = create_model(TINY, head_size=num_classes, zero_head=False).eval()
+    # Smooth images (upsampled noise) give CAMs with structure rather than speckle.
+    images = F.interpolate(torch.randn(6, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+        ours, _ = cams_to_masks(multiscale_cam(model.cam, images), predicted)
+    cam_net = official_style.CamForward(model)
+    theirs = []
+    for i in range(len(images)):
+        mask, class_index = official_style.cam_one_image(model, cam_net, images[i:i + 1], num_classes)
+        assert class_index == predicted[i].item()
+        theirs.append(mask)
+    theirs = np.stack(theirs)
+    ours = ours.numpy()
+    assert (ours == theirs).mean() > 0.99
+    foreground = ours < num_classes
+    assert 0.05 < foreground.mean() < 0.95  # not a trivial agreement on all-background masks
+
+
+def test_official_joint_transform_keeps_image_and_mask_aligned():
+    """Image channel 0 holds the column index, the mask too; after the random crop and flip
+    they must still agree pixel for pixel (train size 40 for resolution 32: no resize)."""
+    columns = np.tile(np.arange(40, dtype=np.uint8), (40, 1))
+    image = Image.fromarray(np.stack([columns, columns.T, columns], axis=-1))
+    mask = Image.fromarray(columns)
+    transform = official_style.JointTrainTransform(32)
+    torch.manual_seed(0)
+    flipped = set()
+    for _ in range(8):
+        pixels, labels = transform(image, mask)
+        assert pixels.shape == (3, 32, 32) and labels.shape == (32, 32)
+        recovered = torch.round((pixels[0] + 1) * 127.5).long()
+        assert torch.equal(recovered, labels)
+        flipped.add(bool(labels[0, 0] > labels[0, -1]))
+    assert flipped == {True, False}
+
+
+def test_official_test_transform_normalises_to_plus_minus_one():
+    image = Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8))
+    x = official_style.test_transform(16)(image)
+    assert x.shape == (3, 16, 16)
+    torch.testing.assert_close(x, torch.ones(3, 16, 16))
+
+
+def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--data", str(tmp_path / "missing")])
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_masks_come_from_the_split_when_complete_else_random(tmp_path):
+    root = benchmark.write_synthetic_folder(tmp_path / "data" / "train", 6, seed=0)
+    samples = [(path, label) for label, folder in enumerate(sorted(root.iterdir()))
+               for path in sorted(folder.iterdir())]
+    mask_root, source = benchmark.masks_for(root, samples, 16, 10, tmp_path / "scratch", seed=0)
+    assert source == "random masks" and mask_root == tmp_path / "scratch" / "masks"
+    masks = benchmark.read_masks(mask_root, samples)
+    assert masks.shape == (6, 16, 16)
+    for mask, (_, label) in zip(masks, samples):
+        assert set(mask.unique().tolist()) <= {label, 10}
+
+    own = tmp_path / "data" / "train_mask"
+    for path, _ in samples:
+        save_png_atomic(own / path.parent.name / f"{path.stem}.png", np.zeros((8, 8), np.uint8))
+    mask_root, source = benchmark.masks_for(root, samples, 16, 10, tmp_path / "scratch2", seed=0)
+    assert mask_root == own and str(own) in source
+
+    save_png_atomic(own / samples[-1][0].parent.name / f"{samples[-1][0].stem}.png",
+                              np.zeros((9, 9), np.uint8))
+    with pytest.raises(ValueError, match="differ in size"):
+        benchmark.read_masks(own, samples)
