@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
-from utils.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_tpr, ood_metrics
+from utils.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_tpr, ood_metrics, roc_curve
 
 
 def sklearn_reference(id_scores, ood_scores):
@@ -107,3 +108,15 @@ def test_infinite_scores_are_ranked_and_tied_correctly():
 def test_bad_input_names_the_argument(bad, message):
     with pytest.raises(ValueError, match=message):
         ood_metrics(*bad)
+
+
+def test_roc_curve_matches_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    id_scores = rng.integers(0, 6, 40).astype(float)  # few distinct values: many ties
+    ood_scores = rng.integers(0, 6, 30).astype(float) - 1
+    fpr, tpr = roc_curve(id_scores, ood_scores)
+    labels = np.r_[np.ones(40), np.zeros(30)]
+    ref_fpr, ref_tpr, _ = sklearn_roc_curve(labels, np.r_[id_scores, ood_scores], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(id_scores, ood_scores))

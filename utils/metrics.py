@@ -63,22 +63,36 @@ def auroc(id_scores, ood_scores):
     return float(u_statistic / (n_id * n_ood))
 
 
-def _average_precision(positive_scores, negative_scores):
-    """Step-wise average precision: AP = sum_n (R_n - R_(n-1)) P_n over distinct thresholds.
-
-    Thresholds run over the distinct scores from high to low; tied scores enter together.
-    This is scikit-learn's `average_precision_score` definition (no interpolation).
-    """
+def _counts_above_thresholds(positive_scores, negative_scores):
+    """(positives kept, all kept) at each distinct threshold t from high to low, where a sample
+    is kept when its score >= t; tied scores enter together."""
     scores = np.concatenate([positive_scores, negative_scores])
     is_positive = np.concatenate([np.ones(positive_scores.size), np.zeros(negative_scores.size)])
     order = np.argsort(-scores, kind="stable")
     scores, is_positive = scores[order], is_positive[order]
     # last index of every run of equal scores (`!=` instead of np.diff: inf - inf is NaN)
     run_ends = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
-    true_pos = np.cumsum(is_positive)[run_ends]
-    precision = true_pos / (run_ends + 1)
+    return np.cumsum(is_positive)[run_ends], run_ends + 1
+
+
+def _average_precision(positive_scores, negative_scores):
+    """Step-wise average precision: AP = sum_n (R_n - R_(n-1)) P_n over distinct thresholds.
+
+    This is scikit-learn's `average_precision_score` definition (no interpolation).
+    """
+    true_pos, kept = _counts_above_thresholds(positive_scores, negative_scores)
+    precision = true_pos / kept
     recall = true_pos / positive_scores.size
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def roc_curve(id_scores, ood_scores):
+    """(fpr, tpr) of the ROC curve with ID positive, one point per distinct threshold, from (0, 0):
+    at threshold t, tpr = #{id >= t} / n_id and fpr = #{ood >= t} / n_ood."""
+    id_scores = _check_scores(id_scores, "id_scores")
+    ood_scores = _check_scores(ood_scores, "ood_scores")
+    id_kept, kept = _counts_above_thresholds(id_scores, ood_scores)
+    return np.r_[0.0, (kept - id_kept) / ood_scores.size], np.r_[0.0, id_kept / id_scores.size]
 
 
 def aupr_in(id_scores, ood_scores):

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from utils.io import atomic_path
-from utils.metrics import auroc
+from utils.metrics import auroc, roc_curve
 
 IGNORE = 255
 _IGNORE_GREY = np.array([128, 128, 128], np.float64)
@@ -87,24 +87,6 @@ def plot_score_histograms(id_scores, ood_scores, path, title="", bins=50):
         figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path)
-
-
-def roc_curve(id_scores, ood_scores):
-    """(fpr, tpr) of the ROC curve with ID positive, one point per distinct threshold, from (0, 0).
-
-    At threshold t: tpr = #{id >= t} / n_id and fpr = #{ood >= t} / n_ood; t runs over the
-    distinct scores from high to low, so tied scores enter together.
-    """
-    id_scores = _scores(id_scores, "id_scores")
-    ood_scores = _scores(ood_scores, "ood_scores")
-    scores = np.concatenate([id_scores, ood_scores])
-    is_id = np.concatenate([np.ones(id_scores.size), np.zeros(ood_scores.size)])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_id = scores[order], is_id[order]
-    run_ends = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
-    id_kept = np.cumsum(is_id)[run_ends]
-    ood_kept = run_ends + 1 - id_kept
-    return np.r_[0.0, ood_kept / ood_scores.size], np.r_[0.0, id_kept / id_scores.size]
 
 
 def plot_roc_curves(curves, path, title=""):
