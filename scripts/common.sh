@@ -39,6 +39,13 @@ require_split() {  # require_split <folder> <what to do if missing>
   [ -d "$1" ] && [ -n "$(ls -A "$1" 2>/dev/null)" ] || fail "$1 is missing or empty. $2"
 }
 
+require_id_data() {  # require_id_data <dataset>: its train and test splits
+  local split
+  for split in train test; do
+    require_split "$DATA_ROOT/$1/$split" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $1"
+  done
+}
+
 require_weights() {
   if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then
     fail "BiT weights $PRETRAINED not found. Download them:

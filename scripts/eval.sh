@@ -5,8 +5,7 @@
 source "$(dirname "$0")/common.sh"
 declare -A OOD_PATHS
 for ds in $DATASETS; do
-  require_split "$DATA_ROOT/$ds/train" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
-  require_split "$DATA_ROOT/$ds/test" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
+  require_id_data "$ds"
   [ -f "$LOGDIR/${ds}_dfb/checkpoint.pth.tar" ] || fail "$LOGDIR/${ds}_dfb/checkpoint.pth.tar not found: run bash scripts/train.sh first"
   paths=()
   for ood in $OOD_SETS $(other_cifar "$ds"); do

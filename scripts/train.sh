@@ -3,8 +3,7 @@
 # ($DATA_ROOT/<dataset>/train_mask, written by make_cam.py). Settings: see scripts/common.sh.
 source "$(dirname "$0")/common.sh"
 for ds in $DATASETS; do
-  require_split "$DATA_ROOT/$ds/train" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
-  require_split "$DATA_ROOT/$ds/test" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
+  require_id_data "$ds"
   require_split "$DATA_ROOT/$ds/train_mask" "Write the pseudo masks first:
   $PYTHON make_cam.py --dataset=$DATA_ROOT/$ds/train --model_path=$CLS_DIR/$ds.pth.tar --head_size=$(num_classes "$ds")"
 done

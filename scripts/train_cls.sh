@@ -3,8 +3,7 @@
 # $CLS_DIR/<dataset>.pth.tar (the input of make_cam.py). Settings: see scripts/common.sh.
 source "$(dirname "$0")/common.sh"
 for ds in $DATASETS; do
-  require_split "$DATA_ROOT/$ds/train" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
-  require_split "$DATA_ROOT/$ds/test" "Prepare it with: $PYTHON prepare_data.py --root $DATA_ROOT --datasets $ds"
+  require_id_data "$ds"
 done
 require_weights
 for ds in $DATASETS; do
