@@ -83,6 +83,8 @@ def run(args):
 
     counts = torch.zeros(3, dtype=torch.float64)  # images, sum of foreground fractions, empty masks
     agree = torch.zeros(1, dtype=torch.float64)   # predicted class == folder label
+    # evenly spaced over the split, so the overlays show every class (the split is sorted by class)
+    shown = set(mine[::max(1, -(-len(mine) // args.overlays))][:args.overlays]) if main and args.overlays else set()
     preview = []
     with ThreadPoolExecutor(max_workers=4) as writers, torch.no_grad():
         jobs = []
@@ -100,10 +102,9 @@ def run(args):
             agree += (predicted == labels).sum().item()
             for index, mask in zip(batch["index"].tolist(), masks):
                 jobs.append(writers.submit(save_png_atomic, targets[index], mask))
-            if main and len(preview) < args.overlays:
-                keep = args.overlays - len(preview)
-                preview.extend(zip(batch["image"][:keep].permute(0, 2, 3, 1).numpy(), masks[:keep],
-                                   batch["index"][:keep].tolist()))
+            for row, index in enumerate(batch["index"].tolist()):
+                if index in shown:
+                    preview.append((batch["image"][row].permute(1, 2, 0).numpy(), masks[row], index))
         for job in jobs:
             job.result()
     if torch.distributed.is_initialized():
