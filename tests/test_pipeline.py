@@ -10,6 +10,7 @@ from PIL import Image
 
 import eval as eval_cli
 import make_cam
+import train
 from conftest import run_pipeline
 from datasets.synthetic import generate_benchmark
 from utils.fusion import FUSIONS, background_score
@@ -119,3 +120,29 @@ def test_eval_cache_is_reused_and_keyed_by_checkpoint(pipeline, capsys):
     assert "cached" not in out.split("[eval] synthetic_train")[1].splitlines()[0]
     logits = np.load(pipeline["results"] / "logits" / "synthetic_test.npy")
     assert logits.shape[1] == 6  # a plain classifier: [N, K]
+
+
+def test_stages_refuse_the_wrong_inputs_with_clear_messages(pipeline, tmp_path):
+    sets, root = pipeline["sets"], pipeline["root"]
+    dfb_checkpoint = root / "runs" / "dfb" / "checkpoint.pth.tar"
+    # a classifier checkpoint with another head size
+    with pytest.raises(ValueError, match=r"--head_size 10 does not match .*classifier.pth.tar.*6 classes"):
+        make_cam.run(make_cam.parse_args([f"--dataset={sets['id_train']}", f"--model_path={pipeline['cls_export']}",
+                                          "--head_size=10", "--device=cpu", "--workers=0"]))
+    # a dfb checkpoint where a classifier is needed
+    with pytest.raises(ValueError, match="is a 'dfb' checkpoint, but this stage needs a 'cls' checkpoint"):
+        make_cam.run(make_cam.parse_args([f"--dataset={sets['id_train']}", f"--model_path={dfb_checkpoint}",
+                                          "--head_size=7", "--device=cpu", "--workers=0"]))
+    # eval told the wrong task
+    with pytest.raises(ValueError, match="--task cls but .* is a 'dfb' checkpoint"):
+        eval_cli.run(eval_cli.parse_args(["--model_path", str(dfb_checkpoint), "--task", "cls", "--id_train_path",
+                                          str(sets["id_train"]), "--id_test_path", str(sets["id_test"]), "--ood_path",
+                                          str(sets["ood"]["SynthClutter"]), "--logdir", str(tmp_path), "--device", "cpu"]))
+    # missing BiT weights: the message gives the download command
+    with pytest.raises(FileNotFoundError, match=r"wget -O .*absent.npz https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz"):
+        train.run(train.parse_args(["--task", "cls", "--datadir", str(sets["id_train"]), "--logdir", str(tmp_path),
+                                    "--name", "x", "--pretrained", str(tmp_path / "absent.npz"), "--device", "cpu"]))
+    # dfb training without masks: the message gives the make_cam command
+    with pytest.raises(FileNotFoundError, match="make_cam.py --dataset="):
+        train.run(train.parse_args(["--task", "dfb", "--datadir", str(sets["id_test"]), "--logdir", str(tmp_path),
+                                    "--name", "y", "--pretrained", "none", "--device", "cpu"]))
