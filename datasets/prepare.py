@@ -321,20 +321,29 @@ def _image_members(archive_path):
             yield parts, tar.extractfile(member)
 
 
-def convert_dtd(archive_path, out_root, progress=False):
-    """Copy every DTD image (``.../images/<class>/<file>``) to ``<out_root>/Textures/test/<class>/``."""
-    dataset_dir = Path(out_root) / "Textures"
+def _copy_archive_images(archive_path, out_root, name, what, place, missing_hint, progress):
+    """Copy the images of a tarball to <out_root>/<name>/test/<class>/<file>, where
+    place(parts of the member path) gives (class, file name), or None to skip the member."""
+    dataset_dir = Path(out_root) / name
     if is_complete(dataset_dir):
         return dataset_dir
-    archive_path = _check_file(archive_path, "DTD archive")
-    writer = _DatasetWriter(out_root, "Textures", archive_path)
-    for parts, stream in tqdm(_image_members(archive_path), disable=not progress,
-                              desc="Textures", unit="img"):
-        if len(parts) >= 3 and parts[-3] == "images":
-            writer.copy("test", parts[-2], parts[-1], stream)
+    archive_path = _check_file(archive_path, what)
+    writer = _DatasetWriter(out_root, name, archive_path)
+    for parts, stream in tqdm(_image_members(archive_path), disable=not progress, desc=name, unit="img"):
+        target = place(parts)
+        if target is not None:
+            writer.copy("test", *target, stream)
     if not writer.expected:
-        raise ValueError(f"{archive_path}: no images under images/<class>/ (is this the DTD tarball?)")
+        raise ValueError(f"{archive_path}: {missing_hint}")
     return writer.finish()
+
+
+def convert_dtd(archive_path, out_root, progress=False):
+    """Copy every DTD image (``.../images/<class>/<file>``) to ``<out_root>/Textures/test/<class>/``."""
+    def place(parts):
+        return (parts[-2], parts[-1]) if len(parts) >= 3 and parts[-3] == "images" else None
+    return _copy_archive_images(archive_path, out_root, "Textures", "DTD archive", place,
+                                "no images under images/<class>/ (is this the DTD tarball?)", progress)
 
 
 def _places_class(parts, archive_path):
@@ -349,17 +358,9 @@ def _places_class(parts, archive_path):
 
 def convert_places(archive_path, out_root, progress=False):
     """Copy the MOS Places images to ``<out_root>/Places/test/<class or 'images'>/``."""
-    dataset_dir = Path(out_root) / "Places"
-    if is_complete(dataset_dir):
-        return dataset_dir
-    archive_path = _check_file(archive_path, "Places archive")
-    writer = _DatasetWriter(out_root, "Places", archive_path)
-    for parts, stream in tqdm(_image_members(archive_path), disable=not progress,
-                              desc="Places", unit="img"):
-        writer.copy("test", _places_class(parts, archive_path), parts[-1], stream)
-    if not writer.expected:
-        raise ValueError(f"{archive_path}: no images found")
-    return writer.finish()
+    return _copy_archive_images(archive_path, out_root, "Places", "Places archive",
+                                lambda parts: (_places_class(parts, archive_path), parts[-1]),
+                                "no images found", progress)
 
 
 # ----------------------------------------------------------------------------- registry
