@@ -37,7 +37,7 @@ from datasets.folder import decode_all, find_classes, mask_path, mask_root_for
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, eval_batches, open_split, restrict
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model
-from utils.cam import DEFAULT_SCALES, cams_to_masks, multiscale_cam
+from utils.cam import DEFAULT_SCALES, pseudo_masks
 from utils.distributed import resolve_device
 from utils.engine_train import DenseLogits, classification_step, dense_step
 from utils.io import save_png_atomic, write_text_atomic
@@ -243,9 +243,7 @@ def ours_cam(model, root, subset, cfg, device, amp):
     def step():
         images, _, _ = next(batches)
         with autocast(device, amp):
-            predicted = model(images).argmax(1)
-            cams = multiscale_cam(model.cam, images, DEFAULT_SCALES)
-        masks, _ = cams_to_masks(cams, predicted)
+            masks, _ = pseudo_masks(model, images, scales=DEFAULT_SCALES)
         masks.cpu().numpy()
 
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.cam import cams_to_masks, gaussian_blur, multiscale_cam
+from utils.cam import cams_to_masks, gaussian_blur, multiscale_cam, pseudo_masks
 
 
 def test_blur_matches_opencv():
@@ -65,3 +65,24 @@ def test_flip_is_undone():
     images[..., :8] = 1.0
     total = multiscale_cam(positive_pixels, images, scales=(1.0,))
     assert total[0, 0, :, :8].min() == 2 and total[0, 0, :, 8:].max() == 0
+
+
+def test_pseudo_masks_use_the_label_only_when_given():
+    class TwoBlobs(torch.nn.Module):
+        """Class 0 lights up the left half, class 1 the right half; it always predicts class 1."""
+        def forward(self, x):
+            return torch.tensor([[0.0, 1.0]]).repeat(x.shape[0], 1)
+
+        def cam(self, x):
+            maps = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
+            maps[:, 0, :, : x.shape[3] // 2] = 1.0
+            maps[:, 1, :, x.shape[3] // 2:] = 1.0
+            return maps
+
+    images = torch.zeros(2, 3, 32, 32)
+    predicted_masks, predicted = pseudo_masks(TwoBlobs(), images, scales=(1.0,), sigma=1.0)
+    assert predicted.tolist() == [1, 1]
+    assert (predicted_masks[:, :, 24:] == 1).all() and (predicted_masks[:, :, :8] == 2).all()
+    labelled_masks, _ = pseudo_masks(TwoBlobs(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
+    assert (labelled_masks[0, :, :8] == 0).all() and (labelled_masks[0, :, 24:] == 2).all()
+    assert (labelled_masks[1, :, 24:] == 1).all()

@@ -84,6 +84,18 @@ def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
     return masks, cam
 
 
+def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5):
+    """Masks of a batch from a classifier with `forward` (logits) and `cam` (class maps):
+    the CAM channel of `labels` when given, else of the predicted class.
+    Returns (uint8 masks [B, H, W], predicted classes [B])."""
+    predicted = model(images).argmax(1)
+    cams = multiscale_cam(model.cam, images, scales)
+    # the blur and the threshold stay in float32 even when the caller runs the model in bf16
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        masks, _ = cams_to_masks(cams, predicted if labels is None else labels, sigma=sigma, threshold=threshold)
+    return masks, predicted
+
+
 def check_scales(scales):
     if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
         raise ValueError(f"--scales must be positive numbers, got {list(scales)}")

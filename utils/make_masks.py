@@ -17,7 +17,7 @@ from datasets.folder import mask_path, mask_root_for
 from datasets.sources import eval_batches, open_split
 from models.resnetv2 import create_model, load_state_dict_checked
 from utils import distributed
-from utils.cam import cams_to_masks, check_scales, multiscale_cam
+from utils.cam import check_scales, pseudo_masks
 from utils.checkpoint import load_checkpoint
 from utils.io import save_png_atomic, write_text_atomic
 from utils.runtime import autocast, default_amp
@@ -92,10 +92,8 @@ def run(args):
         for images, labels, batch in tqdm(batches, total=-(-len(mine) // args.batch), desc="make_cam",
                                           disable=not main, dynamic_ncols=True):
             with autocast(device, amp):
-                predicted = model(images).argmax(1)
-                cams = multiscale_cam(model.cam, images, scales)
-            chosen = labels if args.labeled else predicted
-            masks, _ = cams_to_masks(cams, chosen, sigma=args.sigma, threshold=args.threshold)
+                masks, predicted = pseudo_masks(model, images, labels if args.labeled else None, scales,
+                                                args.sigma, args.threshold)
             masks = masks.cpu().numpy()
             foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
             counts += torch.tensor([len(masks), foreground.sum(), (foreground == 0).sum()], dtype=torch.float64)
