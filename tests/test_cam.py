@@ -68,21 +68,20 @@ def test_flip_is_undone():
 
 
 def test_pseudo_masks_use_the_label_only_when_given():
-    class TwoBlobs(torch.nn.Module):
-        """Class 0 lights up the left half, class 1 the right half; it always predicts class 1."""
+    class TwoColours(torch.nn.Module):
+        """Class k lights up where channel k is positive; it always predicts class 1."""
         def forward(self, x):
             return torch.tensor([[0.0, 1.0]]).repeat(x.shape[0], 1)
 
         def cam(self, x):
-            maps = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
-            maps[:, 0, :, : x.shape[3] // 2] = 1.0
-            maps[:, 1, :, x.shape[3] // 2:] = 1.0
-            return maps
+            return (x[:, :2] > 0).float()
 
     images = torch.zeros(2, 3, 32, 32)
-    predicted_masks, predicted = pseudo_masks(TwoBlobs(), images, scales=(1.0,), sigma=1.0)
+    images[:, 0, :, :16] = 1.0  # left half: class 0's colour
+    images[:, 1, :, 16:] = 1.0  # right half: class 1's colour
+    predicted_masks, predicted = pseudo_masks(TwoColours(), images, scales=(1.0,), sigma=1.0)
     assert predicted.tolist() == [1, 1]
     assert (predicted_masks[:, :, 24:] == 1).all() and (predicted_masks[:, :, :8] == 2).all()
-    labelled_masks, _ = pseudo_masks(TwoBlobs(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
+    labelled_masks, _ = pseudo_masks(TwoColours(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
     assert (labelled_masks[0, :, :8] == 0).all() and (labelled_masks[0, :, 24:] == 2).all()
     assert (labelled_masks[1, :, 24:] == 1).all()
