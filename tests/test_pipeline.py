@@ -146,3 +146,31 @@ def test_stages_refuse_the_wrong_inputs_with_clear_messages(pipeline, tmp_path):
     with pytest.raises(FileNotFoundError, match="make_cam.py --dataset="):
         train.run(train.parse_args(["--task", "dfb", "--datadir", str(sets["id_test"]), "--logdir", str(tmp_path),
                                     "--name", "y", "--pretrained", "none", "--device", "cpu"]))
+
+
+def test_checkpoints_of_the_original_release_load_with_task_and_head_size(pipeline, tmp_path):
+    """A bare DataParallel state dict (what the released code saves) works once told what it is."""
+    state = torch.load(pipeline["cls_export"], weights_only=False)["model"]
+    release_style = tmp_path / "release.pth.tar"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, release_style)
+    sets = pipeline["sets"]
+    summary = make_cam.run(make_cam.parse_args([
+        f"--dataset={sets['id_test']}", f"--model_path={release_style}", "--head_size=6", "--model=ResNetV2-Tiny",
+        "--resolution=32", f"--out={tmp_path / 'masks'}", "--device=cpu", "--workers=0", "--overlays=0"]))
+    assert summary["images_computed"] == 24
+    args = ["--model_path", str(release_style), "--model", "ResNetV2-Tiny", "--resolution", "32", "--id_train_path",
+            str(sets["id_train"]), "--id_test_path", str(sets["id_test"]), "--ood_path", str(sets["ood"]["SynthClutter"]),
+            "--logdir", str(tmp_path / "eval"), "--device", "cpu", "--workers", "0", "--knn_k", "5"]
+    with pytest.raises(ValueError, match="pass --task cls|dfb and --head_size"):
+        eval_cli.run(eval_cli.parse_args(args))
+    eval_cli.run(eval_cli.parse_args(args + ["--task", "cls", "--head_size", "6"]))
+    assert np.load(tmp_path / "eval" / "logits" / "synthetic_test.npy").shape == (24, 6)
+
+
+def test_labeled_is_a_real_boolean_flag():
+    base = ["--dataset=d", "--model_path=m", "--head_size=3"]
+    assert make_cam.parse_args(base).labeled is False
+    assert make_cam.parse_args(base + ["--labeled"]).labeled is True
+    assert make_cam.parse_args(base + ["--no-labeled"]).labeled is False
+    with pytest.raises(SystemExit):  # the release's `--labeled False` meant True; here it is an error
+        make_cam.parse_args(base + ["--labeled", "False"])
