@@ -240,7 +240,8 @@ def draw_dense_maps(model, named_datasets, num_classes, resolution, device, amp,
         masks.append(dense.argmax(1).to(torch.uint8).cpu())
         background.append(dense.softmax(1)[:, num_classes].cpu())
     save_mask_grid(torch.cat(images), torch.cat(masks).numpy(), num_classes, path,
-                   extra_maps={"background probability": torch.cat(background).numpy()})
+                   extra_maps={"background probability": torch.cat(background).numpy()},
+                   mask_title="dense prediction")
     print(f"[eval] dense maps of {per_set} images per set (" + ", ".join(n for n, _ in named_datasets) + f"): {path}")
 
 

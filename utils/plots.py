@@ -183,8 +183,9 @@ def _present_classes(mask, num_classes, class_names):
     return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
 
 
-def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_maps=None, true_masks=None):
-    """One row per image: image | pseudo-mask overlay | true-mask overlay (optional) | heat maps.
+def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_maps=None, true_masks=None,
+                   mask_title="pseudo mask"):
+    """One row per image: image | mask overlay (titled `mask_title`) | true-mask overlay (optional) | heat maps.
 
     images: uint8 [N, H, W, 3] or [N, 3, H, W]; masks / true_masks: integer [N, h, w] under the
     mask contract (any h, w: resized for display); extra_maps: {name: [N, h, w] in [0, 1]}, e.g.
@@ -196,7 +197,7 @@ def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_map
         raise ValueError("images: expected at least one image")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names: expected {num_classes} names, got {len(class_names)}")
-    columns = [("pseudo mask", _masks(masks, num_classes, "masks", count))]
+    columns = [(mask_title, _masks(masks, num_classes, "masks", count))]
     if true_masks is not None:
         columns.append(("true mask", _masks(true_masks, num_classes, "true_masks", count)))
     heat_maps = []
