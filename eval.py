@@ -35,10 +35,16 @@ def parse_args(argv=None):
     parser.add_argument("--dense_maps", type=int, default=4,
                         help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
     parser.add_argument("--odin_temperature", type=float, default=1000.0)
+    parser.add_argument("--odin_epsilon", type=float, default=0.0,
+                        help="ODIN input perturbation in [0, 1] pixel units (e.g. 0.0014; 0: temperature only). "
+                             "Costs one backward pass per image")
     parser.add_argument("--energy_temperature", type=float, default=1.0)
     parser.add_argument("--knn_k", type=int, default=50)
     parser.add_argument("--react_percentile", type=float, default=90.0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.odin_epsilon < 0:
+        parser.error("--odin_epsilon must be >= 0")
+    return args
 
 
 if __name__ == "__main__":

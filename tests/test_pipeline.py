@@ -14,7 +14,7 @@ import train
 from conftest import run_pipeline
 from datasets.synthetic import generate_benchmark
 from utils.fusion import FUSIONS, background_score
-from utils.scores import SCORE_CLASSES, energy, msp
+from utils.scores import SCORE_CLASSES, energy, msp, odin
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
@@ -174,3 +174,17 @@ def test_labeled_is_a_real_boolean_flag():
     assert make_cam.parse_args(base + ["--no-labeled"]).labeled is False
     with pytest.raises(SystemExit):  # the release's `--labeled False` meant True; here it is an error
         make_cam.parse_args(base + ["--labeled", "False"])
+
+
+def test_odin_input_perturbation(pipeline, tmp_path):
+    sets = pipeline["sets"]
+    base = ["--model_path", str(pipeline["cls_export"]), "--id_train_path", str(sets["id_train"]), "--id_test_path",
+            str(sets["id_test"]), "--ood_path", str(sets["ood"]["SynthClutter"]), "--device", "cpu", "--workers", "0",
+            "--knn_k", "5", "--odin_temperature", "10"]
+    eval_cli.run(eval_cli.parse_args(base + ["--logdir", str(tmp_path / "tiny"), "--odin_epsilon", "1e-9"]))
+    logits = np.load(tmp_path / "tiny" / "logits" / "synthetic_test.npy")
+    unperturbed = np.load(tmp_path / "tiny" / "scores" / "ODIN" / "synthetic_test.npy")
+    np.testing.assert_allclose(unperturbed, odin(logits, temperature=10), rtol=1e-4)  # epsilon -> 0
+    eval_cli.run(eval_cli.parse_args(base + ["--logdir", str(tmp_path / "big"), "--odin_epsilon", "0.05"]))
+    perturbed = np.load(tmp_path / "big" / "scores" / "ODIN" / "synthetic_test.npy")
+    assert (perturbed > unperturbed).mean() > 0.9  # the step raises the max softmax, as ODIN intends

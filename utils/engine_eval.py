@@ -7,15 +7,21 @@ from tqdm import tqdm
 from datasets.sources import eval_batches
 from utils.distributed import gather_in_order, is_main_process, shard_indices
 from utils.runtime import autocast
+from utils.scores import odin_perturb
 
 
 @torch.no_grad()
 def extract(model, dataset, resolution, device, batch_size, amp="none", workers=2,
-            rank=0, world_size=1, desc="extract"):
-    """Returns numpy dict: logits float32 [N, C], features float32 [N, D], labels int64 [N]."""
+            rank=0, world_size=1, desc="extract", odin=None):
+    """Returns numpy dict: logits float32 [N, C], features float32 [N, D], labels int64 [N].
+
+    odin = (temperature, epsilon, K): also `odin_logits` [N, K], the K first logits of the
+    ODIN-perturbed images (epsilon in the units of the normalised inputs; computed in float32,
+    since only the sign of a gradient through a softmax at T = 1000 matters).
+    """
     model.eval()
     indices = shard_indices(len(dataset), rank, world_size)
-    logits, features, labels = [], [], []
+    logits, features, labels, odin_logits = [], [], [], []
     total = -(-len(indices) // batch_size)
     for images, batch_labels, _ in tqdm(eval_batches(dataset, resolution, device, batch_size, workers, indices),
                                         total=total, desc=desc, disable=not is_main_process(), leave=False):
@@ -24,13 +30,22 @@ def extract(model, dataset, resolution, device, batch_size, amp="none", workers=
         logits.append(batch_logits.float())
         features.append(batch_features.float())
         labels.append(batch_labels)
+        if odin is not None:
+            temperature, epsilon, num_classes = odin
+            def foreground(x):
+                return model(x)[:, :num_classes]
+            perturbed = odin_perturb(foreground, images, temperature, epsilon)
+            odin_logits.append(foreground(perturbed).float())
     outputs = {"logits": logits, "features": features, "labels": labels}
+    if odin is not None:
+        outputs["odin_logits"] = odin_logits
     result = {}
     for key, parts in outputs.items():
         local = torch.cat(parts) if parts else torch.empty(0, device=device)
         result[key] = gather_in_order(local, len(dataset), world_size).cpu().numpy()
-    result["logits"] = result["logits"].astype(np.float32)
-    result["features"] = result["features"].astype(np.float32)
+    for key in ("logits", "features", "odin_logits"):
+        if key in result:
+            result[key] = result[key].astype(np.float32)
     return result
 
 

@@ -29,7 +29,7 @@ from utils.fusion import apply_fusions, background_score, fusion_name, select_al
 from utils.io import atomic_path, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
 from utils.runtime import default_amp
-from utils.scores import IDTrainStats, compute_all_scores, make_scores
+from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
 
 CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
 PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", "Background", "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
@@ -129,9 +129,15 @@ def run(args):
         recipe = f"{checkpoint_key}|{dataset_digest(source)}|{resolution}|{amp}|{type(dataset).__name__}"
         if isinstance(dataset, PatchShuffled):
             recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
+        # ODIN's perturbed pass for the scored sets only (the training set only fits other scores)
+        odin_setting = ((args.odin_temperature, 2 * args.odin_epsilon, num_classes)
+                        if args.odin_epsilon > 0 and name != id_train_name else None)
+        if odin_setting is not None:
+            recipe += f"|odin{odin_setting[0]}|{odin_setting[1]}"
         key = hashlib.sha256(recipe.encode()).hexdigest()
         outputs[name], hit = cached_extract(out_dir / "cache", name, key, lambda: extract(
-            model, dataset, resolution, device, args.batch, amp, args.workers, rank, world_size, desc=name))
+            model, dataset, resolution, device, args.batch, amp, args.workers, rank, world_size, desc=name,
+            odin=odin_setting))
         if main:
             print(f"[eval] {name}: {'cached' if hit else 'extracted'} logits {outputs[name]['logits'].shape}")
     distributed.barrier()
@@ -164,6 +170,8 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
     scored_sets = [id_test_name, *ood_names] + ([PSEUDO_OOD] if task == "dfb" else [])
     test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
     scores = compute_all_scores(id_train, test_sets, device=device, scores=make_scores(**score_overrides(args)))
+    if args.odin_epsilon > 0:  # ODIN with its input perturbation replaces temperature scaling alone
+        scores["ODIN"] = {name: odin(outputs[name]["odin_logits"], args.odin_temperature) for name in scored_sets}
 
     selection = {}
     if task == "dfb":
