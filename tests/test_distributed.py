@@ -70,12 +70,17 @@ def test_make_cam_and_eval_under_torchrun_match_one_process(data):
         assert np.array_equal(np.array(Image.open(root / "masks1" / relative)),
                               np.array(Image.open(root / "masks2" / relative))), relative
 
-    ood = [str(p) for p in sets["ood"].values()]
+    # a one-image OOD set: under two processes one of them has nothing to extract
+    single = root / "Single" / "test" / "one"
+    single.mkdir(parents=True, exist_ok=True)
+    first = sorted((sets["ood"]["SynthClutter"]).rglob("*.png"))[0]
+    (single / first.name).write_bytes(first.read_bytes())
+    ood = [str(p) for p in sets["ood"].values()] + [str(single.parent)]
     for nproc, out in ((1, "eval1"), (2, "eval2")):
         launch(["eval.py", "--model_path", str(model), "--id_train_path", train_dir, "--id_test_path",
                 str(sets["id_test"]), "--ood_path", *ood, "--logdir", str(root / out), "--device", "cpu",
                 "--workers", "0", "--batch", "7", "--knn_k", "3"], nproc=nproc)
-    for name in ["synthetic_train", "synthetic_test", *sorted(sets["ood"])]:
+    for name in ["synthetic_train", "synthetic_test", *sorted(sets["ood"]), "Single"]:
         np.testing.assert_allclose(np.load(root / "eval2" / "logits" / f"{name}.npy"),
                                    np.load(root / "eval1" / "logits" / f"{name}.npy"), rtol=1e-5, atol=1e-5)
     rows = [list(csv.DictReader(open(root / out / "results.csv"))) for out in ("eval1", "eval2")]

@@ -39,9 +39,13 @@ def extract(model, dataset, resolution, device, batch_size, amp="none", workers=
     outputs = {"logits": logits, "features": features, "labels": labels}
     if odin is not None:
         outputs["odin_logits"] = odin_logits
+    # a process whose shard is empty (fewer images than processes) still joins the gather
+    empty_shapes = {"logits": (0, model.head_size), "features": (0, model.feature_dim), "labels": (0,),
+                    "odin_logits": (0, odin[2] if odin else 0)}
     result = {}
     for key, parts in outputs.items():
-        local = torch.cat(parts) if parts else torch.empty(0, device=device)
+        local = torch.cat(parts) if parts else torch.empty(
+            empty_shapes[key], device=device, dtype=torch.int64 if key == "labels" else torch.float32)
         result[key] = gather_in_order(local, len(dataset), world_size).cpu().numpy()
     for key in ("logits", "features", "odin_logits"):
         if key in result:
