@@ -188,3 +188,12 @@ def test_odin_input_perturbation(pipeline, tmp_path):
     eval_cli.run(eval_cli.parse_args(base + ["--logdir", str(tmp_path / "big"), "--odin_epsilon", "0.05"]))
     perturbed = np.load(tmp_path / "big" / "scores" / "ODIN" / "synthetic_test.npy")
     assert (perturbed > unperturbed).mean() > 0.9  # the step raises the max softmax, as ODIN intends
+
+
+def test_unknown_model_and_weightless_model_are_explained(pipeline, tmp_path):
+    common = ["--task", "cls", "--datadir", str(pipeline["sets"]["id_train"]), "--logdir", str(tmp_path),
+              "--name", "z", "--device", "cpu"]
+    with pytest.raises(ValueError, match="--model 'BiT-M-R51x1' is unknown; known models: BiT-S-R50x1"):
+        train.run(train.parse_args(common + ["--model", "BiT-M-R51x1"]))
+    with pytest.raises(ValueError, match="ResNetV2-Tiny has no pretrained weights: pass --pretrained none"):
+        train.run(train.parse_args(common + ["--model", "ResNetV2-Tiny"]))

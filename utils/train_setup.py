@@ -13,7 +13,7 @@ from datasets.folder import find_classes, mask_root_for
 from datasets.transforms import default_train_size
 from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches, decode_in_memory,
                               decoded_size, open_split, restrict)
-from models.resnetv2 import create_model, load_state_dict_checked
+from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
 from utils import distributed
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine_eval import extract, top1
@@ -38,6 +38,8 @@ def pretrained_path(args):
 
 def check_pretrained(args):
     path = pretrained_path(args)
+    if path is not None and args.pretrained is None and not KNOWN_MODELS[args.model].has_pretrained_weights:
+        raise ValueError(f"--model {args.model} has no pretrained weights: pass --pretrained none")
     if path is not None and not path.is_file():
         url = BIT_URL.format(name=args.model)
         raise FileNotFoundError(
@@ -64,6 +66,8 @@ def fits_in_memory(num_images, image_size, mask_size, device):
 
 
 def run(args):
+    if args.model not in KNOWN_MODELS:
+        raise ValueError(f"--model {args.model!r} is unknown; known models: {', '.join(KNOWN_MODELS)}")
     device, rank, world_size = distributed.init_distributed(args.device)
     main = distributed.is_main_process()
     amp = args.amp or default_amp(device)
