@@ -231,40 +231,38 @@ def ours_train(model, task, decoded, cfg, device, amp, channels_last=False, comp
     return measure(step, cfg.batch, cfg.warmup, cfg.steps, cfg.repeats, device)
 
 
-def ours_cam(model, root, subset, cfg, device, amp):
-    """Images/s of make_cam's batched path: decode + resize, predict, multi-scale CAM, masks to CPU."""
+def _timed_stream(model, root, subset, cfg, device, images, step_fn, end_of_repeat=None):
+    """Images/s of step_fn(model, images) over test-time batches of our loader (decode + resize)."""
     model = copy.deepcopy(model).to(device).eval()
-    per_repeat = round_up(cfg.cam_images, cfg.batch)
-    dataset = open_split(root, cfg.resolution)
-    batches = eval_batches(dataset, cfg.resolution, device, cfg.batch, cfg.workers,
+    per_repeat = round_up(images, cfg.batch)
+    batches = eval_batches(open_split(root, cfg.resolution), cfg.resolution, device, cfg.batch, cfg.workers,
                            cycled(subset, cfg.batch * cfg.warmup + per_repeat * cfg.repeats))
 
     @torch.no_grad()
     def step():
-        images, _, _ = next(batches)
-        with autocast(device, amp):
-            masks, _ = pseudo_masks(model, images, scales=DEFAULT_SCALES)
-        masks.cpu().numpy()
+        step_fn(model, next(batches)[0])
 
     try:
-        result = measure(step, cfg.batch, cfg.warmup, per_repeat // cfg.batch, cfg.repeats, device)
+        result = measure(step, cfg.batch, cfg.warmup, per_repeat // cfg.batch, cfg.repeats, device, end_of_repeat)
     finally:
         batches.close()
     return {**result, "images_per_repeat": per_repeat}
 
 
+def ours_cam(model, root, subset, cfg, device, amp):
+    """Images/s of make_cam's batched path: decode + resize, predict, multi-scale CAM, masks to CPU."""
+    def step(model, images):
+        with autocast(device, amp):
+            masks, _ = pseudo_masks(model, images, scales=DEFAULT_SCALES)
+        masks.cpu().numpy()
+    return _timed_stream(model, root, subset, cfg, device, cfg.cam_images, step)
+
+
 def ours_extract(model, root, subset, cfg, device, amp):
     """Images/s of engine_eval.extract's loop: decode + resize, logits and features, to CPU."""
-    model = copy.deepcopy(model).to(device).eval()
-    per_repeat = round_up(cfg.eval_images, cfg.batch)
-    dataset = open_split(root, cfg.resolution)
-    batches = eval_batches(dataset, cfg.resolution, device, cfg.batch, cfg.workers,
-                           cycled(subset, cfg.batch * cfg.warmup + per_repeat * cfg.repeats))
     collected = []
 
-    @torch.no_grad()
-    def step():
-        images, _, _ = next(batches)
+    def step(model, images):
         with autocast(device, amp):
             logits, features = model.forward_with_features(images)
         collected.append((logits.float(), features.float()))
@@ -274,11 +272,7 @@ def ours_extract(model, root, subset, cfg, device, amp):
         torch.cat([features for _, features in collected]).cpu().numpy()
         collected.clear()
 
-    try:
-        result = measure(step, cfg.batch, cfg.warmup, per_repeat // cfg.batch, cfg.repeats, device, to_host)
-    finally:
-        batches.close()
-    return {**result, "images_per_repeat": per_repeat}
+    return _timed_stream(model, root, subset, cfg, device, cfg.eval_images, step, to_host)
 
 
 # -- the official-style loop ----------------------------------------------------------------
