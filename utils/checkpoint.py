@@ -49,6 +49,8 @@ def load_checkpoint(path, expect_task=None):
             raise ValueError(f"checkpoint {path} has no 'model' entry (keys: {sorted(checkpoint)[:8]})")
     for key in ("task", "model_name", "head_size", "num_classes", "classes", "resolution", "step"):
         checkpoint.setdefault(key, None)
+    if checkpoint["task"] not in (None, *TASKS):
+        raise ValueError(f"checkpoint {path} has task {checkpoint['task']!r}; expected one of {TASKS}")
     if expect_task and checkpoint["task"] not in (None, expect_task):
         raise ValueError(f"checkpoint {path} is a '{checkpoint['task']}' checkpoint, "
                          f"but this stage needs a '{expect_task}' checkpoint")

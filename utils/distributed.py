@@ -68,12 +68,3 @@ def gather_in_order(tensor, num_items, world_size):
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded)
     return torch.cat(gathered)[:num_items]
-
-
-def broadcast_object(obj):
-    """Rank 0's Python object on every rank."""
-    if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -76,8 +76,9 @@ def cached_extract(cache_dir, name, key, compute):
 
 
 def score_overrides(args):
-    return {"ODIN": {"temperature": args.odin_temperature}, "Energy": {"temperature": args.energy_temperature},
-            "KNN": {"k": args.knn_k}, "ReAct": {"percentile": args.react_percentile}}
+    return {"ODIN": {"temperature": args.odin_temperature, "epsilon": args.odin_epsilon},
+            "Energy": {"temperature": args.energy_temperature}, "KNN": {"k": args.knn_k},
+            "ReAct": {"percentile": args.react_percentile}}
 
 
 def load_network(args):
@@ -169,7 +170,10 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
                             labels=train["labels"], head_weight=weight[:num_classes], head_bias=bias[:num_classes])
     scored_sets = [id_test_name, *ood_names] + ([PSEUDO_OOD] if task == "dfb" else [])
     test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
-    scores = compute_all_scores(id_train, test_sets, device=device, scores=make_scores(**score_overrides(args)))
+    registry = make_scores(**score_overrides(args))
+    scores = compute_all_scores(id_train, test_sets, device=device, scores=registry)
+    settings = {name: score.hyperparameters() for name, score in registry.items()}
+    write_text_atomic(out_dir / "score_settings.json", json.dumps(settings, indent=2) + "\n")
     if args.odin_epsilon > 0:  # ODIN with its input perturbation replaces temperature scaling alone
         scores["ODIN"] = {name: odin(outputs[name]["odin_logits"], args.odin_temperature) for name in scored_sets}
 
