@@ -79,6 +79,8 @@ def test_results_have_every_method_and_fusion(pipeline):
     assert (results / "results.md").read_text().count("\n| ") >= len(methods)
     accuracy = json.loads((results / "accuracy.json").read_text())
     assert 0 <= accuracy["top1"] <= 1
+    settings = json.loads((results / "score_settings.json").read_text())
+    assert settings["KNN"] == {"k": 5} and settings["ODIN"] == {"temperature": 1000.0, "epsilon": 0.0}
     for figure in (results / "figures").glob("*.png"):
         assert Image.open(figure).format == "PNG"
 
