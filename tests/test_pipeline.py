@@ -199,3 +199,14 @@ def test_unknown_model_and_weightless_model_are_explained(pipeline, tmp_path):
         train.run(train.parse_args(common + ["--model", "BiT-M-R51x1"]))
     with pytest.raises(ValueError, match="ResNetV2-Tiny has no pretrained weights: pass --pretrained none"):
         train.run(train.parse_args(common + ["--model", "ResNetV2-Tiny"]))
+
+
+def test_worker_loader_path_trains_too(pipeline, tmp_path):
+    """Data that does not fit in memory goes through DataLoader workers with per-image transforms."""
+    sets = pipeline["sets"]
+    metrics = train.run(train.parse_args([
+        "--task", "dfb", "--datadir", str(sets["id_train"]), "--logdir", str(tmp_path), "--name", "loader",
+        "--steps", "5", "--data_on_device", "never", "--model", "ResNetV2-Tiny", "--resolution", "32",
+        "--pretrained", "none", "--device", "cpu", "--workers", "0", "--batch", "8", "--holdout", "0.1"]))
+    assert metrics["steps"] == 5 and 0 <= metrics["pixel_accuracy"] <= 1
+    assert torch.load(tmp_path / "loader" / "checkpoint.pth.tar", weights_only=False)["finished"]

@@ -19,7 +19,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine_eval import extract, top1
 from utils.engine_train import DenseLogits, train_loop
 from utils.dense_eval import evaluate_masks
-from utils.io import write_text_atomic
+from utils.io import atomic_path, write_text_atomic
 from utils.runtime import default_amp, seed_everything
 from utils.schedule import get_mixup, get_schedule, scale_schedule
 
@@ -65,6 +65,30 @@ def fits_in_memory(num_images, image_size, mask_size, device):
     return needed < 6 * 2 ** 30
 
 
+def build_model(args, head_size, resume, ckpt_file):
+    """The network with a zero head: the resumed weights, else BiT's (unless --pretrained none)."""
+    model = create_model(args.model, head_size=head_size, zero_head=True)
+    if resume is not None:
+        load_state_dict_checked(model, resume["model"], str(ckpt_file))
+    else:
+        weights = check_pretrained(args)
+        if weights is not None:
+            model.load_from_npz(str(weights), load_head=False)
+    return model
+
+
+def build_batches(args, train_set, indices, train_size, device):
+    """(batch source, whether it is in memory): the decoded split on the device when it fits."""
+    with_masks = train_set.with_masks
+    in_memory = args.data_on_device == "always" or (args.data_on_device == "auto" and fits_in_memory(
+        len(train_set), decoded_size(train_set), (args.resolution,) * 2 if with_masks else (0, 0), device))
+    if in_memory:
+        decoded = decode_in_memory(train_set, args.workers, desc=f"decode {Path(args.datadir).name}")
+        return InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed, train_size=train_size), True
+    return LoaderBatches(train_set, indices, args.resolution, device, workers=args.workers,
+                         train_size=train_size), False
+
+
 def run(args):
     if args.model not in KNOWN_MODELS:
         raise ValueError(f"--model {args.model!r} is unknown; known models: {', '.join(KNOWN_MODELS)}")
@@ -107,14 +131,7 @@ def run(args):
     mixup_alpha = (get_mixup(len(train_indices)) if args.mixup is None else args.mixup) if task == "cls" else 0.0
 
     head_size = num_classes + (1 if task == "dfb" else 0)
-    model = create_model(args.model, head_size=head_size, zero_head=True)
-    if resume is not None:
-        load_state_dict_checked(model, resume["model"], str(ckpt_file))
-    else:
-        weights = check_pretrained(args)
-        if weights is not None:
-            model.load_from_npz(str(weights), load_head=False)
-    model.to(device)
+    model = build_model(args, head_size, resume, ckpt_file).to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     net = DenseLogits(model) if task == "dfb" else model
@@ -127,16 +144,7 @@ def run(args):
         optimizer.load_state_dict(resume["optim"])
 
     indices = GlobalBatchIndices(len(train_indices), args.batch, rank, world_size, args.seed, start_step)
-    in_memory = args.data_on_device == "always" or (
-        args.data_on_device == "auto" and fits_in_memory(
-            len(train_indices), decoded_size(dataset), (args.resolution,) * 2 if task == "dfb" else (0, 0), device))
-    train_subset = restrict(dataset, train_indices)
-    if in_memory:
-        decoded = decode_in_memory(train_subset, args.workers, desc=f"decode {Path(args.datadir).name}")
-        batches = InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed, train_size=train_size)
-    else:
-        batches = LoaderBatches(train_subset, indices, args.resolution, device, workers=args.workers,
-                                train_size=train_size)
+    batches, in_memory = build_batches(args, restrict(dataset, train_indices), indices, train_size, device)
 
     writer = None
     if main:
@@ -206,9 +214,6 @@ def run(args):
 def export(args, ckpt_file, main):
     """Copy the finished checkpoint to --export (e.g. cls_pretrained_models/cifar10.pth.tar)."""
     if main and args.export:
-        target = Path(args.export)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(ckpt_file, tmp)
-        tmp.replace(target)
-        print(f"[train] exported {target}")
+        with atomic_path(args.export) as tmp:
+            shutil.copyfile(ckpt_file, tmp)
+        print(f"[train] exported {args.export}")
