@@ -21,9 +21,8 @@ import torch
 from datasets.batch_augment import patch_shuffle
 from datasets.folder import dataset_name
 from datasets.sources import open_split
-from models.resnetv2 import create_model, load_state_dict_checked
 from utils import distributed
-from utils.checkpoint import file_digest, load_checkpoint
+from utils.checkpoint import file_digest, load_network
 from utils.engine_eval import extract, top1
 from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
 from utils.io import atomic_path, save_npy_atomic, write_text_atomic
@@ -81,27 +80,12 @@ def score_overrides(args):
             "ReAct": {"percentile": args.react_percentile}}
 
 
-def load_network(args):
-    checkpoint = load_checkpoint(args.model_path)
-    task = checkpoint["task"] or args.task
-    head_size = checkpoint["head_size"] or args.head_size
-    if task is None or head_size is None:
-        raise ValueError(f"{args.model_path} does not say what it is (a checkpoint of the original release?): "
-                         f"pass --task cls|dfb and --head_size")
-    if args.task and args.task != task:
-        raise ValueError(f"--task {args.task} but {args.model_path} is a '{task}' checkpoint")
-    if args.head_size and args.head_size != head_size:
-        raise ValueError(f"--head_size {args.head_size} but {args.model_path} has a head of {head_size}")
-    model = create_model(args.model or checkpoint["model_name"] or "BiT-M-R50x1", head_size=head_size)
-    load_state_dict_checked(model, checkpoint["model"], str(args.model_path))
-    return model, checkpoint, task, head_size
-
-
 def run(args):
     device, rank, world_size = distributed.init_distributed(args.device)
     main = distributed.is_main_process()
     amp = args.amp or default_amp(device)
-    model, checkpoint, task, head_size = load_network(args)
+    model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
+                                                      model_name=args.model)
     num_classes = head_size - 1 if task == "dfb" else head_size
     model.to(device).eval()
     resolution = args.resolution or checkpoint["resolution"] or 128

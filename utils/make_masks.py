@@ -15,24 +15,11 @@ from tqdm import tqdm
 
 from datasets.folder import mask_path, mask_root_for
 from datasets.sources import eval_batches, open_split
-from models.resnetv2 import create_model, load_state_dict_checked
 from utils import distributed
 from utils.cam import check_scales, pseudo_masks
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_network
 from utils.io import save_png_atomic, write_text_atomic
 from utils.runtime import autocast, default_amp
-
-
-def load_classifier(model_path, head_size, model_name=None):
-    """The K-class classifier of a checkpoint, refusing a head of the wrong size or a dfb network."""
-    checkpoint = load_checkpoint(model_path, expect_task="cls")
-    if checkpoint["head_size"] is not None and checkpoint["head_size"] != head_size:
-        raise ValueError(f"--head_size {head_size} does not match {model_path}, whose head has "
-                         f"{checkpoint['head_size']} classes")
-    name = model_name or checkpoint["model_name"] or "BiT-M-R50x1"
-    model = create_model(name, head_size=head_size)
-    load_state_dict_checked(model, checkpoint["model"], str(model_path))
-    return model, checkpoint
 
 
 def read_mask(path, size=None):
@@ -63,7 +50,8 @@ def run(args):
     main = distributed.is_main_process()
     amp = args.amp or default_amp(device)
     scales = check_scales(args.scales)
-    model, checkpoint = load_classifier(args.model_path, args.head_size, args.model)
+    model, checkpoint, _, _ = load_network(args.model_path, expect_task="cls", head_size=args.head_size,
+                                           model_name=args.model)
     model.to(device).eval()
     resolution = args.resolution or checkpoint["resolution"] or 128
 
