@@ -156,7 +156,3 @@ def open_split(root, resolution, with_masks=False, mask_root=None, num_classes=N
         dataset = ImageFolderDataset(root, image_size=size, with_masks=with_masks, mask_root=mask_root,
                                      num_classes=num_classes, classes=classes)
     return dataset
-
-
-def decode_in_memory(dataset, workers, desc):
-    return decode_all(dataset, batch_size=256, workers=workers, progress=True, desc=desc)

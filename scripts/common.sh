@@ -33,6 +33,14 @@ common_flags() {
   echo "${flags[@]}"
 }
 
+run_train() {  # run_train <dataset> <task> <run name> [extra train.py flags...]
+  local ds=$1 task=$2 name=$3
+  shift 3
+  "$PYTHON" train.py --task "$task" --datadir "$DATA_ROOT/$ds/train" --test_datadir "$DATA_ROOT/$ds/test" \
+    --model "$MODEL" --pretrained "$PRETRAINED" --logdir "$LOGDIR" --name "$name" \
+    ${STEPS:+--steps "$STEPS"} $(common_flags) "$@"
+}
+
 fail() { echo "[error] $*" >&2; exit 1; }
 
 require_split() {  # require_split <folder> <what to do if missing>

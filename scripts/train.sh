@@ -10,7 +10,5 @@ done
 require_weights
 for ds in $DATASETS; do
   echo "[train] $ds: DFB dense network $MODEL on $DATA_ROOT/$ds/train + train_mask (run $LOGDIR/${ds}_dfb)"
-  "$PYTHON" train.py --task dfb --datadir "$DATA_ROOT/$ds/train" --test_datadir "$DATA_ROOT/$ds/test" \
-    --model "$MODEL" --pretrained "$PRETRAINED" --logdir "$LOGDIR" --name "${ds}_dfb" \
-    ${STEPS:+--steps "$STEPS"} $(common_flags)
+  run_train "$ds" dfb "${ds}_dfb"
 done

@@ -8,7 +8,5 @@ done
 require_weights
 for ds in $DATASETS; do
   echo "[train_cls] $ds: classifier $MODEL on $DATA_ROOT/$ds/train -> $CLS_DIR/$ds.pth.tar (run $LOGDIR/${ds}_cls)"
-  "$PYTHON" train.py --task cls --datadir "$DATA_ROOT/$ds/train" --test_datadir "$DATA_ROOT/$ds/test" \
-    --model "$MODEL" --pretrained "$PRETRAINED" --logdir "$LOGDIR" --name "${ds}_cls" \
-    --export "$CLS_DIR/$ds.pth.tar" ${STEPS:+--steps "$STEPS"} $(common_flags)
+  run_train "$ds" cls "${ds}_cls" --export "$CLS_DIR/$ds.pth.tar"
 done

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from datasets.folder import find_classes, mask_root_for
+from datasets.folder import decode_all, find_classes, mask_root_for
 from datasets.transforms import default_train_size
-from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches, decode_in_memory,
+from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches,
                               decoded_size, open_split, restrict)
 from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
 from utils import distributed
@@ -83,7 +83,7 @@ def build_batches(args, train_set, indices, train_size, device):
     in_memory = args.data_on_device == "always" or (args.data_on_device == "auto" and fits_in_memory(
         len(train_set), decoded_size(train_set), (args.resolution,) * 2 if with_masks else (0, 0), device))
     if in_memory:
-        decoded = decode_in_memory(train_set, args.workers, desc=f"decode {Path(args.datadir).name}")
+        decoded = decode_all(train_set, workers=args.workers, desc=f"decode {Path(args.datadir).name}")
         return InMemoryBatches(decoded, indices, args.resolution, device, seed=args.seed, train_size=train_size), True
     return LoaderBatches(train_set, indices, args.resolution, device, workers=args.workers,
                          train_size=train_size), False
