@@ -9,6 +9,7 @@ logits/<set>.npy, scores/<method>/<set>.npy and figures/.
 """
 import argparse
 
+from utils.cli import run_cli
 from utils.evaluation import run
 from utils.fusion import FUSIONS, DEFAULT_FUSION
 
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--fusion", choices=sorted(FUSIONS), default=DEFAULT_FUSION,
                         help="fusion reported under the plain name DFB-<method> (all are reported)")
     parser.add_argument("--shuffle_grid", type=int, default=4, help="tiles per side of the pseudo-OOD images")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense_maps", type=int, default=4,
                         help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
@@ -47,5 +50,9 @@ def parse_args(argv=None):
     return args
 
 
+def main(argv=None):
+    return run_cli(run, parse_args(argv), "eval.py")
+
+
 if __name__ == "__main__":
-    run(parse_args())
+    main()

@@ -8,6 +8,7 @@ K = background), skips masks already written, and runs under torchrun too.
 """
 import argparse
 
+from utils.cli import run_cli
 from utils.make_masks import run
 
 
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--overlays", type=int, default=16, help="images shown in <out>/overlays.png (0: none)")
     parser.add_argument("--true_masks", default=None,
                         help="folder of ground-truth masks (same contract): report the pseudo masks' IoU")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     args = parser.parse_args(argv)
     if args.head_size < 1 or args.head_size > 254:
@@ -41,5 +44,9 @@ def parse_args(argv=None):
     return args
 
 
+def main(argv=None):
+    return run_cli(run, parse_args(argv), "make_cam.py")
+
+
 if __name__ == "__main__":
-    run(parse_args())
+    main()

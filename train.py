@@ -10,6 +10,7 @@ process trains on its slice of each global batch (--batch is the global batch).
 """
 import argparse
 
+from utils.cli import run_cli
 from utils.train_setup import run
 
 
@@ -45,6 +46,8 @@ def parse_args(argv=None):
                         help="keep the decoded training set on the device (auto: when it fits)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_every", type=int, default=1000, help="evaluate every N steps (0: only at the end)")
     parser.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps")
@@ -62,5 +65,9 @@ def parse_args(argv=None):
     return args
 
 
+def main(argv=None):
+    return run_cli(run, parse_args(argv), "train.py")
+
+
 if __name__ == "__main__":
-    run(parse_args())
+    main()

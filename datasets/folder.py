@@ -6,6 +6,8 @@ foreground, K = background, 255 = ignore). Only files directly inside a class fo
 images of that class (nested folders are not searched), so every image has exactly one
 mask path. Hidden files (e.g. the temporaries of `utils.io.atomic_path`) are skipped.
 """
+import copy
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +115,30 @@ def dataset_name(split_root, role):
     raise ValueError(f"role must be 'id' or 'ood', got {role!r}")
 
 
-def _missing_mask_error(path, root, detail=""):
-    return FileNotFoundError(f"mask {path} is missing{detail}; run make_cam.py --dataset={root} "
+def _missing_mask_error(path, root):
+    return FileNotFoundError(f"mask {path} is missing; run make_cam.py --dataset={root} "
                              f"to write the masks of that split")
+
+
+def _first(paths, count=3):
+    return ", ".join(map(str, paths[:count])) + (", ..." if len(paths) > count else "")
+
+
+def _decode_problem(path):
+    """None if the image decodes completely, else the reason it does not."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return None
+    except (OSError, ValueError, SyntaxError) as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def find_unreadable(paths, threads=8):
+    """[(path, reason)] of the images that do not decode completely (truncated, corrupt, not images)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without holding the GIL
+        problems = list(pool.map(_decode_problem, paths))
+    return [(path, problem) for path, problem in zip(paths, problems) if problem is not None]
 
 
 class ImageFolderDataset(Dataset):
@@ -124,23 +147,41 @@ class ImageFolderDataset(Dataset):
     image_size: None keeps the native size (see `native_size`); an int resizes every image to
     image_size x image_size on decode (PIL bilinear, antialiased when downscaling).
     Masks keep their native size; `num_classes` (K) is required with masks, to check values.
+    skip_corrupt: leave out images that do not decode (listed in `skipped`) instead of failing
+    on the first one; every image is decoded once more to find them.
     """
 
     def __init__(self, root, image_size=None, with_masks=False, mask_root=None, num_classes=None,
-                 classes=None):
+                 classes=None, skip_corrupt=False):
         self.root = Path(root)
         self.samples = list_samples(self.root, classes)
+        self.skipped = []
+        if skip_corrupt:
+            self._leave_out_unreadable()
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
             raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
         self.image_size = image_size
         self.with_masks = with_masks
         self.num_classes = num_classes
-        self.mask_root = None
+        self.mask_root, self.mask_size = None, None
         if with_masks:
             self._check_num_classes(num_classes)
             self.mask_root = Path(mask_root) if mask_root is not None else mask_root_for(self.root)
             self._check_masks_exist()
+            self._check_mask_sizes()
+
+    def _leave_out_unreadable(self):
+        self.skipped = find_unreadable([path for path, _ in self.samples])
+        if not self.skipped:
+            return
+        bad = {path for path, _ in self.skipped}
+        self.samples = [sample for sample in self.samples if sample[0] not in bad]
+        print(f"[data] --skip_corrupt: left out {len(self.skipped)} unreadable images of {self.root}: "
+              + "; ".join(f"{path} ({reason})" for path, reason in self.skipped[:3])
+              + ("; ..." if len(self.skipped) > 3 else ""))
+        if not self.samples:
+            raise ValueError(f"no image of {self.root} could be decoded ({len(self.skipped)} unreadable)")
 
     def _check_num_classes(self, num_classes):
         if not isinstance(num_classes, int) or num_classes <= 0:
@@ -154,8 +195,34 @@ class ImageFolderDataset(Dataset):
         # Fail before hours of decoding/training, not at the first missing file.
         missing = [p for p in map(self.mask_path, range(len(self))) if not p.is_file()]
         if missing:
-            raise _missing_mask_error(missing[0], self.root,
-                                      f" ({len(missing)} of {len(self)} masks missing under {self.mask_root})")
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(self)} masks are missing under {self.mask_root} (first: "
+                f"{_first(missing)}); run make_cam.py --dataset={self.root} to write the masks of that split")
+
+    def _check_mask_sizes(self):
+        """Masks are resized with their images, so one split must have one mask size."""
+        first_path, first_size = None, None
+        for path in map(self.mask_path, range(len(self))):
+            try:
+                with Image.open(path) as mask:
+                    size = mask.size
+            except (OSError, SyntaxError) as err:
+                raise OSError(f"cannot read mask file {path}: {err}") from err
+            if first_size is None:
+                first_path, first_size = path, size
+            elif size != first_size:
+                raise ValueError(f"masks of one split must share one size: {first_path} is "
+                                 f"{first_size[0]}x{first_size[1]}, {path} is {size[0]}x{size[1]} (WxH); "
+                                 f"rewrite them with make_cam.py --overwrite")
+        self.mask_size = (first_size[1], first_size[0])
+
+    def resized(self, image_size):
+        """This split decoding every image at image_size x image_size."""
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        resized = copy.copy(self)
+        resized.image_size = image_size
+        return resized
 
     def __len__(self):
         return len(self.samples)
@@ -195,7 +262,8 @@ class ImageFolderDataset(Dataset):
                     image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
                 pixels = np.array(image, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError on some broken headers
-            raise OSError(f"cannot decode image file {path}: {err}") from err
+            raise OSError(f"cannot decode image file {path}: {err} (fix or remove it, or pass "
+                          f"--skip_corrupt to leave unreadable images out)") from err
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def load_mask(self, index):

@@ -145,14 +145,24 @@ def eval_batches(dataset, resolution, device, batch_size, workers=2, indices=Non
 
 
 def open_split(root, resolution, with_masks=False, mask_root=None, num_classes=None, classes=None,
-               train_size=None):
+               train_size=None, skip_corrupt=False):
     """The ImageFolder of a split, decoding at native size where possible (else at the training
     resize `train_size` when given, else at `resolution`)."""
-    dataset = ImageFolderDataset(root, with_masks=with_masks, mask_root=mask_root,
-                                 num_classes=num_classes, classes=classes)
-    fallback = train_size or resolution
-    size = decode_size_for(dataset, fallback)
+    dataset = ImageFolderDataset(root, with_masks=with_masks, mask_root=mask_root, num_classes=num_classes,
+                                 classes=classes, skip_corrupt=skip_corrupt)
+    size = decode_size_for(dataset, train_size or resolution)
     if size is not None:
-        dataset = ImageFolderDataset(root, image_size=size, with_masks=with_masks, mask_root=mask_root,
-                                     num_classes=num_classes, classes=classes)
+        dataset = dataset.resized(size)
+    if with_masks:
+        _check_mask_shape(dataset)
     return dataset
+
+
+def _check_mask_shape(dataset):
+    """Images and masks are resized to one square, so they must have the same aspect ratio."""
+    image_height, image_width = decoded_size(dataset)
+    mask_height, mask_width = dataset.mask_size
+    if mask_height * image_width != mask_width * image_height:
+        raise ValueError(f"masks under {dataset.mask_root} are {mask_width}x{mask_height} (WxH) but the images of "
+                         f"{dataset.root} are decoded at {image_width}x{image_height}: a mask must cover its image "
+                         f"with the same aspect ratio (make_cam.py writes square masks)")

@@ -300,6 +300,10 @@ def _load_npz(model, source, load_head):
         _copy_npz_arrays(model, source, "the given npz mapping", load_head)
 
 
+def _listed(items, count=5):
+    return ", ".join(items[:count]) + (f" and {len(items) - count} more" if len(items) > count else "")
+
+
 def _copy_npz_arrays(model, source, described, load_head):
     parameters = dict(model.named_parameters())
     arrays, missing, misshaped = {}, [], []
@@ -319,12 +323,16 @@ def _copy_npz_arrays(model, source, described, load_head):
             arrays[torch_name] = converted
 
     if missing or misshaped:
-        lines = [f"cannot load BiT weights from {described} into model {model.model_name!r} "
-                 f"(the model name may not match the file"
-                 + ("; pass load_head=False to keep this model's head" if load_head else "") + "):"]
-        lines += [f"  missing key {key}" for key in missing]
-        lines += [f"  wrong shape {entry}" for entry in misshaped]
-        raise ValueError("\n".join(lines))
+        problems = []
+        if missing and not arrays and not misshaped:
+            problems.append(f"it holds none of the {len(missing)} BiT arrays (not a BiT .npz?), e.g. {missing[0]}")
+        elif missing:
+            problems.append(f"{len(missing)} keys missing: {_listed(missing)}")
+        if misshaped:
+            problems.append(f"{len(misshaped)} of wrong shape: {_listed(misshaped)}")
+        hint = "; pass load_head=False to keep this model's head" if load_head else ""
+        raise ValueError(f"cannot load BiT weights from {described} into model {model.model_name!r} "
+                         f"(does the model name match the file?{hint}): " + "; ".join(problems))
 
     with torch.no_grad():
         for torch_name, array in arrays.items():
@@ -345,9 +353,15 @@ def load_state_dict_checked(model, state_dict, source):
         raise ValueError(f"checkpoint {source} has a head of {stored_head.shape[0]} classes, "
                          f"but a head of {model.head_size} classes was requested "
                          f"(check --head_size / the checkpoint)")
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {source} does not match model {model.model_name!r} (pass the --model it "
+                         f"was trained with): {len(missing)} weights missing ({_listed(missing)}), "
+                         f"{len(unexpected)} unexpected ({_listed(unexpected)})")
     try:
         model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise RuntimeError(f"checkpoint {source} does not match model {model.model_name!r}: "
-                           f"{error}") from error
+    except RuntimeError as error:  # same names, other shapes: another width
+        raise ValueError(f"checkpoint {source} does not match model {model.model_name!r} (pass the --model it "
+                         f"was trained with): " + " ".join(str(error).split())[:500]) from error
     return model

@@ -25,13 +25,16 @@ def test_soft_cross_entropy_equals_hard_cross_entropy_on_one_hot_targets():
                                F.cross_entropy(logits, labels))
 
 
-def test_nan_loss_stops_training_with_a_clear_error():
+def test_nan_loss_names_its_step_and_no_checkpoint_holds_its_weights():
     net = torch.nn.Linear(4, 3)
-    with torch.no_grad():
-        net.weight.fill_(float("nan"))
-    batches = iter([(torch.randn(2, 4), torch.tensor([0, 1]), None)] * 5)
+    good = (torch.randn(2, 4), torch.tensor([0, 1]), None)
+    poisoned = (torch.full((2, 4), float("nan")), torch.tensor([0, 1]), None)
+    batches = iter([good, good, poisoned, good, good])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 1.*--base_lr"):
+    saved = []
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 2; .*last checkpoint \(step 2\).*--base_lr"):
         train_loop(net=net, optimizer=optimizer, batches=batches, schedule=[1, 2, 3, 4, 5], base_lr=0.1,
                    start_step=0, task="cls", num_classes=3, mixup_alpha=0.0, device=torch.device("cpu"),
-                   amp="none", seed=0, rank=0, log_every=2, show_progress=False)
+                   amp="none", seed=0, rank=0, log_every=5, show_progress=False,
+                   on_checkpoint=saved.append, checkpoint_every=1)
+    assert saved == [1, 2]  # the step that produced NaN (done = 3) was never saved

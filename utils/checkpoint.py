@@ -1,6 +1,7 @@
 """Checkpoints per DESIGN.md §3: a dict with `model`, `optim`, `step`, the run's `args`, and
 what the network is (`task`, `model_name`, `head_size`, `num_classes`, `classes`,
-`resolution`), so a run can resume and any stage can check it was given the right file.
+`resolution`), so a run can resume and any stage can check it was given the right file;
+`data` fingerprints the training images (and masks), so a resumed run refuses changed data.
 """
 import hashlib
 from pathlib import Path
@@ -14,7 +15,7 @@ TASKS = ("cls", "dfb")
 
 
 def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_name, classes,
-                    resolution, finished=False):
+                    resolution, finished=False, data=None):
     num_classes = len(classes)
     torch_save_atomic({
         "model": model_state,
@@ -28,6 +29,7 @@ def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_n
         "classes": list(classes),
         "resolution": resolution,
         "finished": finished,
+        "data": data,
     }, path)
 
 
@@ -39,8 +41,10 @@ def load_checkpoint(path, expect_task=None):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # corrupt or truncated file
-        raise ValueError(f"checkpoint {path} could not be read ({error})") from error
+    except Exception as error:  # not a torch file, or truncated
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch.load: {reason}); expected a "
+                         f"file written by train.py") from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} is not a dict (got {type(checkpoint).__name__})")
     if "model" not in checkpoint:
@@ -48,7 +52,7 @@ def load_checkpoint(path, expect_task=None):
             checkpoint = {"model": checkpoint}
         else:
             raise ValueError(f"checkpoint {path} has no 'model' entry (keys: {sorted(checkpoint)[:8]})")
-    for key in ("task", "model_name", "head_size", "num_classes", "classes", "resolution", "step"):
+    for key in ("task", "model_name", "head_size", "num_classes", "classes", "resolution", "step", "data"):
         checkpoint.setdefault(key, None)
     if checkpoint["task"] not in (None, *TASKS):
         raise ValueError(f"checkpoint {path} has task {checkpoint['task']!r}; expected one of {TASKS}")

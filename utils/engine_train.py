@@ -3,7 +3,6 @@
 cls: K-class image classifier, cross-entropy (with MixUp on large datasets).
 dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored).
 """
-import math
 import time
 
 import torch
@@ -75,6 +74,7 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
     progress = tqdm(total=schedule[-1], initial=start_step, desc=f"train {task}", disable=not show_progress,
                     dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
+    guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes)
     for step, (images, labels, masks) in zip(range(start_step, stop), batches):
         lr = get_lr(step, schedule, base_lr)
         for group in optimizer.param_groups:
@@ -88,14 +88,13 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        guard.record(step, loss)
 
         window_images += images.shape[0]
+        done = step + 1
         # Reading the loss waits for the device, so it happens only every `log_every` steps.
-        if (step + 1) % log_every == 0 or step + 1 == stop:
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step} (lr {lr:.2e}); lower --base_lr or check the data "
-                    f"(masks with values outside 0..{num_classes}/255?). The last checkpoint was kept.")
+        if done % log_every == 0 or done == stop:
+            guard.check()
             elapsed = time.perf_counter() - window_start
             throughput = window_images / max(elapsed, 1e-9)
             values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
@@ -106,11 +105,41 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
                 writer.add_scalar("train/images_per_second_per_process", throughput, step + 1)
             window_start, window_images = time.perf_counter(), 0
         progress.update(1)
-        done = step + 1
         if on_checkpoint is not None and done % checkpoint_every == 0 and done != stop:
+            guard.check()  # never save weights a non-finite loss has touched
             on_checkpoint(done)
+            guard.saved_at(done)
         if on_evaluate is not None and eval_every and done % eval_every == 0 and done != stop:
             on_evaluate(done)
             net.train()
+    guard.check()
     progress.close()
     return stop
+
+
+class NonFiniteLossGuard:
+    """Remembers, on the device (no synchronisation per step), the first step whose loss was
+    NaN or infinite; `check` stops training there with the step and the checkpoint kept."""
+
+    def __init__(self, device, start_step, base_lr, num_classes):
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.last_saved, self.base_lr, self.num_classes = start_step, base_lr, num_classes
+
+    def record(self, step, loss):
+        new = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(new, step, self.first_bad_step)
+        self.bad_loss = torch.where(new, loss.detach().float(), self.bad_loss)
+
+    def saved_at(self, step):
+        self.last_saved = step
+
+    def check(self):
+        step = int(self.first_bad_step.item())
+        if step < 0:
+            return
+        kept = (f"the last checkpoint (step {self.last_saved}) is kept and a rerun resumes from it"
+                if self.last_saved else "no checkpoint had been written yet")
+        raise FloatingPointError(
+            f"loss is {self.bad_loss.item()} at step {step}; training stopped and {kept}. Lower --base_lr "
+            f"(now {self.base_lr}) or check the data (mask values outside 0..{self.num_classes} and 255?)")

@@ -25,7 +25,7 @@ from utils import distributed
 from utils.checkpoint import file_digest, load_network
 from utils.engine_eval import extract, top1
 from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
-from utils.io import atomic_path, save_npy_atomic, write_text_atomic
+from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
 from utils.runtime import default_amp
 from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
@@ -52,21 +52,40 @@ class PatchShuffled(torch.utils.data.Dataset):
         return item
 
 
-def dataset_digest(dataset):
-    """sha256 over every image's relative path and bytes."""
+def image_digests(dataset):
+    """sha256 of every image file of a split, in dataset order."""
+    return [file_digest(path) for path, _ in dataset.samples]
+
+
+def dataset_digest(dataset, digests):
+    """sha256 over every image's relative path, label and bytes."""
     digest = hashlib.sha256()
-    for path, label in dataset.samples:
-        digest.update(f"{Path(path).relative_to(dataset.root)}|{label}|".encode())
-        digest.update(file_digest(path).encode())
+    for (path, label), image_digest in zip(dataset.samples, digests):
+        digest.update(f"{Path(path).relative_to(dataset.root)}|{label}|{image_digest}".encode())
     return digest.hexdigest()
 
 
+def warn_about_id_images_in_ood_sets(id_test_name, id_digests, ood_digests):
+    """An OOD set holding ID test images (e.g. the ID test folder given as --ood_path) gives
+    meaningless numbers; say so loudly, without stopping the run."""
+    id_images = set(id_digests)
+    for name, digests in ood_digests.items():
+        shared = sum(digest in id_images for digest in digests)
+        if shared:
+            print(f"[eval] WARNING: {shared} of {len(digests)} images of the OOD set {name} are byte-identical to "
+                  f"images of the ID test set {id_test_name}" + (" (the same folder given twice?)"
+                  if shared == len(digests) else "") + "; its OOD metrics are not meaningful")
+
+
 def cached_extract(cache_dir, name, key, compute):
-    """Load <cache_dir>/<name>-<key>.npz if present, else compute and store it (rank 0)."""
+    """Load <cache_dir>/<name>-<key>.npz if present and readable, else compute and store it (rank 0)."""
     path = Path(cache_dir) / f"{name}-{key[:20]}.npz"
     if path.is_file():
-        with np.load(path) as stored:
-            return {k: stored[k] for k in stored.files}, True
+        try:
+            with np.load(path) as stored:
+                return {k: stored[k] for k in stored.files}, True
+        except (OSError, ValueError, EOFError) as error:  # damaged outside our atomic writes
+            print(f"[eval] cache {path} is unreadable ({error}); computing it again")
     outputs = compute()
     if distributed.is_main_process():
         with atomic_path(path) as tmp:
@@ -91,17 +110,25 @@ def run(args):
     resolution = args.resolution or checkpoint["resolution"] or 128
     out_dir = Path(args.logdir)
     checkpoint_key = file_digest(args.model_path)
+    if main:
+        remove_stale_temporaries(out_dir)  # of an eval that was killed while writing
 
     id_train_name = dataset_name(args.id_train_path, "id")
     id_test_name = dataset_name(args.id_test_path, "id")
     ood_names = [dataset_name(path, "ood") for path in args.ood_path]
     if len(set(ood_names)) != len(ood_names) or {id_train_name, id_test_name} & set(ood_names):
         raise ValueError(f"data set names must be unique, got ID {id_train_name}, {id_test_name} and OOD {ood_names}")
-    classes = checkpoint["classes"] or None
-    plan = [(id_train_name, open_split(args.id_train_path, resolution, classes=classes)),
-            (id_test_name, open_split(args.id_test_path, resolution, classes=classes))]
-    plan += [(name, open_split(path, resolution)) for name, path in zip(ood_names, args.ood_path)]
-    id_test_dataset = plan[1][1]
+    skip = args.skip_corrupt
+    id_train = open_split(args.id_train_path, resolution, classes=checkpoint["classes"] or None, skip_corrupt=skip)
+    if len(id_train.classes) != num_classes:
+        raise ValueError(f"--id_train_path {args.id_train_path} has {len(id_train.classes)} class folders but "
+                         f"{args.model_path} classifies {num_classes} classes")
+    id_test_dataset = open_split(args.id_test_path, resolution, classes=id_train.classes, skip_corrupt=skip)
+    plan = [(id_train_name, id_train), (id_test_name, id_test_dataset)]
+    plan += [(name, open_split(path, resolution, skip_corrupt=skip)) for name, path in zip(ood_names, args.ood_path)]
+    digests = {name: image_digests(dataset) for name, dataset in plan}
+    if main:
+        warn_about_id_images_in_ood_sets(id_test_name, digests[id_test_name], {n: digests[n] for n in ood_names})
     if task == "dfb":
         plan.append((PSEUDO_OOD, PatchShuffled(id_test_dataset, grid=args.shuffle_grid, seed=args.seed)))
     if main:
@@ -111,7 +138,9 @@ def run(args):
     outputs = {}
     for name, dataset in plan:
         source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
-        recipe = f"{checkpoint_key}|{dataset_digest(source)}|{resolution}|{amp}|{type(dataset).__name__}"
+        source_name = id_test_name if isinstance(dataset, PatchShuffled) else name
+        recipe = (f"{checkpoint_key}|{dataset_digest(source, digests[source_name])}|{resolution}|{amp}|"
+                  f"{type(dataset).__name__}")
         if isinstance(dataset, PatchShuffled):
             recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
         # ODIN's perturbed pass for the scored sets only (the training set only fits other scores)
@@ -133,16 +162,24 @@ def run(args):
     results = score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names,
                                out_dir, args, device)
     if task == "dfb" and args.dense_maps > 0:
+        results["written"].append(out_dir / "figures" / "dense_maps.png")
         draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name != PSEUDO_OOD],
-                        num_classes, resolution, device, amp, args.dense_maps, out_dir / "figures" / "dense_maps.png")
+                        num_classes, resolution, device, amp, args.dense_maps, results["written"][-1])
+    remove_stale_outputs(out_dir, results["written"])
     distributed.cleanup()
     return results
 
 
 def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names, out_dir, args,
                      device):
+    written = []
+
+    def save_array(path, array):
+        save_npy_atomic(path, array.astype(np.float32))
+        written.append(path)
+
     for name in [id_train_name, id_test_name, *ood_names]:
-        save_npy_atomic(out_dir / "logits" / f"{name}.npy", outputs[name]["logits"].astype(np.float32))
+        save_array(out_dir / "logits" / f"{name}.npy", outputs[name]["logits"])
     test = outputs[id_test_name]
     accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
                 "images": int(len(test["labels"]))}
@@ -165,17 +202,34 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
     if task == "dfb":
         scores, selection = add_dfb_scores(scores, outputs, id_test_name, scored_sets, args.fusion)
         write_text_atomic(out_dir / "fusion_selection.json", json.dumps(selection, indent=2) + "\n")
+        written.append(out_dir / "fusion_selection.json")
 
     rows = []
     for method, per_set in scores.items():
         for name in [id_test_name, *ood_names]:
-            save_npy_atomic(out_dir / "scores" / method / f"{name}.npy", per_set[name].astype(np.float32))
+            save_array(out_dir / "scores" / method / f"{name}.npy", per_set[name])
         for ood in ood_names:
             rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
                          **ood_metrics(per_set[id_test_name], per_set[ood])})
     write_results(out_dir, rows, ood_names, accuracy)
-    draw_figures(out_dir, scores, id_test_name, ood_names)
-    return {"rows": rows, "accuracy": accuracy, "selection": selection}
+    written += draw_figures(out_dir, scores, id_test_name, ood_names)
+    return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written}
+
+
+def remove_stale_outputs(out_dir, written):
+    """Delete the logits, scores and figures that an earlier run with other sets or another
+    task left in `out_dir`, so that every file there comes from this run."""
+    written = set(written)
+    stale = [path for pattern in ("logits/*.npy", "scores/*/*.npy", "figures/*.png",
+                                                 "fusion_selection.json")
+             for path in out_dir.glob(pattern) if path not in written]
+    for path in stale:
+        path.unlink()
+    for folder in (out_dir / "scores").glob("*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if stale:
+        print(f"[eval] removed {len(stale)} files of an earlier run from {out_dir} (e.g. {stale[0]})")
 
 
 def add_dfb_scores(scores, outputs, id_test_name, scored_sets, default_mode):
@@ -245,9 +299,13 @@ def draw_figures(out_dir, scores, id_test_name, ood_names):
     from utils.plots import plot_roc_curves, plot_score_histograms
     figures = out_dir / "figures"
     shown = [m for m in PLOTTED_METHODS if m in scores]
+    drawn = []
     for method in shown:
+        drawn.append(figures / f"hist_{method}.png")
         plot_score_histograms(scores[method][id_test_name], {n: scores[method][n] for n in ood_names},
-                              figures / f"hist_{method}.png", title=f"{method}: {id_test_name} vs OOD")
+                              drawn[-1], title=f"{method}: {id_test_name} vs OOD")
     for ood in ood_names:
+        drawn.append(figures / f"roc_{ood}.png")
         plot_roc_curves({m: (scores[m][id_test_name], scores[m][ood]) for m in shown},
-                        figures / f"roc_{ood}.png", title=f"ROC, {id_test_name} vs {ood}")
+                        drawn[-1], title=f"ROC, {id_test_name} vs {ood}")
+    return drawn

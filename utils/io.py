@@ -8,6 +8,7 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+TEMPORARY_GLOB = "**/.*.tmp.*"  # every temporary of atomic_path below a folder
 
 
 @contextlib.contextmanager
@@ -29,6 +30,22 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder, pattern=TEMPORARY_GLOB):
+    """Delete the temporaries of `atomic_path` that a killed process left under `folder` (glob
+    `pattern`); returns how many. Only where no other process is writing at the same time."""
+    stale = list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return len(stale)
+
+
+def remove_stale_temporaries_of(path):
+    """Delete the temporaries a killed writer of `path` left beside it (e.g. a half-saved checkpoint)."""
+    path = Path(path)
+    return remove_stale_temporaries(path.parent, f".{path.stem}.*.tmp{path.suffix}")
 
 
 def write_text_atomic(path, text):

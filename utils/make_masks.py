@@ -17,8 +17,8 @@ from datasets.folder import mask_path, mask_root_for
 from datasets.sources import eval_batches, open_split
 from utils import distributed
 from utils.cam import check_scales, pseudo_masks
-from utils.checkpoint import load_network
-from utils.io import save_png_atomic, write_text_atomic
+from utils.checkpoint import file_digest, load_network
+from utils.io import remove_stale_temporaries, save_png_atomic, write_text_atomic
 from utils.runtime import autocast, default_amp
 
 
@@ -45,6 +45,46 @@ def compare_with_true_masks(pseudo_paths, dataset, true_root, num_classes):
             "images": len(true), "true_masks": str(true_root)}
 
 
+PROVENANCE = "provenance.json"
+
+
+def mask_provenance(args, resolution):
+    """What makes the masks: the classifier's bytes and every setting of the CAM."""
+    return {"classifier_sha256": file_digest(args.model_path), "labeled": bool(args.labeled),
+            "scales": [float(s) for s in args.scales], "sigma": args.sigma, "threshold": args.threshold,
+            "resolution": resolution}
+
+
+def read_provenance(mask_root):
+    """The provenance.json of a mask folder, or None when it has none (masks made elsewhere)."""
+    path = Path(mask_root) / PROVENANCE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_mask_folder(out_root, targets, provenance, overwrite):
+    """Make sure every mask that will be kept comes from this classifier and these settings.
+
+    Existing masks are reused only when the folder's provenance equals this run's (a resumed
+    run); --overwrite deletes them first, so an interrupted --overwrite never mixes old and new.
+    """
+    stored = read_provenance(out_root)
+    remove_stale_temporaries(out_root)
+    existing = [target for target in targets if target.is_file()]
+    if overwrite:
+        for target in existing:
+            target.unlink()
+        existing = []
+    elif existing and stored is not None and stored != provenance:
+        changed = sorted(key for key in provenance if stored.get(key) != provenance.get(key))
+        raise ValueError(f"{len(existing)} masks in {out_root} were made with another {', '.join(changed)} "
+                         f"({PROVENANCE}); pass --overwrite to recompute them, or --out for another folder")
+    elif existing and stored is None:
+        print(f"[make_cam] {out_root} holds {len(existing)} masks without a {PROVENANCE}; keeping them as "
+              f"they are (--overwrite recomputes them)")
+        return
+    write_text_atomic(out_root / PROVENANCE, json.dumps(provenance, indent=2) + "\n")
+
+
 def run(args):
     device, rank, world_size = distributed.init_distributed(args.device)
     main = distributed.is_main_process()
@@ -55,13 +95,17 @@ def run(args):
     model.to(device).eval()
     resolution = args.resolution or checkpoint["resolution"] or 128
 
-    dataset = open_split(args.dataset, resolution, classes=checkpoint["classes"] or None)
+    dataset = open_split(args.dataset, resolution, classes=checkpoint["classes"] or None,
+                         skip_corrupt=args.skip_corrupt)
     if len(dataset.classes) != args.head_size:
         raise ValueError(f"{args.dataset} has {len(dataset.classes)} class folders but --head_size is "
                          f"{args.head_size}; masks store folder k as value k, so they must agree")
     out_root = Path(args.out) if args.out else mask_root_for(args.dataset)
     targets = [mask_path(out_root, path) for path, _ in dataset.samples]
-    pending = [i for i, target in enumerate(targets) if args.overwrite or not target.is_file()]
+    if main:
+        prepare_mask_folder(out_root, targets, mask_provenance(args, resolution), args.overwrite)
+    distributed.barrier()
+    pending = [i for i, target in enumerate(targets) if not target.is_file()]
     mine = [pending[i] for i in distributed.shard_indices(len(pending), rank, world_size)]
     if main:
         print(f"[make_cam] {len(dataset)} images in {args.dataset}; {len(dataset) - len(pending)} masks "
@@ -101,6 +145,7 @@ def run(args):
     if main:
         images, foreground_sum, empty = counts.tolist()
         summary = {"split": str(args.dataset), "mask_root": str(out_root), "images_total": len(dataset),
+                   "images_unreadable": len(dataset.skipped),
                    "images_computed": int(images), "images_skipped": len(dataset) - len(pending),
                    "mean_foreground_fraction": foreground_sum / images if images else None,
                    "empty_foreground": int(empty),

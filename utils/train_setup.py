@@ -1,8 +1,10 @@
 """Everything `train.py` sets up before the loop: data, model, optimizer, resume, logging,
 and what happens at checkpoints and evaluations."""
+import hashlib
 import json
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine_eval import extract, top1
 from utils.engine_train import DenseLogits, train_loop
 from utils.dense_eval import evaluate_masks
-from utils.io import atomic_path, write_text_atomic
+from utils.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
+from utils.make_masks import read_provenance
 from utils.runtime import default_amp, seed_everything
 from utils.schedule import get_mixup, get_schedule, scale_schedule
 
@@ -43,9 +46,10 @@ def check_pretrained(args):
     if path is not None and not path.is_file():
         url = BIT_URL.format(name=args.model)
         raise FileNotFoundError(
-            f"BiT weights {path} not found. Download them with\n"
-            f"  mkdir -p {path.parent} && wget -O {path} {url}\n"
-            f"or pass --pretrained PATH, or --pretrained none to train from scratch.")
+            f"BiT weights {path} not found: download them with `mkdir -p {path.parent} && wget -O {path} {url}`, "
+            f"or pass --pretrained PATH, or --pretrained none to train from scratch")
+    if path is not None and not zipfile.is_zipfile(path):
+        raise ValueError(f"--pretrained {path} is not a BiT .npz archive (expected the file from {BIT_URL})")
     return path
 
 
@@ -63,6 +67,28 @@ def fits_in_memory(num_images, image_size, mask_size, device):
         free, _ = torch.cuda.mem_get_info(device)
         return needed < 0.4 * free
     return needed < 6 * 2 ** 30
+
+
+def data_fingerprint(dataset):
+    """What a resumed run must find again: the image list and, for dfb, the masks' provenance."""
+    listing = hashlib.sha256()
+    for path, label in dataset.samples:
+        listing.update(f"{Path(path).relative_to(dataset.root)}|{label}\n".encode())
+    provenance = read_provenance(dataset.mask_root) if dataset.mask_root is not None else None
+    return {"images": len(dataset), "listing_sha256": listing.hexdigest(),
+            "mask_provenance": provenance}
+
+
+def check_same_data(resume, fingerprint, ckpt_file, datadir):
+    stored = resume.get("data")
+    if not stored or stored == fingerprint:
+        return
+    changed = [key for key in fingerprint if stored.get(key) != fingerprint[key]]
+    detail = (f"{stored['images']} images then, {fingerprint['images']} now" if "images" in changed
+              else "the same number of images, other files" if "listing_sha256" in changed
+              else "the masks were made again since (provenance.json)")
+    raise ValueError(f"{ckpt_file} was trained on other data than {datadir} holds now ({detail}); resume with "
+                     f"the original data, or start a new run with another --name")
 
 
 def build_model(args, head_size, resume, ckpt_file):
@@ -98,6 +124,11 @@ def run(args):
     run_dir = Path(args.logdir) / args.name
     ckpt_file = checkpoint_path(run_dir)
 
+    if main:  # what a killed run was saving is incomplete
+        for target in (ckpt_file, args.export):
+            if target and remove_stale_temporaries_of(target):
+                print(f"[train] removed the unfinished temporary files of {target} left by an interrupted run")
+    distributed.barrier()
     resume = load_checkpoint(ckpt_file, expect_task=args.task) if ckpt_file.is_file() else None
     if resume is not None and resume.get("finished"):
         if main:
@@ -122,7 +153,10 @@ def run(args):
             f"--model_path=cls_pretrained_models/<dataset>.pth.tar --head_size={num_classes}\nfirst")
     train_size = args.train_resize or default_train_size(args.resolution)
     dataset = open_split(args.datadir, args.resolution, with_masks=task == "dfb", mask_root=mask_root,
-                         num_classes=num_classes, train_size=train_size)
+                         num_classes=num_classes, train_size=train_size, skip_corrupt=args.skip_corrupt)
+    fingerprint = data_fingerprint(dataset)
+    if resume is not None:
+        check_same_data(resume, fingerprint, ckpt_file, args.datadir)
     train_indices, holdout_indices = (holdout_split(len(dataset), args.holdout, args.seed)
                                       if task == "dfb" else (np.arange(len(dataset)), np.array([], int)))
     schedule = get_schedule(len(train_indices))
@@ -160,7 +194,8 @@ def run(args):
 
     test_dataset = None
     if args.test_datadir:
-        test_dataset = open_split(args.test_datadir, args.resolution, classes=classes)
+        test_dataset = open_split(args.test_datadir, args.resolution, classes=classes,
+                                  skip_corrupt=args.skip_corrupt)
     holdout_dataset = restrict(dataset, holdout_indices) if len(holdout_indices) else None
 
     def evaluate(step):
@@ -182,7 +217,7 @@ def run(args):
         if main:
             save_checkpoint(ckpt_file, model_state=model.state_dict(), optim_state=optimizer.state_dict(),
                             step=step, args=vars(args), task=task, model_name=args.model, classes=classes,
-                            resolution=args.resolution, finished=finished)
+                            resolution=args.resolution, finished=finished, data=fingerprint)
         distributed.barrier()
 
     started = time.perf_counter()
