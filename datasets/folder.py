@@ -20,6 +20,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 IGNORE_INDEX = 255
 _LAYOUT = "<root>/<class>/<image>"
+_SKIP_HINT = " (fix or remove it, or pass --skip_corrupt to leave unreadable images out)"
 
 
 def is_image_file(path):
@@ -141,6 +142,15 @@ def find_unreadable(paths, threads=8):
     return [(path, problem) for path, problem in zip(paths, problems) if problem is not None]
 
 
+def _to_rgb(image):
+    """8-bit RGB of any PIL mode. 16-bit grayscale (PNG mode I;16 / I) is scaled to 8 bits,
+    which PIL's own conversion would clip to white instead."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        gray = (np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
 class ImageFolderDataset(Dataset):
     """An ImageFolder split; item i -> dict(image=uint8 [3,H,W], label=int64, index=i[, mask=uint8 [Hm,Wm]]).
 
@@ -243,7 +253,7 @@ class ImageFolderDataset(Dataset):
                 with Image.open(path) as image:
                     width, height = image.size
             except (OSError, ValueError) as err:
-                raise OSError(f"cannot read the header of image {path}: {err}") from err
+                raise OSError(f"cannot read the header of image {path}: {err}{_SKIP_HINT}") from err
             if size is None:
                 first_path, size = path, (height, width)
             elif (height, width) != size:
@@ -257,13 +267,12 @@ class ImageFolderDataset(Dataset):
         path = self.samples[index][0]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
+                image = _to_rgb(image)
                 if self.image_size is not None and image.size != (self.image_size, self.image_size):
                     image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
                 pixels = np.array(image, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError on some broken headers
-            raise OSError(f"cannot decode image file {path}: {err} (fix or remove it, or pass "
-                          f"--skip_corrupt to leave unreadable images out)") from err
+            raise OSError(f"cannot decode image file {path}: {err}{_SKIP_HINT}") from err
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def load_mask(self, index):

@@ -75,45 +75,47 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
                     dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
     guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes)
-    for step, (images, labels, masks) in zip(range(start_step, stop), batches):
-        lr = get_lr(step, schedule, base_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, amp):
-            if task == "cls":
-                generator = step_generator(seed + 1, step * 1009 + rank, device)
-                loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator)
-            else:
-                loss, stats = dense_step(net, images, masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        guard.record(step, loss)
+    try:
+        for step, (images, labels, masks) in zip(range(start_step, stop), batches):
+            lr = get_lr(step, schedule, base_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, amp):
+                if task == "cls":
+                    generator = step_generator(seed + 1, step * 1009 + rank, device)
+                    loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator)
+                else:
+                    loss, stats = dense_step(net, images, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            guard.record(step, loss)
 
-        window_images += images.shape[0]
-        done = step + 1
-        # Reading the loss waits for the device, so it happens only every `log_every` steps.
-        if done % log_every == 0 or done == stop:
-            guard.check()
-            elapsed = time.perf_counter() - window_start
-            throughput = window_images / max(elapsed, 1e-9)
-            values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
-            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{throughput:.0f}")
-            if writer is not None:
-                for key, value in values.items():
-                    writer.add_scalar(f"train/{key}", value, step + 1)
-                writer.add_scalar("train/images_per_second_per_process", throughput, step + 1)
-            window_start, window_images = time.perf_counter(), 0
-        progress.update(1)
-        if on_checkpoint is not None and done % checkpoint_every == 0 and done != stop:
-            guard.check()  # never save weights a non-finite loss has touched
-            on_checkpoint(done)
-            guard.saved_at(done)
-        if on_evaluate is not None and eval_every and done % eval_every == 0 and done != stop:
-            on_evaluate(done)
-            net.train()
-    guard.check()
-    progress.close()
+            window_images += images.shape[0]
+            done = step + 1
+            # Reading the loss waits for the device, so it happens only every `log_every` steps.
+            if done % log_every == 0 or done == stop:
+                guard.check()
+                elapsed = time.perf_counter() - window_start
+                throughput = window_images / max(elapsed, 1e-9)
+                values = {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in stats.items()}}
+                progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{throughput:.0f}")
+                if writer is not None:
+                    for key, value in values.items():
+                        writer.add_scalar(f"train/{key}", value, step + 1)
+                    writer.add_scalar("train/images_per_second_per_process", throughput, step + 1)
+                window_start, window_images = time.perf_counter(), 0
+            progress.update(1)
+            if on_checkpoint is not None and done % checkpoint_every == 0 and done != stop:
+                guard.check_weights(optimizer, step)  # a checkpoint holds finite weights only
+                on_checkpoint(done)
+                guard.saved_at(done)
+            if on_evaluate is not None and eval_every and done % eval_every == 0 and done != stop:
+                on_evaluate(done)
+                net.train()
+        guard.check()
+    finally:  # on errors too, so that the message starts on its own line
+        progress.close()
     return stop
 
 
@@ -136,10 +138,19 @@ class NonFiniteLossGuard:
 
     def check(self):
         step = int(self.first_bad_step.item())
-        if step < 0:
-            return
+        if step >= 0:
+            self._stop(f"loss is {self.bad_loss.item()} at step {step}")
+
+    def check_weights(self, optimizer, step):
+        """A finite loss can still overflow the weights in its update."""
+        self.check()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if not torch.stack([torch.isfinite(p).all() for p in parameters]).all():
+            self._stop(f"the update of step {step} made the weights non-finite")
+
+    def _stop(self, what):
         kept = (f"the last checkpoint (step {self.last_saved}) is kept and a rerun resumes from it"
                 if self.last_saved else "no checkpoint had been written yet")
         raise FloatingPointError(
-            f"loss is {self.bad_loss.item()} at step {step}; training stopped and {kept}. Lower --base_lr "
-            f"(now {self.base_lr}) or check the data (mask values outside 0..{self.num_classes} and 255?)")
+            f"{what}; training stopped and {kept}. Lower --base_lr (now {self.base_lr}) or check the data "
+            f"(mask values outside 0..{self.num_classes} and 255?)")
