@@ -37,7 +37,10 @@ def find_classes(root):
         raise NotADirectoryError(f"dataset path {root} is not a folder (expected layout {_LAYOUT})")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise FileNotFoundError(f"dataset folder {root} has no class sub-folders (expected layout {_LAYOUT})")
+        loose = sum(1 for p in root.iterdir() if p.is_file() and is_image_file(p))
+        hint = (f"; its {loose} images lie directly inside it: move them into one sub-folder, e.g. {root / 'all'}"
+                " (an OOD set may have a single class folder)" if loose else "")
+        raise FileNotFoundError(f"dataset folder {root} has no class sub-folders (expected layout {_LAYOUT}){hint}")
     return classes
 
 

@@ -4,6 +4,7 @@ no outputs; killed runs (a real SIGKILL) must resume and lose nothing; caches an
 never be reused for another checkpoint or other data."""
 import json
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,8 @@ def test_missing_dataset_folder(tmp_path, capsys):
 def test_folder_without_images(tmp_path, capsys):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")  # images but no class folders
-    assert_input_error(train, cls_args(tmp_path / "flat", tmp_path), capsys, "has no class sub-folders")
+    assert_input_error(train, cls_args(tmp_path / "flat", tmp_path), capsys, "has no class sub-folders",
+                       f"its 1 images lie directly inside it: move them into one sub-folder, e.g. {tmp_path / 'flat' / 'all'}")
     (tmp_path / "empty_class" / "cat").mkdir(parents=True)
     assert_input_error(train, cls_args(tmp_path / "empty_class", tmp_path), capsys,
                        str(tmp_path / "empty_class" / "cat"), "holds no images")
@@ -137,6 +139,17 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped_on_request(world, tmp_p
     assert status == 0
     assert f"left out 1 unreadable images of {data / 'train'}: {victim}" in out
     assert "images=599" in out
+
+
+def test_corrupt_image_met_by_a_loader_worker_mid_training(world, tmp_path, capsys):
+    """Without the in-memory copy the image is first decoded by a worker, during training."""
+    data = copy_split(world, tmp_path)
+    victim = sorted((data / "train").glob("*/*.png"))[-1]
+    victim.write_bytes(victim.read_bytes()[:300])
+    argv = cls_args(data / "train", tmp_path / "runs", "cls", "--data_on_device", "never")
+    argv[argv.index("--workers") + 1] = "1"
+    assert_input_error(train, argv, capsys, f"cannot decode image file {victim}: image file is truncated",
+                       "--skip_corrupt")
 
 
 def test_grayscale_rgba_palette_16bit_and_odd_sized_images_just_work(world, tmp_path, capsys):
@@ -322,6 +335,20 @@ def test_killed_eval_reuses_only_complete_caches(world, tmp_path):
         assert f"[eval] {name.rsplit('-', 1)[0]}: cached" in rerun
     assert "extracted" in rerun  # what was not complete was computed
     assert not list(logdir.glob("**/.*.tmp*"))
+
+
+def test_write_that_fails_like_a_full_disk_leaves_nothing_half_written(world, tmp_path):
+    """A file size limit (RLIMIT_FSIZE, no root needed) makes the 16 MB checkpoint write fail the
+    way a full disk does; Python ignores SIGXFSZ, so the write returns an error."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+    result = subprocess.run([sys.executable, "train.py", *cls_args(world["train"], tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error (train.py): could not write {tmp_path / 'cls' / 'checkpoint.pth.tar'}")
+    assert "is the disk full?" in line
+    assert not (tmp_path / "cls" / "checkpoint.pth.tar").exists() and not list(tmp_path.glob("**/.*.tmp*"))
 
 
 # -- 3. no stale results -------------------------------------------------------------------------

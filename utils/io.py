@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def save_npy_atomic(path, array):
 def torch_save_atomic(obj, path):
     import torch
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as error:  # torch's zip writer reports a failed write (disk full) this way
+            free = shutil.disk_usage(Path(path).parent).free / 2 ** 20
+            raise OSError(f"could not write {path} ({' '.join(str(error).split())[:160]}); is the disk full? "
+                          f"{free:.0f} MiB free there") from error
 
 
 def save_png_atomic(path, array):
