@@ -88,6 +88,15 @@ def extract_set(archive, target, per_class):
     return images
 
 
+def find_archive(shared, name):
+    """<shared>/<name>, or its gzip-compressed copy <name>.gz (the shared tars shrink about 4x, which
+    helps where a copy must travel with a size limit); None if neither exists."""
+    for candidate in (Path(shared) / name, Path(shared) / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def prepare(shared, out, ood_names, train_per_class=None, test_per_class=None, ood_per_class=None):
     """Unpack CIFAR-10 and every named OOD set whose archive is in `shared`; write <out>/manifest.json.
     Returns the OOD split folders that exist. CIFAR-10 is required; a missing OOD archive is skipped."""
@@ -95,10 +104,10 @@ def prepare(shared, out, ood_names, train_per_class=None, test_per_class=None, o
     unknown = [name for name in ood_names if name not in OOD_SETS]
     if unknown:
         raise ValueError(f"unknown OOD set(s) {unknown}; known: {', '.join(OOD_SETS)}")
-    id_archive = shared / ID_ARCHIVE
-    if not id_archive.is_file():
-        raise FileNotFoundError(f"{id_archive} not found: set SHARED_DATA to the folder holding the shared "
-                                f"archives ({ID_ARCHIVE}, {', '.join(a for a, _, _ in OOD_SETS.values())})")
+    id_archive = find_archive(shared, ID_ARCHIVE)
+    if id_archive is None:
+        raise FileNotFoundError(f"{shared / ID_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder holding "
+                                f"the shared archives ({ID_ARCHIVE}, {', '.join(a for a, _, _ in OOD_SETS.values())})")
     manifest = {"shared": str(shared.resolve()), "id": {}, "ood": {}}
     images = extract_set(id_archive, out / ID_NAME, {"train": train_per_class, "test": test_per_class})
     log(f"{out / ID_NAME}: {images} from {id_archive}")
@@ -106,11 +115,12 @@ def prepare(shared, out, ood_names, train_per_class=None, test_per_class=None, o
     splits = []
     for name in ood_names:
         archive, content, stands_for = OOD_SETS[name]
-        if not (shared / archive).is_file():
-            log(f"{shared / archive} not found: OOD set {name} skipped")
+        path = find_archive(shared, archive)
+        if path is None:
+            log(f"{shared / archive} (or .gz) not found: OOD set {name} skipped")
             continue
-        images = extract_set(shared / archive, out / name, {"test": ood_per_class})
-        log(f"{out / name}: {images} from {shared / archive}")
+        images = extract_set(path, out / name, {"test": ood_per_class})
+        log(f"{out / name}: {images} from {path}")
         manifest["ood"][name] = {"archive": archive, "content": content, "stands_for": stands_for,
                                  "images": images}
         splits.append(out / name / "test")

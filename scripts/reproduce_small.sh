@@ -39,7 +39,8 @@
 # 30 / 60 / 90 %), with MixUp 0.1 for the classifier and no weight decay, as train.py does for the paper.
 #
 # Environment (defaults in brackets):
-#   SHARED_DATA      the shared archives [../shared/data beside the checkout, else /work/shared/data]
+#   SHARED_DATA      the shared archives, .tar or .tar.gz [../shared/data beside the checkout, else /work/shared/data]
+#   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
 #   OUT              run folder [runs/reproduce_small]    DATA_DIR  unpacked sets [dataset/reproduce_small/<sizes>]
 #   OOD_SETS         ["Textures MNIST Scene15 IntelScenes"], those whose archive exists
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
@@ -48,8 +49,12 @@
 #   CAM_BATCH [256]  EVAL_BATCH [512]  FUSION [logit]  KNN_K [50]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || bash scripts/setup_env.sh
-PY=.venv/bin/python
+# PYTHON: an interpreter that already has the requirements (e.g. python3 on a machine without
+# internet, where scripts/setup_env.sh cannot install them); by default the project's .venv
+if [ -z "${PYTHON:-}" ]; then
+  [ -x .venv/bin/python ] || bash scripts/setup_env.sh
+fi
+PY=${PYTHON:-.venv/bin/python}
 
 default_shared() {
   local beside

@@ -1,6 +1,7 @@
 """scripts/reproduce_small.sh and its helpers: data unpacking (bench.reproduce_data), the run
 record (bench.run_record) and the report (bench.results_report)."""
 import csv
+import gzip
 import io
 import json
 import os
@@ -76,6 +77,21 @@ def test_prepare_skips_missing_ood_archives_and_writes_the_manifest(tmp_path):
         reproduce_data.prepare(shared, tmp_path / "data", ["SVHN"])
     with pytest.raises(FileNotFoundError, match="cifar10.tar"):
         reproduce_data.prepare(tmp_path, tmp_path / "data", ["Textures"])
+
+
+def test_prepare_reads_gzip_compressed_archives(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name, members in (("cifar10.tar", [f"{split}/c0/{i}.png" for split in ("train", "test") for i in range(2)]),
+                          ("mnist.tar", ["test/7/0.png"])):
+        plain = write_tar(tmp_path / name, members)
+        (shared / f"{name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+
+    splits = reproduce_data.prepare(shared, tmp_path / "data", ["MNIST"])
+
+    assert splits == [tmp_path / "data" / "MNIST" / "test"]
+    assert image_files(tmp_path / "data" / "cifar10") == ["test/c0/0.png", "test/c0/1.png",
+                                                          "train/c0/0.png", "train/c0/1.png"]
 
 
 # --- run record -------------------------------------------------------------------------------
