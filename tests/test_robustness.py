@@ -406,6 +406,17 @@ def test_resume_on_changed_training_data_is_refused(world, tmp_path, capsys):
     assert_input_error(train, argv, capsys, "was trained on other data", "600 images then, 599 now", "--name")
 
 
+def test_rerun_with_other_settings_is_refused_not_resumed(world, tmp_path, capsys):
+    argv = cls_args(world["train"], tmp_path / "runs", "cls", "--stop_after", "10")
+    assert run_cli(train, argv, capsys)[0] == 0
+    other = list(argv)
+    other[other.index("--steps") + 1] = "90"
+    assert_input_error(train, other, capsys, "belongs to a run with --steps 60 (now 90)", "another --name")
+    lower_rate = [*argv, "--base_lr", "0.001"]  # allowed: the way on after a non-finite loss
+    status, out, _ = run_cli(train, lower_rate, capsys)
+    assert status == 0 and "with --base_lr 0.001 (it ran with 0.003)" in out
+
+
 def test_eval_removes_outputs_of_an_earlier_run_in_the_same_folder(world, tmp_path, capsys):
     logdir = tmp_path / "e"
     shutil.copytree(world["root"] / "eval_cls", logdir)

@@ -79,6 +79,23 @@ def data_fingerprint(dataset):
             "mask_provenance": provenance}
 
 
+# Flags that define what a run computes; a run is resumed (or reported finished) only with the same.
+# --base_lr may change, to continue with a lower rate after a loss that was not finite.
+RUN_DEFINING_FLAGS = ("task", "model", "resolution", "train_resize", "batch", "steps", "mixup", "seed",
+                      "pretrained", "holdout")
+
+
+def check_same_settings(resume, args, ckpt_file):
+    stored = resume.get("args") or {}
+    changed = [flag for flag in RUN_DEFINING_FLAGS if flag in stored and stored[flag] != getattr(args, flag)]
+    if changed:
+        was = ", ".join(f"--{flag} {stored[flag]} (now {getattr(args, flag)})" for flag in changed)
+        raise ValueError(f"{ckpt_file} belongs to a run with {was}; rerun with its settings to resume it, "
+                         f"or start a new run with another --name")
+    if "base_lr" in stored and stored["base_lr"] != args.base_lr:
+        print(f"[train] resuming {ckpt_file} with --base_lr {args.base_lr} (it ran with {stored['base_lr']})")
+
+
 def check_same_data(resume, fingerprint, ckpt_file, datadir):
     stored = resume.get("data")
     if not stored or stored == fingerprint:
@@ -130,6 +147,8 @@ def run(args):
                 print(f"[train] removed the unfinished temporary files of {target} left by an interrupted run")
     distributed.barrier()
     resume = load_checkpoint(ckpt_file, expect_task=args.task) if ckpt_file.is_file() else None
+    if resume is not None:
+        check_same_settings(resume, args, ckpt_file)
     if resume is not None and resume.get("finished"):
         if main:
             print(f"[train] {ckpt_file} is a finished run; nothing to do (delete it or choose another --name)")
