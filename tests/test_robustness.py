@@ -443,3 +443,14 @@ def test_the_scripts_exit_with_status_2_on_bad_input(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error (train.py): dataset folder {tmp_path / 'nowhere'} does not exist (expected layout "
         f"<root>/<class>/<image>)"]
+
+
+def test_every_row_of_the_robustness_table_names_a_test_of_this_file():
+    """docs/ROBUSTNESS.md and this file describe the same cases: one test per row, no row untested."""
+    rows = [line for line in (REPO / "docs" / "ROBUSTNESS.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith(("| input", "| fault", "| change"))]
+    here = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    named = [set(re.findall(r"`(test_\w+)", row)) & here for row in rows]
+    assert all(named), [row[:60] for row, tests in zip(rows, named) if not tests]
+    assert set().union(*named) | {"test_every_row_of_the_robustness_table_names_a_test_of_this_file"} == here
+

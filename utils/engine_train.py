@@ -74,7 +74,7 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
     progress = tqdm(total=schedule[-1], initial=start_step, desc=f"train {task}", disable=not show_progress,
                     dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
-    guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes)
+    guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes if task == "dfb" else None)
     try:
         for step, (images, labels, masks) in zip(range(start_step, stop), batches):
             lr = get_lr(step, schedule, base_lr)
@@ -123,10 +123,11 @@ class NonFiniteLossGuard:
     """Remembers, on the device (no synchronisation per step), the first step whose loss was
     NaN or infinite; `check` stops training there with the step and the checkpoint kept."""
 
-    def __init__(self, device, start_step, base_lr, num_classes):
+    def __init__(self, device, start_step, base_lr, mask_classes=None):
+        """mask_classes: K of a dense task, whose masks may hold values outside 0..K and 255."""
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.bad_loss = torch.zeros((), device=device)
-        self.last_saved, self.base_lr, self.num_classes = start_step, base_lr, num_classes
+        self.last_saved, self.base_lr, self.mask_classes = start_step, base_lr, mask_classes
 
     def record(self, step, loss):
         new = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
@@ -151,6 +152,7 @@ class NonFiniteLossGuard:
     def _stop(self, what):
         kept = (f"the last checkpoint (step {self.last_saved}) is kept and a rerun resumes from it"
                 if self.last_saved else "no checkpoint had been written yet")
-        raise FloatingPointError(
-            f"{what}; training stopped and {kept}. Lower --base_lr (now {self.base_lr}) or check the data "
-            f"(mask values outside 0..{self.num_classes} and 255?)")
+        data = (f" (mask values outside 0..{self.mask_classes} and 255?)" if self.mask_classes is not None
+                else "")
+        raise FloatingPointError(f"{what}; training stopped and {kept}. Lower --base_lr (now {self.base_lr}) "
+                                 f"or check the data{data}")
