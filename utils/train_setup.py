@@ -168,8 +168,9 @@ def run(args):
     mask_root = (Path(args.mask_dir) if args.mask_dir else mask_root_for(args.datadir)) if task == "dfb" else None
     if mask_root is not None and not mask_root.is_dir():
         raise FileNotFoundError(
-            f"pseudo masks {mask_root} not found: run\n  python make_cam.py --dataset={args.datadir} "
-            f"--model_path=cls_pretrained_models/<dataset>.pth.tar --head_size={num_classes}\nfirst")
+            f"pseudo masks {mask_root} not found: write them first with `python make_cam.py "
+            f"--dataset={args.datadir} --model_path=cls_pretrained_models/<dataset>.pth.tar "
+            f"--head_size={num_classes}` (or pass --mask_dir)")
     train_size = args.train_resize or default_train_size(args.resolution)
     dataset = open_split(args.datadir, args.resolution, with_masks=task == "dfb", mask_root=mask_root,
                          num_classes=num_classes, train_size=train_size, skip_corrupt=args.skip_corrupt)
