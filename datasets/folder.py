@@ -154,6 +154,12 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
+def _checked_image_size(image_size):
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+    return image_size
+
+
 class ImageFolderDataset(Dataset):
     """An ImageFolder split; item i -> dict(image=uint8 [3,H,W], label=int64, index=i[, mask=uint8 [Hm,Wm]]).
 
@@ -172,9 +178,7 @@ class ImageFolderDataset(Dataset):
         if skip_corrupt:
             self._leave_out_unreadable()
         self.classes = list(classes) if classes is not None else find_classes(self.root)
-        if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
-            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-        self.image_size = image_size
+        self.image_size = None if image_size is None else _checked_image_size(image_size)
         self.with_masks = with_masks
         self.num_classes = num_classes
         self.mask_root, self.mask_size = None, None
@@ -231,10 +235,8 @@ class ImageFolderDataset(Dataset):
 
     def resized(self, image_size):
         """This split decoding every image at image_size x image_size."""
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         resized = copy.copy(self)
-        resized.image_size = image_size
+        resized.image_size = _checked_image_size(image_size)
         return resized
 
     def __len__(self):
