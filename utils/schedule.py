@@ -1,11 +1,15 @@
 """BiT HyperRule (Kolesnikov et al., "Big Transfer", 2020) as used by DFB.
 
-The whole training rule in four pure functions: schedule boundaries, learning rate,
-MixUp alpha and the scaling of the schedule to a user-chosen number of steps.
+The whole training rule in pure functions: schedule boundaries, learning rate, MixUp
+alpha and the scaling of the schedule to a user-chosen number of steps. `get_cosine_lr`
+is an opt-in alternative for training from scratch (train.py --schedule cosine); the
+BiT rule stays the default.
 
 DFB's release keeps BiT's rule with one change: every dataset of 3k to 500k images
 (CIFAR-10/100 included) gets the 10k-step schedule.
 """
+
+import math
 
 SMALL_DATASET = 3_000       # below: the short BiT schedule
 MIXUP_DATASET = 20_000      # from here on: MixUp with alpha 0.1
@@ -37,17 +41,56 @@ def scale_schedule(schedule, total_steps):
     return scaled + [total_steps]
 
 
-def get_lr(step, schedule, base_lr):
-    """Learning rate at `step` (0-based): linear warm-up, then x0.1 at each decay boundary.
+def with_warmup(schedule, warmup_steps, rule="bit"):
+    """The schedule with its warm-up boundary replaced (None: unchanged). The warm-up must end
+    before the first decay of the BiT rule, and before the stop of the cosine rule (which
+    ignores the decay boundaries)."""
+    if warmup_steps is None:
+        return list(schedule)
+    limit, what = (schedule[1], "first decay") if rule == "bit" else (schedule[-1], "stop")
+    if not 0 <= warmup_steps < limit:
+        raise ValueError(f"--warmup_steps must be in [0, {limit}) (the {what} of the schedule {list(schedule)}), "
+                         f"got {warmup_steps}")
+    return [warmup_steps, *schedule[1:]]
 
-    Returns None once the schedule is over, which is the signal to stop.
+
+def _check_step(step, stop):
+    if not 0 <= step < stop:
+        raise ValueError(f"step {step} is outside the schedule's steps 0..{stop - 1}")
+
+
+def get_lr(step, schedule, base_lr):
+    """Learning rate of step `step` (0-based, < stop): linear warm-up, then /10 per decay boundary passed.
+
+    The official rule (big_transfer bit_hyperrule.get_lr) divides by 10 for every boundary s
+    with `s < step`, so a decay at boundary 3000 first applies at step 3001; the division is
+    repeated as there, so the rates are bit-identical to the official ones.
     """
     warmup, *decays, stop = schedule
-    if step >= stop:
-        return None
+    _check_step(step, stop)
     if step < warmup:
         return base_lr * step / warmup
-    return base_lr * 0.1 ** sum(step >= boundary for boundary in decays)
+    for boundary in decays:
+        if boundary < step:
+            base_lr /= 10
+    return base_lr
+
+
+def get_cosine_lr(step, schedule, base_lr):
+    """Learning rate of step `step` (0-based, < stop): linear warm-up over the schedule's first
+    boundary, then half a cosine from base_lr down to 0 at the schedule's stop step.
+
+    The BiT staircase is tuned for fine-tuning pretrained weights; from scratch a smooth decay
+    to zero trains markedly better (train.py --schedule cosine).
+    """
+    warmup, stop = schedule[0], schedule[-1]
+    _check_step(step, stop)
+    if step < warmup:
+        return base_lr * step / warmup
+    return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (stop - warmup)))
+
+
+LR_RULES = {"bit": get_lr, "cosine": get_cosine_lr}
 
 
 def get_mixup(dataset_size):
