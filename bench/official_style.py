@@ -8,19 +8,20 @@ released DFB code does it.
   resolution: train size = resolution * 160 / 128);
 - the network wrapped in `torch.nn.DataParallel` on CUDA (plain module on the CPU);
 - CAMs one image per iteration: a separate forward of the single image for every scale and
-  for its flip, then that image's map post-processed on the CPU with numpy / OpenCV.
+  for its flip (input rescaled bicubically), then that image's map post-processed on the CPU
+  with numpy / scipy.ndimage.gaussian_filter, as the release's cam_to_mask.py does.
 
 The released code has no dense (K+1) training step at all (DESIGN.md, known defects). The
 dense row renders that step in the same style (PIL transform of image and mask together,
 fp32, DataParallel, per-pixel cross-entropy), so both dense rows do the same work.
 """
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
@@ -175,15 +176,14 @@ def train_step(net, optimizer, images, targets, device):
 
 
 def postprocess_cam(cam, class_index, num_classes, sigma=4.0, threshold=0.5):
-    """One image's map [H, W] -> uint8 mask: divide by the max, OpenCV Gaussian blur (sigma,
-    kernel chosen by OpenCV), min-max to [0, 1]; class_index where > threshold, else K."""
+    """One image's map [H, W] -> uint8 mask: divide by max + 1e-5, scipy Gaussian blur (sigma),
+    minus the min, divided by the max unless 0; class_index where > threshold, else K."""
     cam = np.asarray(cam, dtype=np.float32)
-    peak = cam.max()
-    if peak > 0:
-        cam = cam / peak
-    cam = cv2.GaussianBlur(cam, (0, 0), sigma)
-    low, high = cam.min(), cam.max()
-    cam = (cam - low) / max(high - low, 1e-5)
+    cam = cam / (cam.max() + 1e-5)
+    cam = gaussian_filter(cam, sigma=sigma)
+    cam -= cam.min()
+    if cam.max() != 0:
+        cam /= cam.max()
     return np.where(cam > threshold, class_index, num_classes).astype(np.uint8)
 
 
@@ -200,7 +200,8 @@ def cam_one_image(classify_net, cam_net, image, num_classes, scales=DEFAULT_SCAL
     total = None
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        scaled = image if size == (height, width) else F.interpolate(image, size=size, mode="bicubic",
+                                                                     align_corners=False)
         for mirrored in (False, True):
             cam = cam_net(scaled.flip(-1) if mirrored else scaled)
             cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)

@@ -112,7 +112,7 @@ def test_measure_reports_the_median_rate():
 
 def test_official_one_image_cam_gives_the_masks_of_our_batched_cam():
     """Same model, same images: the released way (one image, one forward per scale and flip,
-    numpy / OpenCV post-processing) and ours (batched) must agree, so the speed rows compare
+    numpy / scipy post-processing) and ours (batched) must agree, so the speed rows compare
     equal work."""
     torch.manual_seed(0)
     num_classes = 5
@@ -133,6 +133,63 @@ def test_official_one_image_cam_gives_the_masks_of_our_batched_cam():
     assert (ours == theirs).mean() > 0.99
     foreground = ours < num_classes
     assert 0.05 < foreground.mean() < 0.95  # not a trivial agreement on all-background masks
+
+
+def _bilinear_upsample(maps, size):
+    """numpy bilinear resize of [..., h, w] with half-pixel centres (align_corners=False), the
+    convention of the release's F.interpolate calls, written out independently."""
+    def axis(n_in, n_out):
+        source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        low = np.minimum(np.floor(source).astype(int), n_in - 1)
+        return low, np.minimum(low + 1, n_in - 1), source - low
+
+    (r0, r1, fr), (c0, c1, fc) = axis(maps.shape[-2], size[0]), axis(maps.shape[-1], size[1])
+    rows = maps[..., r0, :] * (1 - fr)[:, None] + maps[..., r1, :] * fr[:, None]
+    return rows[..., c0] * (1 - fc) + rows[..., c1] * fc
+
+
+def _release_masks_ours_format(raw, labels, size, num_classes):
+    """The release's make_cam.py + cam_to_mask.py on fixed CAMs, in numpy / scipy: per scale the
+    CAM of the image plus the flipped-back CAM of its mirror, upsampled to the input size and
+    summed; the label's channel divided by max + 1e-5; gaussian_filter(sigma=4) on the HxWx1
+    array; minus the min, divided by the max unless 0; > 0.5 -> label + 1, else 0. Returned in
+    our contract (0 -> K, k + 1 -> k)."""
+    from scipy.ndimage import gaussian_filter
+    masks = []
+    for i, label in enumerate(labels):
+        total = sum(_bilinear_upsample(maps[i, 0] + maps[i, 1][..., ::-1], size) for maps in raw.values())
+        cam = total[label] / (total[label].max() + 1e-5)
+        cam = gaussian_filter(cam[:, :, None], sigma=4)[:, :, 0]
+        cam -= cam.min()
+        if cam.max() != 0:
+            cam /= cam.max()
+        official = (cam > 0.5) * (label + 1)
+        masks.append(np.where(official == 0, num_classes, official - 1).astype(np.uint8))
+    return np.stack(masks)
+
+
+def test_batched_cam_masks_equal_an_independent_rendering_of_the_release():
+    """Fixed CAMs per scale and mirror (what the network would return at each input size): our
+    batched multiscale_cam + cams_to_masks must give exactly the masks of the release's
+    post-processing, computed here with numpy and scipy.ndimage."""
+    rng = np.random.default_rng(3)
+    batch, num_classes, side = 3, 4, 32
+    scales = (1.0, 0.5, 1.5, 2.0)
+    # input side -> CAMs [B, 2 (image, mirror), K, h, w] at an output stride of 8
+    raw = {round(side * s): rng.random((batch, 2, num_classes, round(side * s) // 8, round(side * s) // 8)) ** 2
+           for s in scales}
+
+    def cam_fn(x):  # x: the batch then its mirror, as multiscale_cam sends them
+        maps = torch.from_numpy(raw[x.shape[-1]]).float()
+        assert x.shape[0] == 2 * batch
+        return torch.cat([maps[:, 0], maps[:, 1]])
+
+    labels = np.array([0, 3, 1])
+    ours, _ = cams_to_masks(multiscale_cam(cam_fn, torch.zeros(batch, 3, side, side), scales),
+                            torch.from_numpy(labels))
+    expected = _release_masks_ours_format(raw, labels, (side, side), num_classes)
+    np.testing.assert_array_equal(ours.numpy(), expected)
+    assert 0.05 < (expected < num_classes).mean() < 0.95  # not a trivial agreement
 
 
 def test_official_joint_transform_keeps_image_and_mask_aligned():

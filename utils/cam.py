@@ -1,9 +1,11 @@
 """Pseudo masks from class activation maps (DESIGN.md §1, stage 2).
 
 A CAM is ReLU of the classifier's 1x1 head applied at every position of the final
-feature map. For each image: CAMs at several scales, each with its horizontal flip
-(flipped back), upsampled to the input size and summed; the channel of the chosen
-class; divided by its max; Gaussian blur; min-max to [0, 1]; pixels above the
+feature map. For each image, as the original release's make_cam.py / cam_to_mask.py do:
+CAMs at several scales (input rescaled bicubically), each with its horizontal flip
+(flipped back), upsampled bilinearly to the input size and summed; the channel of the
+chosen class; divided by its max + 1e-5; Gaussian blur with scipy.ndimage.gaussian_filter's
+kernel and borders; minus its min, divided by its max when that is not 0; pixels above the
 threshold are that class's foreground, the rest background.
 
 Everything works on whole batches and stays on the model's device.
@@ -21,14 +23,15 @@ def multiscale_cam(cam_fn, images, scales=DEFAULT_SCALES):
 
     cam_fn: images [B, 3, h, w] -> non-negative maps [B, K, h', w'].
     images: normalised float [B, 3, H, W]. Returns float32 [B, K, H, W].
-    Each scale runs the batch and its mirror image in one forward pass.
+    Each scale runs the batch and its mirror image in one forward pass. The input is rescaled
+    bicubically (the release's rescale), the CAMs are upsampled bilinearly.
     """
     batch, _, height, width = images.shape
     total = None
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = images if size == (height, width) else F.interpolate(
-            images, size=size, mode="bilinear", align_corners=False)
+            images, size=size, mode="bicubic", align_corners=False)
         maps = cam_fn(torch.cat([scaled, scaled.flip(-1)])).float()
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
         summed = maps[:batch] + maps[batch:].flip(-1)
@@ -36,35 +39,46 @@ def multiscale_cam(cam_fn, images, scales=DEFAULT_SCALES):
     return total
 
 
-def gaussian_kernel_size(sigma):
-    """OpenCV's choice for float images when the kernel size is left to it: 8 sigma + 1, odd."""
-    return int(round(sigma * 8 + 1)) | 1
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
+
+
+def gaussian_radius(sigma, truncate=GAUSSIAN_TRUNCATE):
+    """scipy's kernel radius: the kernel spans int(truncate * sigma + 0.5) pixels each side."""
+    return int(truncate * sigma + 0.5)
+
+
+def _reflected_indices(length, radius, device):
+    """Source index of each position of a row padded by `radius` on both sides, with scipy's
+    mode 'reflect' (half-sample symmetric, the edge pixel repeated: d c b a | a b c d | d c b a).
+    The pattern has period 2 * length, so a pad longer than the row keeps reflecting."""
+    positions = torch.arange(-radius, length + radius, device=device) % (2 * length)
+    return torch.where(positions < length, positions, 2 * length - 1 - positions)
 
 
 def gaussian_blur(maps, sigma):
-    """Separable Gaussian blur of [B, H, W] maps, borders reflected without repeating the edge
-    (OpenCV's default BORDER_REFLECT_101, which is torch's 'reflect').
-
-    A map smaller than the kernel radius gets a kernel cut to fit (reflection needs it).
-    """
+    """scipy.ndimage.gaussian_filter(map, sigma) of every [H, W] map of a [B, H, W] batch:
+    the same separable kernel (exp(-x^2 / 2 sigma^2), |x| <= gaussian_radius(sigma), summing to
+    1) and the same border rule, for maps of any size, also smaller than the kernel."""
     if sigma <= 0:
         return maps
-    height, width = maps.shape[-2:]
-    radius = min(gaussian_kernel_size(sigma) // 2, height - 1, width - 1)
+    radius = gaussian_radius(sigma)
     if radius < 1:
         return maps
+    height, width = maps.shape[-2:]
     offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
     kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
     kernel = (kernel / kernel.sum()).to(maps.dtype)
-    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    x = maps[:, None].index_select(-1, _reflected_indices(width, radius, maps.device))
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = x.index_select(-2, _reflected_indices(height, radius, maps.device))
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))
     return x[:, 0]
 
 
 def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
     """Masks per the contract: class k where the normalised, blurred CAM of class k > threshold,
-    background (value K) elsewhere.
+    background (value K) elsewhere. The normalisations are the release's: before the blur
+    divided by max + 1e-5, after it minus the min and divided by the range unless that is 0.
 
     cams: [B, K, H, W] float; class_index: [B] int. Returns (uint8 masks [B, H, W],
     float [B, H, W] normalised maps). An image whose CAM is zero everywhere gets an all
@@ -73,11 +87,11 @@ def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
     num_classes = cams.shape[1]
     rows = torch.arange(cams.shape[0], device=cams.device)
     cam = cams[rows, class_index].float()
-    cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+    cam = cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-5)
     cam = gaussian_blur(cam, sigma)
-    low = cam.amin(dim=(1, 2), keepdim=True)
+    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
     high = cam.amax(dim=(1, 2), keepdim=True)
-    cam = (cam - low) / (high - low).clamp_min(1e-5)
+    cam = cam / torch.where(high > 0, high, torch.ones_like(high))
     foreground = cam > threshold
     masks = torch.where(foreground, class_index.view(-1, 1, 1).to(torch.uint8),
                         torch.full_like(foreground, num_classes, dtype=torch.uint8))
