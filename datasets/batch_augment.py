@@ -100,24 +100,32 @@ def _as_soft_targets(labels, batch, num_classes):
                      f"got {labels.dtype} {tuple(labels.shape)}")
 
 
-def mixup(x, labels, num_classes, alpha, generator=None):
+def mixup(x, labels, num_classes, alpha, generator=None, rank=0, gather=None):
     """MixUp (Zhang et al. 2018) as in BiT: one lambda ~ Beta(alpha, alpha) per batch.
 
     x_mixed = lam * x + (1 - lam) * x[perm], targets = lam * y + (1 - lam) * y[perm], with a
     random permutation perm of the batch; returns (x_mixed, soft targets float [B, K]).
     lambda is drawn by inverting the Beta CDF at a uniform from `generator`, so a seeded
     generator reproduces it. Callers skip MixUp when alpha is 0.
+
+    Under torchrun, x and labels are slice `rank` of the global batch and `gather` concatenates
+    the slices of all ranks (an all-gather). Every rank then draws lambda and a permutation of
+    the whole global batch from the same generator and mixes its own images with their partners,
+    wherever those live: N processes mix exactly the pairs one process mixes. Pairing only
+    within a rank's slice would make the pairs, and so the weights, depend on the process count.
     """
     if not alpha > 0:
         raise ValueError(f"mixup alpha must be > 0 (skip MixUp for alpha 0), got {alpha!r}")
     if not x.is_floating_point():
         raise ValueError(f"mixup expects float (normalised) images, got {x.dtype}")
     targets = _as_soft_targets(labels.to(x.device), x.shape[0], num_classes)
+    all_x, all_targets = (gather(x), gather(targets)) if gather is not None else (x, targets)
     draw_on = _sampling_device(generator, x.device)
     uniform = torch.rand((), generator=generator, device=draw_on, dtype=torch.float64).item()
     lam = float(betaincinv(alpha, alpha, uniform))
-    perm = torch.randperm(x.shape[0], generator=generator, device=draw_on).to(x.device)
-    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+    perm = torch.randperm(all_x.shape[0], generator=generator, device=draw_on).to(x.device)
+    partners = perm[rank * x.shape[0]:(rank + 1) * x.shape[0]]
+    return lam * x + (1 - lam) * all_x[partners], lam * targets + (1 - lam) * all_targets[partners]
 
 
 def patch_shuffle(images, grid=4, generator=None):

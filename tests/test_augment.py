@@ -266,6 +266,23 @@ def test_mixup_accepts_one_hot_and_checks_labels():
         batch_augment.mixup(x, torch.tensor([0, 1, 2, 1]), 3, alpha=0.0)
 
 
+def test_mixup_of_rank_slices_equals_mixup_of_the_global_batch():
+    # torchrun: each rank holds a slice of the global batch and sees the others through `gather`
+    world, local, classes = 3, 4, 5
+    x = torch.randn(world * local, 3, 2, 2)
+    labels = torch.randint(0, classes, (world * local,))
+    whole_x, whole_t = batch_augment.mixup(x, labels, classes, 0.7, generator=torch.Generator().manual_seed(9))
+    for rank in range(world):
+        mine = slice(rank * local, (rank + 1) * local)
+        part_x, part_t = batch_augment.mixup(
+            x[mine], labels[mine], classes, 0.7, generator=torch.Generator().manual_seed(9), rank=rank,
+            gather=lambda t: torch.cat([t if r == rank else (x if t.dim() == 4 else
+                                        F.one_hot(labels, classes).float())[r * local:(r + 1) * local]
+                                        for r in range(world)]))
+        torch.testing.assert_close(part_x, whole_x[mine])
+        torch.testing.assert_close(part_t, whole_t[mine])
+
+
 @pytest.mark.parametrize("alpha", [0.1, 1.0, 4.0])
 def test_mixup_lambda_follows_beta(alpha):
     x = torch.zeros(2, 1)

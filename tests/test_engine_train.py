@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.engine_train import dense_loss, soft_cross_entropy, train_loop
+from models.resnetv2 import create_model
+from utils.engine_train import (DenseLogits, dense_loss, dense_step, smooth_targets, soft_cross_entropy,
+                                 train_loop)
 
 
 def test_dense_loss_ignores_255_and_survives_an_unlabelled_batch():
@@ -38,3 +40,32 @@ def test_nan_loss_names_its_step_and_no_checkpoint_holds_its_weights():
                    amp="none", seed=0, rank=0, log_every=5, show_progress=False,
                    on_checkpoint=saved.append, checkpoint_every=1)
     assert saved == [1, 2]  # the step that produced NaN (done = 3) was never saved
+
+
+def test_label_smoothing_of_soft_targets_matches_torch_on_hard_labels():
+    logits = torch.randn(5, 4)
+    labels = torch.tensor([0, 3, 1, 2, 2])
+    torch.testing.assert_close(soft_cross_entropy(logits, smooth_targets(F.one_hot(labels, 4).float(), 0.1)),
+                               F.cross_entropy(logits, labels, label_smoothing=0.1))
+    # by hand: the true class gets 1 - e + e/K, the others e/K
+    by_hand = smooth_targets(F.one_hot(torch.tensor([1]), 4).float(), 0.2)
+    torch.testing.assert_close(by_hand, torch.tensor([[0.05, 0.85, 0.05, 0.05]]))
+
+
+def test_dense_network_pools_to_the_classifier_forward_and_adds_the_image_loss():
+    torch.manual_seed(0)
+    model = create_model("ResNetV2-Tiny", head_size=4, zero_head=False).eval()
+    images = torch.randn(3, 3, 32, 32)
+    dense, pooled = DenseLogits(model)(images)
+    torch.testing.assert_close(pooled, model(images), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense, model.dense_logits(images, upsample=True))
+    masks = torch.randint(0, 4, (3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 2, 1])
+    net = DenseLogits(model)
+    plain, stats = dense_step(net, images, masks, labels, 3)
+    with_image, _ = dense_step(net, images, masks, labels, 3, image_loss_weight=0.5, label_smoothing=0.1)
+    expected = F.cross_entropy(model(images)[:, :3], labels, label_smoothing=0.1)
+    torch.testing.assert_close(with_image - plain, 0.5 * expected, rtol=1e-4, atol=1e-5)
+    assert stats["accuracy"] == (model(images)[:, :3].argmax(1) == labels).float().mean()
+    with pytest.raises(ValueError, match="labels"):
+        dense_step(net, images, masks, image_loss_weight=0.5)

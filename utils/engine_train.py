@@ -1,11 +1,14 @@
 """The training loop shared by both tasks (setup lives in utils/train_setup.py).
 
 cls: K-class image classifier, cross-entropy (with MixUp on large datasets).
-dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored).
+dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored),
+     optionally plus an image-level cross-entropy on the pooled K foreground logits.
+Both: optional label smoothing of the classification targets.
 """
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -19,15 +22,19 @@ IGNORE = 255
 
 
 class DenseLogits(nn.Module):
-    """Per-pixel logits at the input's size as the module's forward, so DDP and
-    torch.compile see the dense computation."""
+    """(per-pixel logits at the input's size, pooled logits [N, K+1]) as the module's forward,
+    so DDP and torch.compile see the dense computation. The pooled logits are the mean of the
+    dense logits before upsampling; the head is a 1x1 conv, so they equal the classifier
+    forward (head applied to the pooled features)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, images):
-        return self.model.dense_logits(images, upsample=True)
+        dense = self.model.dense_logits(images)
+        upsampled = F.interpolate(dense, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled, dense.mean(dim=(2, 3))
 
 
 def dense_loss(dense_logits, masks):
@@ -42,31 +49,59 @@ def soft_cross_entropy(logits, targets):
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def classification_step(net, images, labels, num_classes, mixup_alpha, generator):
+def smooth_targets(targets, epsilon):
+    """Label smoothing of soft targets [B, K]: (1 - e) * y + e / K, the definition
+    F.cross_entropy(label_smoothing=e) applies to hard labels."""
+    return targets * (1 - epsilon) + epsilon / targets.shape[1]
+
+
+def gather_global_batch(tensor):
+    """This rank's slice of the global batch -> the whole global batch (all ranks' slices in rank
+    order; GlobalBatchIndices gives every rank a slice of the same size)."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def classification_step(net, images, labels, num_classes, mixup_alpha, generator, label_smoothing=0.0,
+                        rank=0, gather=None):
+    """gather: None in one process; under torchrun `gather_global_batch`, for MixUp partners."""
     if mixup_alpha > 0:
-        images, targets = mixup(images, labels, num_classes, mixup_alpha, generator=generator)
+        images, targets = mixup(images, labels, num_classes, mixup_alpha, generator=generator, rank=rank,
+                                gather=gather)
         logits = net(images)
-        loss = soft_cross_entropy(logits, targets)
+        loss = soft_cross_entropy(logits, smooth_targets(targets, label_smoothing))
         correct = (logits.argmax(1) == targets.argmax(1)).float().mean()
     else:
         logits = net(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         correct = (logits.argmax(1) == labels).float().mean()
     return loss, {"accuracy": correct}
 
 
-def dense_step(net, images, masks):
-    logits = net(images)
+def dense_step(net, images, masks, labels=None, num_classes=None, image_loss_weight=0.0, label_smoothing=0.0):
+    """Dense loss, plus image_loss_weight * cross-entropy of the pooled K foreground logits and the
+    image labels (which then must be given). With labels, also the image-level accuracy."""
+    logits, pooled = net(images)
     loss = dense_loss(logits, masks)
     valid = masks != IGNORE
-    pixel_accuracy = ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)
-    return loss, {"pixel_accuracy": pixel_accuracy}
+    stats = {"pixel_accuracy": ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)}
+    if labels is not None:
+        foreground = pooled[:, :num_classes].float()
+        stats["accuracy"] = (foreground.argmax(1) == labels).float().mean()
+        if image_loss_weight:
+            loss = loss + image_loss_weight * F.cross_entropy(foreground, labels, label_smoothing=label_smoothing)
+    elif image_loss_weight:
+        raise ValueError("the image loss of the dense network needs the image labels")
+    return loss, stats
 
 
 def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, num_classes, mixup_alpha,
-               device, amp, seed, rank, writer=None, on_checkpoint=None, checkpoint_every=1000,
+               device, amp, seed, rank, world_size=1, lr_rule=get_lr, label_smoothing=0.0,
+               image_loss_weight=0.0, writer=None, on_checkpoint=None, checkpoint_every=1000,
                on_evaluate=None, eval_every=0, log_every=10, show_progress=True, stop_at=None):
-    """Run steps start_step .. stop_at-1 (default: to the end of the schedule). Calls
+    """Run steps start_step .. stop_at-1 (default: to the end of the schedule). lr_rule(step,
+    schedule, base_lr) gives each step's learning rate (utils.schedule.LR_RULES). Calls
     on_checkpoint(step) every `checkpoint_every` steps, on_evaluate(step) every `eval_every`
     steps (0: never). Returns the number of steps done in total."""
     stop = schedule[-1] if stop_at is None else min(stop_at, schedule[-1])
@@ -77,15 +112,19 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
     guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes if task == "dfb" else None)
     try:
         for step, (images, labels, masks) in zip(range(start_step, stop), batches):
-            lr = get_lr(step, schedule, base_lr)
+            lr = lr_rule(step, schedule, base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device, amp):
                 if task == "cls":
-                    generator = step_generator(seed + 1, step * 1009 + rank, device)
-                    loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator)
+                    # the same MixUp draw on every rank: it is made for the global batch
+                    generator = step_generator(seed + 1, step, device)
+                    loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator,
+                                                      label_smoothing, rank,
+                                                      gather_global_batch if world_size > 1 else None)
                 else:
-                    loss, stats = dense_step(net, images, masks)
+                    loss, stats = dense_step(net, images, masks, labels, num_classes, image_loss_weight,
+                                             label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
