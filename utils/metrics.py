@@ -3,12 +3,13 @@
 Convention (DESIGN.md §3): in-distribution (ID) is the positive class and every score
 is "higher = more in-distribution". All metrics are fractions in [0, 1].
 
+FPR95 follows the official DFB evaluation (Hendrycks' `fpr_and_fdr_at_recall`, see
+`fpr_at_recall`): the ROC point whose ID recall is CLOSEST to 0.95, which may lie below it.
+
 Written with numpy only (sort / rank based); scikit-learn serves as the independent
-oracle in the tests, and AUROC / AUPR agree with its `roc_auc_score` and step-wise
+oracle in the tests (a plain loop over thresholds for FPR95), and AUROC / AUPR agree with its `roc_auc_score` and step-wise
 `average_precision_score` exactly, ties included.
 """
-import math
-
 import numpy as np
 
 
@@ -25,25 +26,34 @@ def _check_scores(scores, name):
     return array
 
 
-def fpr_at_tpr(id_scores, ood_scores, tpr=0.95):
-    """Fraction of OOD scores >= the threshold that keeps a fraction `tpr` of ID scores.
+def fpr_at_recall(id_scores, ood_scores, recall_level=0.95):
+    """FPR at the ROC point whose recall of ID is closest to `recall_level`: the rule of
+    Hendrycks' `fpr_and_fdr_at_recall`, which the official DFB evaluation reports as FPR95.
 
-    The threshold t is the largest value with at least ceil(tpr * n_id) ID scores >= t,
-    i.e. the ceil(tpr * n_id)-th largest ID score.
+    The candidate points are the distinct score values t taken as thresholds (a sample is
+    kept when its score >= t), from high to low, up to the first t that keeps every ID
+    sample (lower thresholds only add OOD samples and are not candidates). The point with
+    the smallest |recall - recall_level| wins; on a tie the lower threshold wins (more ID
+    kept, more OOD kept), because the official code scans the points from low thresholds to
+    high and keeps the first minimum. FPR = OOD samples kept / all OOD samples.
     """
     id_scores = _check_scores(id_scores, "id_scores")
     ood_scores = _check_scores(ood_scores, "ood_scores")
-    if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-    # round() absorbs binary noise such as 0.95 * 20 = 19.000000000000004
-    kept = max(1, math.ceil(round(tpr * id_scores.size, 9)))
-    threshold = np.sort(id_scores)[::-1][kept - 1]
-    return float(np.mean(ood_scores >= threshold))
+    if not 0.0 < recall_level <= 1.0:
+        raise ValueError(f"recall_level must be in (0, 1], got {recall_level}")
+    id_kept, kept = _counts_above_thresholds(id_scores, ood_scores)
+    # candidates: thresholds up to the first one that keeps every ID sample
+    last = int(np.searchsorted(id_kept, id_scores.size))
+    id_kept, ood_kept = id_kept[:last + 1][::-1], (kept - id_kept)[:last + 1][::-1]
+    # the distance computed as the official code does (recall = kept / total, then |recall - level|),
+    # so that floating-point near-ties resolve the same way
+    distance = np.abs(id_kept / id_scores.size - recall_level)
+    return float(ood_kept[np.argmin(distance)] / ood_scores.size)
 
 
 def fpr_at_95_tpr(id_scores, ood_scores):
-    """FPR95: fraction of OOD samples scored >= the threshold that keeps 95 % of ID samples."""
-    return fpr_at_tpr(id_scores, ood_scores, 0.95)
+    """FPR95: `fpr_at_recall` at recall 0.95 (the official evaluation's FPR95)."""
+    return fpr_at_recall(id_scores, ood_scores, 0.95)
 
 
 def auroc(id_scores, ood_scores):
