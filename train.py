@@ -21,7 +21,14 @@ def parse_args(argv=None):
     parser.add_argument("--datadir", required=True, help="training split, ImageFolder: <datadir>/<class>/<image>")
     parser.add_argument("--test_datadir", default=None, help="ID test split for top-1 (e.g. dataset/cifar10/test)")
     parser.add_argument("--mask_dir", default=None, help="dfb: pseudo masks (default: <datadir>_mask)")
+    parser.add_argument("--mask_format", choices=["ours", "official"], default=None,
+                        help="dfb: how to read masks without our provenance.json: official = the original "
+                             "release's make_cam.py (0 background, class k as k+1), ours = class k as k, "
+                             "background K (default: refuse such masks)")
     parser.add_argument("--model", default="BiT-M-R50x1", help="BiT model name (or ResNetV2-Tiny for demos)")
+    parser.add_argument("--half_stride", action="store_true",
+                        help="last block with stride 1 (output stride 16: 8x8 CAMs / dense maps at 128 px), "
+                             "the release's half_stride; stored in the checkpoint")
     parser.add_argument("--logdir", default="runs", help="runs are written to <logdir>/<name>/")
     parser.add_argument("--name", required=True, help="run name")
     parser.add_argument("--export", default=None, help="copy the finished checkpoint here")

@@ -5,6 +5,9 @@ the sibling folder `<split root>_mask/<class>/<image stem>.png` (uint8: k < K = 
 foreground, K = background, 255 = ignore). Only files directly inside a class folder are
 images of that class (nested folders are not searched), so every image has exactly one
 mask path. Hidden files (e.g. the temporaries of `utils.io.atomic_path`) are skipped.
+
+Masks of the original release's make_cam.py hold 0 for background and k + 1 for class k;
+a dataset reading them with mask_format 'official' converts them to the contract on read.
 """
 import copy
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +22,9 @@ from tqdm import tqdm
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 IGNORE_INDEX = 255
+# how the values of a mask file are read: ours is the contract (k = class k, K = background);
+# official is the release's (0 = background, k + 1 = class k); 255 is ignore in both
+MASK_FORMATS = ("ours", "official")
 _LAYOUT = "<root>/<class>/<image>"
 _SKIP_HINT = " (fix or remove it, or pass --skip_corrupt to leave unreadable images out)"
 
@@ -181,6 +187,7 @@ class ImageFolderDataset(Dataset):
         self.image_size = None if image_size is None else _checked_image_size(image_size)
         self.with_masks = with_masks
         self.num_classes = num_classes
+        self.mask_format = "ours"
         self.mask_root, self.mask_size = None, None
         if with_masks:
             self._check_num_classes(num_classes)
@@ -239,6 +246,14 @@ class ImageFolderDataset(Dataset):
         resized.image_size = _checked_image_size(image_size)
         return resized
 
+    def reading_masks_as(self, mask_format):
+        """This split reading its mask files in `mask_format` (one of MASK_FORMATS)."""
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        converted = copy.copy(self)
+        converted.mask_format = mask_format
+        return converted
+
     def __len__(self):
         return len(self.samples)
 
@@ -291,10 +306,17 @@ class ImageFolderDataset(Dataset):
             raise _missing_mask_error(path, self.root) from None
         except (OSError, SyntaxError) as err:
             raise OSError(f"cannot decode mask file {path}: {err}") from err
+        # both formats use the values 0..K and 255
         bad = (values > self.num_classes) & (values != IGNORE_INDEX)
         if bad.any():
-            raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected 0..{self.num_classes - 1} "
-                             f"(foreground class), {self.num_classes} (background) or {IGNORE_INDEX} (ignore)")
+            expected = (f"0 (background), 1..{self.num_classes} (class + 1; --mask_format official)"
+                        if self.mask_format == "official" else
+                        f"0..{self.num_classes - 1} (foreground class), {self.num_classes} (background)")
+            raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected {expected} "
+                             f"or {IGNORE_INDEX} (ignore)")
+        if self.mask_format == "official":
+            values = torch.where(values == 0, self.num_classes,
+                                 torch.where(values == IGNORE_INDEX, IGNORE_INDEX, values - 1)).to(torch.uint8)
         return values
 
     def __getitem__(self, index):

@@ -224,13 +224,17 @@ class ResNetV2(nn.Module):
         _load_npz(self, source, load_head)
 
 
-def create_model(name, head_size, zero_head=True):
-    """A ResNetV2 of a name in KNOWN_MODELS with a head of head_size classes."""
+def create_model(name, head_size, zero_head=True, half_stride=False):
+    """A ResNetV2 of a name in KNOWN_MODELS with a head of head_size classes.
+
+    half_stride: the last block keeps the resolution (stride 1: output stride 16, a 128-pixel
+    image gives an 8x8 feature map instead of 4x4), the release's `half_stride` option. The
+    weights are the same, so BiT .npz files and checkpoints load either way."""
     if name not in KNOWN_MODELS:
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(KNOWN_MODELS)}")
     config = KNOWN_MODELS[name]
     return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
-                    model_name=name, last_block_stride=config.last_block_stride)
+                    model_name=name, last_block_stride=1 if half_stride else config.last_block_stride)
 
 
 # -- BiT .npz checkpoints ------------------------------------------------------------------

@@ -160,6 +160,24 @@ def test_load_head_false_keeps_zero_head_and_loads_head_gn():
         model.load_from_npz(arrays, load_head=True)
 
 
+def test_ilsvrc2012_npz_with_its_1000_class_head_loads_without_the_head(tmp_path):
+    """BiT-M-R50x1-ILSVRC2012.npz (the release's initialisation) carries a 1000-class ImageNet
+    head; fine-tuning loads everything else and keeps the zero head of our size."""
+    units, wf = config_units(TINY)
+    rows = bit_npz_table(units, wf, head_size=1000)
+    arrays = fake_npz_arrays(rows, seed=2)
+    path = tmp_path / "BiT-M-R50x1-ILSVRC2012.npz"
+    np.savez(path, **arrays)
+    model = create_model(TINY, head_size=10)
+    model.load_from_npz(path, load_head=False)
+    assert model.head_size == 10 and torch.count_nonzero(model.head.conv.weight) == 0
+    for torch_name, npz_key, _ in rows:
+        if not torch_name.startswith("head.conv"):
+            assert torch.equal(dict(model.named_parameters())[torch_name], torch_layout(npz_key, arrays[npz_key]))
+    with pytest.raises(ValueError, match="head/conv2d"):
+        model.load_from_npz(path, load_head=True)
+
+
 def test_npz_errors_name_every_bad_key_and_leave_model_untouched(tmp_path):
     units, wf = config_units(TINY)
     arrays = fake_npz_arrays(bit_npz_table(units, wf, head_size=3))
@@ -344,6 +362,23 @@ def test_tiny_model_has_no_weights_and_runs_small():
     assert model.feature_dim == 1024 and model.root.conv.out_channels == 32
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_half_stride_doubles_the_feature_map_and_keeps_the_weights():
+    """The release's half_stride: last block stride 1, so 128 px -> 8x8 instead of 4x4."""
+    x = torch.randn(1, 3, 128, 128)
+    plain, halved = create_model(R50, head_size=3), create_model(R50, head_size=3, half_stride=True)
+    halved.load_state_dict(plain.state_dict(), strict=True)
+    with torch.no_grad():
+        assert plain.feature_map(x).shape[-2:] == (4, 4)
+        assert halved.feature_map(x).shape[-2:] == (8, 8)
+    assert halved.body.block4.unit01.conv2.stride == (1, 1)
+    assert halved.body.block4.unit01.downsample.stride == (1, 1)
+    # ResNetV2-Tiny already has stride 1 there; half_stride changes nothing
+    for half_stride in (False, True):
+        with torch.no_grad():
+            assert create_model(TINY, head_size=3, half_stride=half_stride).feature_map(
+                torch.randn(1, 3, 64, 64)).shape[-2:] == (4, 4)
 
 
 def test_unknown_name_lists_known_models():

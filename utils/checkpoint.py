@@ -1,6 +1,6 @@
 """Checkpoints per DESIGN.md §3: a dict with `model`, `optim`, `step`, the run's `args`, and
 what the network is (`task`, `model_name`, `head_size`, `num_classes`, `classes`,
-`resolution`), so a run can resume and any stage can check it was given the right file;
+`resolution`, `half_stride`), so a run can resume and any stage can check it was given the right file;
 `data` fingerprints the training images (and masks), so a resumed run refuses changed data.
 """
 import hashlib
@@ -15,7 +15,7 @@ TASKS = ("cls", "dfb")
 
 
 def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_name, classes,
-                    resolution, finished=False, data=None):
+                    resolution, finished=False, data=None, half_stride=False, holdout_samples=()):
     num_classes = len(classes)
     torch_save_atomic({
         "model": model_state,
@@ -28,14 +28,17 @@ def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_n
         "head_size": num_classes + (1 if task == "dfb" else 0),
         "classes": list(classes),
         "resolution": resolution,
+        "half_stride": bool(half_stride),
         "finished": finished,
         "data": data,
+        "holdout_samples": list(holdout_samples),  # training images never trained on (paths under the split)
     }, path)
 
 
 def load_checkpoint(path, expect_task=None):
-    """Load a checkpoint on the CPU. Files of the original BiT/DFB release (a dict with only
-    `model`, or a bare state dict) are accepted with task/head size unknown (None)."""
+    """Load a checkpoint on the CPU. Files of the original BiT/DFB release (`model` with a
+    'module.' prefix, maybe `step` / `optim`, or a bare state dict) are accepted with task and
+    head size unknown (None) and `official` True; `half_stride` is False unless stored."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -52,8 +55,11 @@ def load_checkpoint(path, expect_task=None):
             checkpoint = {"model": checkpoint}
         else:
             raise ValueError(f"checkpoint {path} has no 'model' entry (keys: {sorted(checkpoint)[:8]})")
+    # train.py always stores the task; the release's train.py never does
+    checkpoint["official"] = "task" not in checkpoint
     for key in ("task", "model_name", "head_size", "num_classes", "classes", "resolution", "step", "data"):
         checkpoint.setdefault(key, None)
+    checkpoint.setdefault("half_stride", False)
     if checkpoint["task"] not in (None, *TASKS):
         raise ValueError(f"checkpoint {path} has task {checkpoint['task']!r}; expected one of {TASKS}")
     if expect_task and checkpoint["task"] not in (None, expect_task):
@@ -63,11 +69,13 @@ def load_checkpoint(path, expect_task=None):
 
 
 def load_network(path, expect_task=None, task=None, head_size=None, model_name=None):
-    """The network of a checkpoint, as (model, checkpoint, task, head_size).
+    """The network of a checkpoint, as (model, checkpoint, task, head_size), built with the
+    checkpoint's `half_stride`.
 
     expect_task: the task this stage requires; task / head_size / model_name: what the user
     said, checked against what the checkpoint says, and needed when it says nothing (a
-    checkpoint of the original release).
+    checkpoint of the original release: its 'module.' prefix is removed and its head loaded
+    strictly, so a wrong --head_size is an error, not a random head).
     """
     checkpoint = load_checkpoint(path, expect_task=expect_task)
     if task and checkpoint["task"] and task != checkpoint["task"]:
@@ -80,8 +88,13 @@ def load_network(path, expect_task=None, task=None, head_size=None, model_name=N
     if task is None or head_size is None:
         raise ValueError(f"{path} does not say what it is (a checkpoint of the original release?): "
                          f"pass --task cls|dfb and --head_size")
-    model = create_model(model_name or checkpoint["model_name"] or "BiT-M-R50x1", head_size=head_size)
+    name = model_name or checkpoint["model_name"] or "BiT-M-R50x1"
+    model = create_model(name, head_size=head_size, half_stride=checkpoint["half_stride"])
     load_state_dict_checked(model, checkpoint["model"], str(path))
+    if checkpoint["official"]:
+        print(f"[checkpoint] {path} is a checkpoint of the original release (no task / classes stored): "
+              f"loaded as task {task}, head_size {head_size}, model {name}"
+              + (f", step {checkpoint['step']}" if checkpoint["step"] is not None else ""))
     return model, checkpoint, task, head_size
 
 

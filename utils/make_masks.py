@@ -61,6 +61,24 @@ def read_provenance(mask_root):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def mask_format_of(mask_root, requested=None):
+    """How train.py must read the masks of `mask_root`: 'ours' for a folder this make_cam.py
+    wrote (it has a provenance.json), else what --mask_format says; without it a folder of
+    unknown origin is refused, since the release's masks (background 0) would be read silently
+    as class 0 everywhere."""
+    if read_provenance(mask_root) is not None:
+        if requested == "official":
+            raise ValueError(f"--mask_format official, but {mask_root} holds a {PROVENANCE} of this "
+                             f"make_cam.py, whose masks are in our format; drop --mask_format or pass "
+                             f"--mask_format ours")
+        return "ours"
+    if requested is None:
+        raise ValueError(f"masks in {mask_root} have no {PROVENANCE} (not written by this make_cam.py); say "
+                         f"how to read them: --mask_format official (the original release: 0 background, "
+                         f"class k as k+1) or --mask_format ours (class k as k, background K)")
+    return requested
+
+
 def prepare_mask_folder(out_root, targets, provenance, overwrite):
     """Make sure every mask that will be kept comes from this classifier and these settings.
 

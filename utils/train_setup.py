@@ -22,7 +22,7 @@ from utils.engine_eval import extract, top1
 from utils.engine_train import DenseLogits, train_loop
 from utils.dense_eval import evaluate_masks
 from utils.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
-from utils.make_masks import read_provenance
+from utils.make_masks import mask_format_of, read_provenance
 from utils.runtime import default_amp, seed_everything
 from utils.schedule import get_mixup, get_schedule, scale_schedule
 
@@ -82,7 +82,7 @@ def data_fingerprint(dataset):
 # Flags that define what a run computes; a run is resumed (or reported finished) only with the same.
 # --base_lr may change, to continue with a lower rate after a loss that was not finite.
 RUN_DEFINING_FLAGS = ("task", "model", "resolution", "train_resize", "batch", "steps", "mixup", "seed",
-                      "pretrained", "holdout")
+                      "pretrained", "holdout", "half_stride", "mask_format")
 
 
 def check_same_settings(resume, args, ckpt_file):
@@ -110,7 +110,7 @@ def check_same_data(resume, fingerprint, ckpt_file, datadir):
 
 def build_model(args, head_size, resume, ckpt_file):
     """The network with a zero head: the resumed weights, else BiT's (unless --pretrained none)."""
-    model = create_model(args.model, head_size=head_size, zero_head=True)
+    model = create_model(args.model, head_size=head_size, zero_head=True, half_stride=args.half_stride)
     if resume is not None:
         load_state_dict_checked(model, resume["model"], str(ckpt_file))
     else:
@@ -171,9 +171,12 @@ def run(args):
             f"pseudo masks {mask_root} not found: write them first with `python make_cam.py "
             f"--dataset={args.datadir} --model_path=cls_pretrained_models/<dataset>.pth.tar "
             f"--head_size={num_classes}` (or pass --mask_dir)")
+    mask_format = mask_format_of(mask_root, args.mask_format) if mask_root is not None else None
     train_size = args.train_resize or default_train_size(args.resolution)
     dataset = open_split(args.datadir, args.resolution, with_masks=task == "dfb", mask_root=mask_root,
                          num_classes=num_classes, train_size=train_size, skip_corrupt=args.skip_corrupt)
+    if mask_format is not None:
+        dataset = dataset.reading_masks_as(mask_format)
     fingerprint = data_fingerprint(dataset)
     if resume is not None:
         check_same_data(resume, fingerprint, ckpt_file, args.datadir)
@@ -237,7 +240,8 @@ def run(args):
         if main:
             save_checkpoint(ckpt_file, model_state=model.state_dict(), optim_state=optimizer.state_dict(),
                             step=step, args=vars(args), task=task, model_name=args.model, classes=classes,
-                            resolution=args.resolution, finished=finished, data=fingerprint)
+                            resolution=args.resolution, finished=finished, data=fingerprint,
+                            half_stride=args.half_stride)
         distributed.barrier()
 
     started = time.perf_counter()
