@@ -37,14 +37,33 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None,
                         help="total steps (default: BiT HyperRule; the schedule is scaled to fit)")
     parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)")
+    parser.add_argument("--schedule", choices=["bit", "cosine"], default="bit",
+                        help="learning-rate rule: bit = BiT HyperRule (warm-up, x0.1 steps; the paper's); "
+                             "cosine = the same warm-up, then half a cosine to 0 at the last step (from scratch)")
+    parser.add_argument("--warmup_steps", type=int, default=None,
+                        help="linear warm-up steps (default: the schedule's, 500 of 10k scaled with --steps)")
+    parser.add_argument("--weight_decay", type=float, default=0.0,
+                        help="L2 weight decay of convolution / linear weights only, not of GroupNorm "
+                             "parameters or biases (default 0, BiT HyperRule)")
+    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD momentum 0.9)")
+    parser.add_argument("--label_smoothing", type=float, default=0.0,
+                        help="label smoothing of the classification targets (cls loss, MixUp targets, "
+                             "dfb --image_loss_weight)")
+    parser.add_argument("--init_from", default=None,
+                        help="dfb: start from this K-class classifier checkpoint (body and K head rows "
+                             "copied, background row zero) instead of --pretrained")
+    parser.add_argument("--image_loss_weight", type=float, default=0.0,
+                        help="dfb: adds this times the cross-entropy of the pooled K foreground logits "
+                             "and the image label to the dense loss")
     parser.add_argument("--resolution", type=int, default=128, help="training crop / test size")
     parser.add_argument("--train_resize", type=int, default=None,
                         help="training images are resized to this, then randomly cropped to --resolution "
                              "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)")
     parser.add_argument("--pretrained", default=None,
                         help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start from scratch")
-    parser.add_argument("--holdout", type=float, default=0.01,
-                        help="dfb: fraction of training images held out to measure mask accuracy / IoU")
+    parser.add_argument("--holdout", type=float, default=None,
+                        help="fraction of training images held out, never trained on: val_top1 on them, and "
+                             "for dfb mask accuracy / IoU (default: 0.01 for dfb, 0 for cls)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", choices=["bf16", "none"], default=None,
                         help="mixed precision (default: bf16 on GPUs, none on the CPU)")
@@ -67,8 +86,20 @@ def parse_args(argv=None):
             parser.error(f"--{flag} must be positive")
     if args.train_resize is not None and args.train_resize < args.resolution:
         parser.error(f"--train_resize ({args.train_resize}) must be at least --resolution ({args.resolution})")
+    if args.holdout is None:
+        args.holdout = 0.01 if args.task == "dfb" else 0.0
     if not 0 <= args.holdout < 1:
         parser.error("--holdout must be in [0, 1)")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        parser.error("--warmup_steps must be at least 0")
+    if args.weight_decay < 0:
+        parser.error("--weight_decay must be at least 0")
+    if not 0 <= args.label_smoothing < 1:
+        parser.error("--label_smoothing must be in [0, 1)")
+    if args.image_loss_weight < 0:
+        parser.error("--image_loss_weight must be at least 0")
+    if args.task != "dfb" and (args.init_from or args.image_loss_weight):
+        parser.error("--init_from and --image_loss_weight are for --task dfb (the dense network)")
     return args
 
 

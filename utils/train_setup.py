@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.folder import decode_all, find_classes, mask_root_for
@@ -24,7 +25,7 @@ from utils.dense_eval import evaluate_masks
 from utils.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
 from utils.make_masks import mask_format_of, read_provenance
 from utils.runtime import default_amp, seed_everything
-from utils.schedule import get_mixup, get_schedule, scale_schedule
+from utils.schedule import LR_RULES, get_mixup, get_schedule, scale_schedule, with_warmup
 
 BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 
@@ -82,11 +83,25 @@ def data_fingerprint(dataset):
 # Flags that define what a run computes; a run is resumed (or reported finished) only with the same.
 # --base_lr may change, to continue with a lower rate after a loss that was not finite.
 RUN_DEFINING_FLAGS = ("task", "model", "resolution", "train_resize", "batch", "steps", "mixup", "seed",
-                      "pretrained", "holdout", "half_stride", "mask_format")
+                      "pretrained", "holdout", "half_stride", "mask_format", "schedule", "warmup_steps",
+                      "weight_decay", "nesterov", "label_smoothing", "init_from", "image_loss_weight")
+# Checkpoints written before these flags existed trained as their defaults do now.
+BEFORE_RECIPE_FLAGS = {"schedule": "bit", "warmup_steps": None, "weight_decay": 0.0, "nesterov": False,
+                       "label_smoothing": 0.0, "init_from": None, "image_loss_weight": 0.0}
+
+
+def stored_settings(resume):
+    """The run-defining flags a checkpoint ran with, completed for checkpoints older than a flag."""
+    stored = dict(resume.get("args") or {})
+    if stored and "schedule" not in stored:
+        if stored.get("task") == "cls":
+            stored["holdout"] = 0.0  # stored as 0.01 then, but cls runs held nothing out
+        stored = {**BEFORE_RECIPE_FLAGS, **stored}
+    return stored
 
 
 def check_same_settings(resume, args, ckpt_file):
-    stored = resume.get("args") or {}
+    stored = stored_settings(resume)
     changed = [flag for flag in RUN_DEFINING_FLAGS if flag in stored and stored[flag] != getattr(args, flag)]
     if changed:
         was = ", ".join(f"--{flag} {stored[flag]} (now {getattr(args, flag)})" for flag in changed)
@@ -108,16 +123,52 @@ def check_same_data(resume, fingerprint, ckpt_file, datadir):
                      f"the original data, or start a new run with another --name")
 
 
-def build_model(args, head_size, resume, ckpt_file):
-    """The network with a zero head: the resumed weights, else BiT's (unless --pretrained none)."""
+def build_model(args, head_size, resume, ckpt_file, classes=None):
+    """The network with a zero head: the resumed weights, else the --init_from classifier's, else
+    BiT's (unless --pretrained none)."""
     model = create_model(args.model, head_size=head_size, zero_head=True, half_stride=args.half_stride)
     if resume is not None:
         load_state_dict_checked(model, resume["model"], str(ckpt_file))
+    elif args.init_from:
+        init_from_classifier(model, args.init_from, classes)
     else:
         weights = check_pretrained(args)
         if weights is not None:
             model.load_from_npz(str(weights), load_head=False)
     return model
+
+
+def init_from_classifier(model, path, classes):
+    """Copy a trained K-class classifier into the (K+1)-class dense network: the body and head rows
+    0..K-1; the background row K keeps the zero of the zero-initialised head, so at step 0 the
+    foreground logits are the classifier's and the background logit is 0."""
+    source = f"--init_from {path}"
+    checkpoint = load_checkpoint(path, expect_task="cls")
+    if checkpoint["model_name"] and checkpoint["model_name"] != model.model_name:
+        raise ValueError(f"{source} is a {checkpoint['model_name']} classifier, but --model is {model.model_name}")
+    if checkpoint["classes"] and list(checkpoint["classes"]) != list(classes):
+        raise ValueError(f"{source} was trained on classes {checkpoint['classes']}, but the training split has {classes}")
+    state = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
+    num_classes = model.head_size - 1
+    stored = state.get("head.conv.weight")
+    if stored is None or stored.shape[0] != num_classes:
+        found = "no head" if stored is None else f"a head of {stored.shape[0]} classes"
+        raise ValueError(f"{source} has {found}; the dense network needs a classifier of its {num_classes} classes")
+    own = model.state_dict()
+    for key in ("head.conv.weight", "head.conv.bias"):
+        state[key] = torch.cat([state[key].to(own[key].dtype), own[key][num_classes:]])
+    load_state_dict_checked(model, state, source)
+
+
+def parameter_groups(model, weight_decay):
+    """SGD parameter groups: weight decay on convolution / linear weights only. Decaying GroupNorm
+    scales and biases only fights the normalisation, the usual exclusion from scratch."""
+    if not weight_decay:
+        return [{"params": list(model.parameters())}]  # one group, as in runs before --weight_decay
+    decayed = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    chosen = {id(p) for p in decayed}
+    return [{"params": decayed, "weight_decay": weight_decay},
+            {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
 
 
 def build_batches(args, train_set, indices, train_size, device):
@@ -180,15 +231,16 @@ def run(args):
     fingerprint = data_fingerprint(dataset)
     if resume is not None:
         check_same_data(resume, fingerprint, ckpt_file, args.datadir)
-    train_indices, holdout_indices = (holdout_split(len(dataset), args.holdout, args.seed)
-                                      if task == "dfb" else (np.arange(len(dataset)), np.array([], int)))
+    train_indices, holdout_indices = holdout_split(len(dataset), args.holdout, args.seed)
+    holdout_samples = [Path(dataset.samples[i][0]).relative_to(dataset.root).as_posix() for i in holdout_indices]
     schedule = get_schedule(len(train_indices))
     if args.steps:
         schedule = scale_schedule(schedule, args.steps)
+    schedule = with_warmup(schedule, args.warmup_steps, args.schedule)
     mixup_alpha = (get_mixup(len(train_indices)) if args.mixup is None else args.mixup) if task == "cls" else 0.0
 
     head_size = num_classes + (1 if task == "dfb" else 0)
-    model = build_model(args, head_size, resume, ckpt_file).to(device)
+    model = build_model(args, head_size, resume, ckpt_file, classes).to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     net = DenseLogits(model) if task == "dfb" else model
@@ -196,7 +248,8 @@ def run(args):
         net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if args.compile:
         net = torch.compile(net)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9)
+    optimizer = torch.optim.SGD(parameter_groups(model, args.weight_decay), lr=args.base_lr, momentum=0.9,
+                                nesterov=args.nesterov)
     if resume is not None and resume.get("optim"):
         optimizer.load_state_dict(resume["optim"])
 
@@ -211,8 +264,12 @@ def run(args):
         print(f"[train] task={task} model={args.model} classes={num_classes} head={head_size} "
               f"images={len(train_indices)} held-out={len(holdout_indices)} device={device} amp={amp} "
               f"processes={world_size} data={'in memory' if in_memory else 'worker loader'}")
-        print(f"[train] schedule {schedule} (warm-up, x0.1 steps, stop), base lr {args.base_lr}, "
-              f"batch {args.batch}, mixup {mixup_alpha}, resize {train_size} -> crop {args.resolution}, "
+        rule = "warm-up, x0.1 steps, stop" if args.schedule == "bit" else "warm-up, cosine to 0 at stop"
+        print(f"[train] schedule {schedule} ({rule}), base lr {args.base_lr}, weight decay {args.weight_decay}, "
+              f"nesterov {args.nesterov}, label smoothing {args.label_smoothing}, batch {args.batch}, "
+              f"mixup {mixup_alpha}, resize {train_size} -> crop {args.resolution}, "
+              + (f"image loss weight {args.image_loss_weight}, " if task == "dfb" else "")
+              + (f"initialised from {args.init_from}, " if task == "dfb" and args.init_from and not resume else "")
               + (f"resuming at step {start_step} from {ckpt_file}" if resume else "fresh start"))
 
     test_dataset = None
@@ -227,7 +284,11 @@ def run(args):
             outputs = extract(model, test_dataset, args.resolution, device, args.batch, amp, args.workers,
                               rank, world_size, desc="eval")
             metrics["test_top1"] = top1(outputs["logits"][:, :num_classes], outputs["labels"])
-        if holdout_dataset is not None:
+        if holdout_dataset is not None:  # image-level top-1 on held-out training images: for choosing settings
+            outputs = extract(model, holdout_dataset, args.resolution, device, args.batch, amp, args.workers,
+                              rank, world_size, desc="held-out")
+            metrics["val_top1"] = top1(outputs["logits"][:, :num_classes], outputs["labels"])
+        if holdout_dataset is not None and task == "dfb":
             metrics.update(evaluate_masks(model, holdout_dataset, args.resolution, device, args.batch, amp,
                                           num_classes, rank, world_size))
         if main:
@@ -241,14 +302,16 @@ def run(args):
             save_checkpoint(ckpt_file, model_state=model.state_dict(), optim_state=optimizer.state_dict(),
                             step=step, args=vars(args), task=task, model_name=args.model, classes=classes,
                             resolution=args.resolution, finished=finished, data=fingerprint,
-                            half_stride=args.half_stride)
+                            half_stride=args.half_stride, holdout_samples=holdout_samples)
         distributed.barrier()
 
     started = time.perf_counter()
     stop_at = start_step + args.stop_after if args.stop_after else None
     done = train_loop(net=net, optimizer=optimizer, batches=batches, schedule=schedule, base_lr=args.base_lr,
                start_step=start_step, task=task, num_classes=num_classes, mixup_alpha=mixup_alpha,
-               device=device, amp=amp, seed=args.seed, rank=rank, writer=writer, on_checkpoint=save,
+               device=device, amp=amp, seed=args.seed, rank=rank, world_size=world_size,
+               lr_rule=LR_RULES[args.schedule], label_smoothing=args.label_smoothing,
+               image_loss_weight=args.image_loss_weight, writer=writer, on_checkpoint=save,
                checkpoint_every=args.save_every, on_evaluate=evaluate, eval_every=args.eval_every,
                show_progress=main, stop_at=stop_at)
     if done < schedule[-1]:
