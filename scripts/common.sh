@@ -3,7 +3,9 @@
 #   DATASETS    ID data sets to run                     default: "cifar10 cifar100"
 #   OOD_SETS    OOD folders under DATA_ROOT             default: "SVHN Places Textures" (+ the other CIFAR)
 #   MODEL       BiT model                               default: BiT-M-R50x1
-#   PRETRAINED  BiT .npz, or none                       default: pretrained/$MODEL.npz
+#   PRETRAINED  BiT .npz, or none                       default: pretrained/$MODEL-ILSVRC2012.npz
+#               (ImageNet-21k then ImageNet-1k fine-tuned: the file the release's train.py loads;
+#               the plain pretrained/$MODEL.npz works too)
 #   STEPS BATCH RESOLUTION DEVICE WORKERS               train.py / eval.py flags (empty: their defaults)
 #   LOGDIR      training runs                           default: runs
 #   RESULTS     evaluation results                      default: results
@@ -15,7 +17,7 @@ DATA_ROOT=${DATA_ROOT:-dataset}
 DATASETS=${DATASETS:-cifar10 cifar100}
 OOD_SETS=${OOD_SETS:-SVHN Places Textures}
 MODEL=${MODEL:-BiT-M-R50x1}
-PRETRAINED=${PRETRAINED:-pretrained/$MODEL.npz}
+PRETRAINED=${PRETRAINED:-pretrained/$MODEL-ILSVRC2012.npz}
 LOGDIR=${LOGDIR:-runs}
 RESULTS=${RESULTS:-results}
 CLS_DIR=${CLS_DIR:-cls_pretrained_models}
@@ -57,8 +59,8 @@ require_id_data() {  # require_id_data <dataset>: its train and test splits
 require_weights() {
   if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then
     fail "BiT weights $PRETRAINED not found. Download them:
-  mkdir -p $(dirname "$PRETRAINED") && wget -O $PRETRAINED https://storage.googleapis.com/bit_models/$MODEL.npz
-(or set PRETRAINED=none to train from scratch)"
+  mkdir -p $(dirname "$PRETRAINED") && wget -O $PRETRAINED https://storage.googleapis.com/bit_models/$(basename "$PRETRAINED")
+(files are named <model>.npz or <model>-ILSVRC2012.npz there; or set PRETRAINED=none to train from scratch)"
   fi
 }
 

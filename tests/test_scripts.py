@@ -36,7 +36,11 @@ def test_missing_weights_masks_and_checkpoint_are_named(data_root):
     env = {"DATA_ROOT": str(data_root / "dataset"), "DATASETS": "synthetic", "LOGDIR": str(data_root / "runs"),
            "CLS_DIR": str(data_root / "cls"), "RESULTS": str(data_root / "results"), "OOD_SETS": "SynthNewObjects"}
     weights = run_script("train_cls.sh", {**env, "PRETRAINED": str(data_root / "absent.npz")})
-    assert weights.returncode != 0 and "wget" in weights.stderr and "bit_models/BiT-M-R50x1.npz" in weights.stderr
+    assert weights.returncode != 0 and "wget" in weights.stderr and "bit_models/absent.npz" in weights.stderr
+    # by default the release's initialisation, ImageNet-21k then ImageNet-1k fine-tuned
+    default = run_script("train_cls.sh", {**env, "MODEL": "BiT-M-R50x1"})
+    assert default.returncode != 0 and "pretrained/BiT-M-R50x1-ILSVRC2012.npz not found" in default.stderr
+    assert "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz" in default.stderr
     masks = run_script("train.sh", env)
     assert masks.returncode != 0 and "make_cam.py --dataset=" in masks.stderr and "--head_size=6" in masks.stderr
     checkpoint = run_script("eval.sh", env)
