@@ -5,7 +5,8 @@
       --ood_path dataset/SVHN/test dataset/Places/test dataset/Textures/test --logdir results/cifar10_dfb
 
 Writes <logdir>/results.csv (one row per method and OOD set), results.md, accuracy.json,
-logits/<set>.npy, scores/<method>/<set>.npy and figures/.
+fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/.
+Logits and features are computed in fp32 unless --amp bf16 is given.
 """
 import argparse
 
@@ -27,26 +28,35 @@ def parse_args(argv=None):
     parser.add_argument("--resolution", type=int, default=None, help="test size (default: the checkpoint's)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=["bf16", "none"], default=None)
+    parser.add_argument("--amp", choices=["bf16", "none"], default="none",
+                        help="precision of the extracted logits and features (default none = fp32, also on GPUs: "
+                             "the reported numbers should not depend on bf16 rounding)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fusion", choices=sorted(FUSIONS), default=DEFAULT_FUSION,
                         help="fusion reported under the plain name DFB-<method> (all are reported)")
     parser.add_argument("--shuffle_grid", type=int, default=4, help="tiles per side of the pseudo-OOD images")
+    parser.add_argument("--fusion_images", type=int, default=1000,
+                        help="dfb: held-out ID training images that choose the fusions' sign and T (the checkpoint's "
+                             "holdout_samples if it has enough, else a slice of --id_train_path drawn with --seed); "
+                             "they are left out of the fitted scores")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense_maps", type=int, default=4,
                         help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
-    parser.add_argument("--odin_temperature", type=float, default=1000.0)
+    parser.add_argument("--odin_temperature", type=float, default=2.0,
+                        help="ODIN temperature (default 2, as the official DFB evaluation; the original ODIN uses 1000)")
     parser.add_argument("--odin_epsilon", type=float, default=0.0,
-                        help="ODIN input perturbation in [0, 1] pixel units (e.g. 0.0014; 0: temperature only). "
-                             "Costs one backward pass per image")
+                        help="ODIN input perturbation in [0, 1] pixel units (default 0: temperature only, as the "
+                             "official DFB evaluation; the original ODIN uses 0.0014). Costs one backward pass per image")
     parser.add_argument("--energy_temperature", type=float, default=1.0)
     parser.add_argument("--knn_k", type=int, default=50)
     parser.add_argument("--react_percentile", type=float, default=90.0)
     args = parser.parse_args(argv)
     if args.odin_epsilon < 0:
         parser.error("--odin_epsilon must be >= 0")
+    if args.fusion_images < 1:
+        parser.error("--fusion_images must be >= 1")
     return args
 
 

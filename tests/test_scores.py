@@ -42,7 +42,8 @@ def logits():
 
 def test_msp_odin_energy_maxlogit_match_scipy(logits):
     np.testing.assert_allclose(SCORES["MSP"].compute(logits), softmax(logits, axis=1).max(1), rtol=RTOL)
-    np.testing.assert_allclose(SCORES["ODIN"].compute(logits), softmax(logits / 1000, axis=1).max(1),
+    # the default ODIN is the official DFB evaluation's: T = 2, no input perturbation
+    np.testing.assert_allclose(SCORES["ODIN"].compute(logits), softmax(logits / 2, axis=1).max(1),
                                rtol=RTOL)
     odin_10 = make_scores(ODIN={"temperature": 10})["ODIN"]
     np.testing.assert_allclose(odin_10.compute(logits), softmax(logits / 10, axis=1).max(1), rtol=RTOL)
@@ -207,7 +208,7 @@ def test_registry_flags_and_overrides():
     assert all(s.name == name for name, s in SCORES.items())
     scores = make_scores(KNN={"k": 3}, ODIN={"temperature": 5.0})
     assert scores["KNN"].k == 3 and scores["ODIN"].temperature == 5.0
-    assert SCORES["KNN"].k == 50 and SCORES["ODIN"].temperature == 1000.0   # defaults untouched
+    assert SCORES["KNN"].k == 50 and SCORES["ODIN"].hyperparameters() == {"temperature": 2.0, "epsilon": 0.0}
     assert SCORES["GEN"].hyperparameters() == {"gamma": 0.1, "top_m": 100}
     with pytest.raises(ValueError, match="unknown methods.*Foo"):
         make_scores(Foo={})

@@ -1,13 +1,19 @@
 """Stage 4 of DFB: OOD evaluation of a cls or dfb checkpoint (what eval.py runs).
 
 1. Image-level logits and pooled features of the ID train set, the ID test set and every
-   OOD set (cached under <logdir>/cache/, keyed by the checkpoint's bytes, the images'
-   bytes, the resolution and the precision, so a new checkpoint never reuses stale features).
-2. Every post-hoc score of utils/scores.py on the K foreground logits and the pooled feature.
-3. For a dfb checkpoint: the background score and every DFB fusion of every score; sign and
-   temperature are picked on ID test images against patch-shuffled copies of them
-   (a validation pseudo-OOD set), never on an OOD test set.
-4. results.csv, results.md, accuracy.json, logits/, scores/, figures/.
+   OOD set, in fp32 by default (cached under <logdir>/cache/, keyed by the checkpoint's
+   bytes, the images' bytes, the resolution and the precision, so a new checkpoint never
+   reuses stale features).
+2. Every post-hoc score of utils/scores.py on the K foreground logits and the pooled feature;
+   the fitted ones (ViM, KNN, ReAct, Mahalanobis) on the ID training images.
+3. For a dfb checkpoint: the background score and every DFB fusion of every score. Sign and
+   temperature are chosen on held-out ID TRAINING images (the checkpoint's `holdout_samples`,
+   which the dfb network never trained on, else a seeded slice of the training split) against
+   patch-shuffled copies of them: never on the ID test images nor on an OOD set, so the choice
+   does not change when either changes. The held-out images are left out of the fitted
+   scores' statistics. `fusion_selection.json` records the choices and the images.
+4. results.csv, results.md (with the score settings used), accuracy.json, logits/, scores/,
+   figures/.
 """
 import csv
 import hashlib
@@ -20,19 +26,22 @@ import torch
 
 from datasets.batch_augment import patch_shuffle
 from datasets.folder import dataset_name
-from datasets.sources import open_split
+from datasets.sources import open_split, restrict
 from utils import distributed
 from utils.checkpoint import file_digest, load_network
 from utils.engine_eval import extract, top1
 from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
 from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
-from utils.runtime import default_amp
 from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
 
 CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
 PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", "Background", "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
 PSEUDO_OOD = "pseudo_ood_patch_shuffled"
+FUSION_ID = "fusion_id_heldout"
+# Below this many held-out images found in --id_train_path (or --fusion_images, if smaller) the
+# checkpoint's holdout is too small to choose sign and T on, and a seeded slice is used instead
+MIN_HOLDOUT_IMAGES = 50
 
 
 class PatchShuffled(torch.utils.data.Dataset):
@@ -77,6 +86,38 @@ def warn_about_id_images_in_ood_sets(id_test_name, id_digests, ood_digests):
                   if shared == len(digests) else "") + "; its OOD metrics are not meaningful")
 
 
+def relative_paths(dataset):
+    """Every image's path relative to the split root, in dataset order ("cat/0007.jpg")."""
+    return [Path(path).relative_to(dataset.root).as_posix() for path, _ in dataset.samples]
+
+
+def fusion_images(id_train, checkpoint, count, seed):
+    """(sorted indices into id_train, source) of the held-out ID images that choose the fusions.
+
+    The checkpoint's `holdout_samples` (relative paths the dfb network never trained on) that are
+    present in id_train, at most `count` of them (a seeded subset beyond that); when it has none,
+    or fewer than min(MIN_HOLDOUT_IMAGES, count) are found, `count` images drawn with `seed`, but at
+    most half of the split, so that the fitted scores keep the other half.
+    """
+    rng = np.random.default_rng(seed)
+    holdout = set(checkpoint.get("holdout_samples") or ())
+    found = [index for index, path in enumerate(relative_paths(id_train)) if path in holdout]
+    if len(found) >= min(MIN_HOLDOUT_IMAGES, count):
+        chosen = found if len(found) <= count else rng.choice(found, size=count, replace=False)
+        return sorted(int(i) for i in chosen), "checkpoint holdout_samples"
+    if holdout:
+        print(f"[eval] only {len(found)} of the checkpoint's {len(holdout)} held-out images are in "
+              f"{id_train.root}; choosing the fusions on a seeded slice of it instead")
+    size = min(count, len(id_train) // 2)
+    if size < count:
+        print(f"[eval] --fusion_images {count}: {id_train.root} has {len(id_train)} images; using {size}, "
+              f"so that the other half fits the scores")
+    if size < 1:
+        raise ValueError(f"--id_train_path {id_train.root} has {len(id_train)} image(s): at least 2 are needed, "
+                         f"one to fit the scores and one to choose the DFB fusions")
+    return sorted(int(i) for i in rng.permutation(len(id_train))[:size]), "seeded slice of --id_train_path"
+
+
 def cached_extract(cache_dir, name, key, compute):
     """Load <cache_dir>/<name>-<key>.npz if present and readable, else compute and store it (rank 0)."""
     path = Path(cache_dir) / f"{name}-{key[:20]}.npz"
@@ -94,6 +135,7 @@ def cached_extract(cache_dir, name, key, compute):
 
 
 def score_overrides(args):
+    """Hyper-parameters of the scores from the flags; ODIN's epsilon is applied by extract()."""
     return {"ODIN": {"temperature": args.odin_temperature, "epsilon": args.odin_epsilon},
             "Energy": {"temperature": args.energy_temperature}, "KNN": {"k": args.knn_k},
             "ReAct": {"percentile": args.react_percentile}}
@@ -102,7 +144,10 @@ def score_overrides(args):
 def run(args):
     device, rank, world_size = distributed.init_distributed(args.device)
     main = distributed.is_main_process()
-    amp = args.amp or default_amp(device)
+    # eval.py defaults to fp32 (--amp none): bf16 keeps 8 bits of mantissa, enough to move logits
+    # and pooled features by ~1e-2 and to reorder near-tied scores, i.e. to change the reported
+    # metrics. The trunk's features feed KNN / ViM / Mahalanobis, so a head-only fp32 would not do.
+    amp = args.amp
     model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
                                                       model_name=args.model)
     num_classes = head_size - 1 if task == "dfb" else head_size
@@ -129,17 +174,23 @@ def run(args):
     digests = {name: image_digests(dataset) for name, dataset in plan}
     if main:
         warn_about_id_images_in_ood_sets(id_test_name, digests[id_test_name], {n: digests[n] for n in ood_names})
+    fit_rows, selection_images = np.arange(len(id_train)), None
     if task == "dfb":
-        plan.append((PSEUDO_OOD, PatchShuffled(id_test_dataset, grid=args.shuffle_grid, seed=args.seed)))
-    if main:
-        print(f"[eval] {task} checkpoint {args.model_path} (head {head_size}, K={num_classes}); resolution "
-              f"{resolution}; device {device}, amp {amp}; sets: " + ", ".join(f"{n} ({len(d)})" for n, d in plan))
-
+        held_out, source = fusion_images(id_train, checkpoint, args.fusion_images, args.seed)
+        fit_rows = np.setdiff1d(fit_rows, held_out)  # the held-out images never fit a score
+        heldout_dataset = restrict(id_train, held_out)
+        digests[FUSION_ID] = [digests[id_train_name][i] for i in held_out]
+        digests[PSEUDO_OOD] = digests[FUSION_ID]
+        plan += [(FUSION_ID, heldout_dataset),
+                 (PSEUDO_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed))]
+        selection_images = {"source": source, "split": str(id_train.root), "count": len(held_out),
+                            "fitted_images": len(fit_rows), "shuffle_grid": args.shuffle_grid, "seed": args.seed,
+                            "digest": dataset_digest(heldout_dataset, digests[FUSION_ID]),
+                            "images": relative_paths(heldout_dataset)}
     outputs = {}
     for name, dataset in plan:
         source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
-        source_name = id_test_name if isinstance(dataset, PatchShuffled) else name
-        recipe = (f"{checkpoint_key}|{dataset_digest(source, digests[source_name])}|{resolution}|{amp}|"
+        recipe = (f"{checkpoint_key}|{dataset_digest(source, digests[name])}|{resolution}|{amp}|"
                   f"{type(dataset).__name__}")
         if isinstance(dataset, PatchShuffled):
             recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
@@ -160,10 +211,10 @@ def run(args):
         return None
 
     results = score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names,
-                               out_dir, args, device)
+                               out_dir, args, device, fit_rows, selection_images, amp)
     if task == "dfb" and args.dense_maps > 0:
         results["written"].append(out_dir / "figures" / "dense_maps.png")
-        draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name != PSEUDO_OOD],
+        draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name not in (FUSION_ID, PSEUDO_OOD)],
                         num_classes, resolution, device, amp, args.dense_maps, results["written"][-1])
     remove_stale_outputs(out_dir, results["written"])
     distributed.cleanup()
@@ -171,7 +222,9 @@ def run(args):
 
 
 def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names, out_dir, args,
-                     device):
+                     device, fit_rows, selection_images, amp):
+    """Scores, fusions and result files. fit_rows: the rows of the ID training set that fit the
+    scores (all but the held-out fusion images); selection_images: what chose the fusions (dfb)."""
     written = []
 
     def save_array(path, array):
@@ -187,9 +240,10 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
 
     weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
     train = outputs[id_train_name]
-    id_train = IDTrainStats(features=train["features"], logits=train["logits"][:, :num_classes],
-                            labels=train["labels"], head_weight=weight[:num_classes], head_bias=bias[:num_classes])
-    scored_sets = [id_test_name, *ood_names] + ([PSEUDO_OOD] if task == "dfb" else [])
+    id_train = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
+                            labels=train["labels"][fit_rows], head_weight=weight[:num_classes],
+                            head_bias=bias[:num_classes])
+    scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, PSEUDO_OOD] if task == "dfb" else [])
     test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
     registry = make_scores(**score_overrides(args))
     scores = compute_all_scores(id_train, test_sets, device=device, scores=registry)
@@ -200,7 +254,8 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
 
     selection = {}
     if task == "dfb":
-        scores, selection = add_dfb_scores(scores, outputs, id_test_name, scored_sets, args.fusion)
+        scores, selection = add_dfb_scores(scores, outputs, scored_sets, args.fusion)
+        selection["validation_images"] = selection_images
         write_text_atomic(out_dir / "fusion_selection.json", json.dumps(selection, indent=2) + "\n")
         written.append(out_dir / "fusion_selection.json")
 
@@ -211,7 +266,8 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
         for ood in ood_names:
             rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
                          **ood_metrics(per_set[id_test_name], per_set[ood])})
-    write_results(out_dir, rows, ood_names, accuracy)
+    notes = settings_notes(settings, args, amp, len(fit_rows), selection_images)
+    write_results(out_dir, rows, ood_names, accuracy, notes)
     written += draw_figures(out_dir, scores, id_test_name, ood_names)
     return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written}
 
@@ -232,11 +288,12 @@ def remove_stale_outputs(out_dir, written):
         print(f"[eval] removed {len(stale)} files of an earlier run from {out_dir} (e.g. {stale[0]})")
 
 
-def add_dfb_scores(scores, outputs, id_test_name, scored_sets, default_mode):
+def add_dfb_scores(scores, outputs, scored_sets, default_mode):
     """The background score and every DFB fusion of every base score ('DFB-<m>' for the default
-    mode, 'DFB-<m>[<mode>]' for each mode), sign and T chosen against the pseudo-OOD set."""
+    mode, 'DFB-<m>[<mode>]' for each mode), sign and T chosen on the held-out ID training images
+    against their patch-shuffled copies."""
     logits = {name: outputs[name]["logits"] for name in scored_sets}
-    choices = select_all_fusions({m: per_set[id_test_name] for m, per_set in scores.items()}, logits[id_test_name],
+    choices = select_all_fusions({m: per_set[FUSION_ID] for m, per_set in scores.items()}, logits[FUSION_ID],
                                  {m: per_set[PSEUDO_OOD] for m, per_set in scores.items()}, logits[PSEUDO_OOD])
     combined = {**scores, "Background": {name: background_score(logits[name]) for name in scored_sets}}
     combined.update(apply_fusions(scores, logits, choices, default_mode))
@@ -246,14 +303,30 @@ def add_dfb_scores(scores, outputs, id_test_name, scored_sets, default_mode):
     return combined, selection
 
 
-def write_results(out_dir, rows, ood_names, accuracy):
+def settings_notes(settings, args, amp, fitted_images, selection_images):
+    """The lines under the results table that say how its numbers were made."""
+    odin_kind = ("with input perturbation" if args.odin_epsilon > 0
+                 else "temperature scaling only, as the official DFB evaluation")
+    per_method = "; ".join(f"{name} " + ", ".join(f"{key}={value}" for key, value in values.items())
+                           for name, values in settings.items() if values)
+    lines = [f"Score settings: {per_method} (ODIN: {odin_kind}). Fitted scores (ViM, KNN, ReAct, Mahalanobis) "
+             f"fitted on {fitted_images} ID training images. Logits and features in "
+             f"{'fp32' if amp in (None, 'none') else amp}. FPR95: the official rule (ID recall closest to 0.95)."]
+    if selection_images is not None:
+        lines.append(f"DFB sign and T chosen on {selection_images['count']} held-out ID training images "
+                     f"({selection_images['source']}) against their {args.shuffle_grid}x{args.shuffle_grid} "
+                     f"patch-shuffled copies (fusion_selection.json), never on the test sets.")
+    return lines
+
+
+def write_results(out_dir, rows, ood_names, accuracy, notes=()):
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
     write_text_atomic(out_dir / "results.csv", buffer.getvalue())
-    table = markdown_table(rows, ood_names, accuracy)
+    table = markdown_table(rows, ood_names, accuracy) + "".join(f"\n{line}\n" for line in notes)
     write_text_atomic(out_dir / "results.md", table)
     print(table)
     print(f"[eval] wrote {out_dir / 'results.csv'}, results.md, accuracy.json, logits/, scores/, figures/")
