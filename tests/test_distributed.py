@@ -40,8 +40,10 @@ def state(path):
 
 def test_training_two_processes_and_resume_on_one_equals_one_process(data):
     root, sets = data
+    # MixUp on: its lambda and pairs are drawn for the global batch, so partners cross process slices
     common = ["train.py", "--task", "cls", "--datadir", str(sets["id_train"]), "--logdir", str(root / "runs"),
-              "--steps", "6", *TINY]
+              "--steps", "6", "--mixup", "0.5", "--label_smoothing", "0.1", "--weight_decay", "5e-4", "--nesterov",
+              "--schedule", "cosine", *TINY]
     launch(common + ["--name", "single"])
     # two processes for 3 steps, then one process resumes the same run to the end
     launch(common + ["--name", "ddp", "--stop_after", "3"], nproc=2)
