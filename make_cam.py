@@ -4,7 +4,8 @@
       --model_path=cls_pretrained_models/cifar10.pth.tar --head_size=10
 
 Writes dataset/cifar10/train_mask/<class>/<stem>.png (value k = class k foreground,
-K = background), skips masks already written, and runs under torchrun too.
+K = background; the release writes 0 = background, k + 1 = class k), skips masks already
+written, and runs under torchrun too.
 """
 import argparse
 
@@ -15,7 +16,8 @@ from utils.make_masks import run
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="split folder, ImageFolder layout <dataset>/<class>/<image>")
-    parser.add_argument("--model_path", required=True, help="K-class classifier checkpoint (train.py --task cls)")
+    parser.add_argument("--model_path", required=True, help="K-class classifier checkpoint (train.py --task cls, or the release's train.py: "
+                                                              "then --head_size and --model say what it is)")
     parser.add_argument("--head_size", type=int, required=True, help="K, the number of classes of the classifier")
     parser.add_argument("--model", default=None, help="model name (default: from the checkpoint, else BiT-M-R50x1)")
     parser.add_argument("--labeled", action=argparse.BooleanOptionalAction, default=False,
