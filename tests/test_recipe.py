@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import train
+from datasets.folder import decode_all
+from datasets.sources import GlobalBatchIndices, InMemoryBatches, LoaderBatches, open_split
 from datasets.synthetic import generate_benchmark
 from models.resnetv2 import create_model
 from utils.checkpoint import save_checkpoint
@@ -125,3 +127,18 @@ def test_recipe_runs_hold_out_images_and_report_val_top1(sets, tmp_path):
         "--init_from", str(tmp_path / "cls.pth.tar"), "--image_loss_weight", "0.5", *TINY]))
     assert {"val_top1", "pixel_accuracy"} <= set(dfb_metrics)
     assert torch.load(tmp_path / "dfb" / "checkpoint.pth.tar", weights_only=False)["holdout_samples"] == held_out
+
+
+def test_dense_batch_sources_deliver_the_image_labels(sets):
+    # --image_loss_weight needs them: both sources, with masks, yield each image's folder label
+    train_dir = sets["id_train"]
+    dataset = open_split(train_dir, 32, with_masks=True, mask_root=train_dir.parent / "train_gtmask", num_classes=6)
+    truth = torch.tensor([label for _, label in dataset.samples])
+    device = torch.device("cpu")
+    sources = (InMemoryBatches(decode_all(dataset, workers=0), GlobalBatchIndices(len(dataset), 8), 32, device),
+               LoaderBatches(dataset, GlobalBatchIndices(len(dataset), 8), 32, device, workers=0))
+    for source in sources:
+        order = GlobalBatchIndices(len(dataset), 8)
+        for (_, labels, masks), index in zip(source, order):
+            assert masks is not None and torch.equal(labels.cpu(), truth[index])
+            break
