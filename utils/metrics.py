@@ -6,9 +6,9 @@ is "higher = more in-distribution". All metrics are fractions in [0, 1].
 FPR95 follows the official DFB evaluation (Hendrycks' `fpr_and_fdr_at_recall`, see
 `fpr_at_recall`): the ROC point whose ID recall is CLOSEST to 0.95, which may lie below it.
 
-Written with numpy only (sort / rank based); scikit-learn serves as the independent
-oracle in the tests (a plain loop over thresholds for FPR95), and AUROC / AUPR agree with its `roc_auc_score` and step-wise
-`average_precision_score` exactly, ties included.
+Written with numpy only (sort / rank based). The tests check FPR95 against a plain loop over
+thresholds, and AUROC / AUPR against scikit-learn's `roc_auc_score` and step-wise
+`average_precision_score`: they agree exactly, ties included.
 """
 import numpy as np
 
