@@ -5,32 +5,47 @@
         --figures_to docs/results_figures                                    # publish, figures copied
 
 Reads what the run wrote: stage_times.json and run_info.json (bench/run_record.py),
-data_manifest.json (bench/reproduce_data.py),
-results_{cls,dfb}/{results.csv,accuracy.json}, results_dfb/fusion_selection.json,
-masks/train/summary.json (make_cam.py) and runs/{cls,dfb}/final_metrics.json (train.py).
-Every number in the report is read from those files; none is computed here except
-averages over the OOD sets and differences between two scores.
+data_manifest.json (bench/reproduce_data.py), masks/train/summary.json and the masks (make_cam.py),
+runs/{cls,dfb_seed<s>,dfb_<ablation>}/final_metrics.json (train.py), and of each evaluation
+(results_cls, results_dfb_seed<s>, results_dfb_<ablation>; eval.py) results.csv, accuracy.json,
+fusion_selection.json, scores/<method>/<set>.npy and logits/<set>.npy.
+Every table number is read from those files or is a mean / sample standard deviation over DFB
+seeds, an average over OOD sets, or a difference of two of them. The one exception is the
+sign diagnostic, which recomputes AUROCs of the fused scores from the saved scores and logits.
+The figures are grids (one row per class or set) that fit one screen, drawn here from the saved
+masks and, for the dense predictions, from the first seed's DFB checkpoint.
 """
 import argparse
 import csv
 import json
 import os
 import shutil
+import statistics
 from pathlib import Path
 
-from utils.fusion import DEFAULT_FUSION
+import numpy as np
+
+from utils.fusion import DEFAULT_FUSION, FUSIONS
 from utils.io import atomic_path, write_text_atomic
+from utils.metrics import auroc
 
 STAGES = {"data": "unpack the shared archives", "train_cls": "classifier (train.py --task cls)",
-          "make_cam": "pseudo masks (make_cam.py)", "train_dfb": "DFB network (train.py --task dfb)",
-          "eval_cls": "OOD evaluation, classifier (eval.py)", "eval_dfb": "OOD evaluation, DFB network (eval.py)"}
+          "make_cam": "pseudo masks (make_cam.py)", "eval_cls": "OOD evaluation, classifier (eval.py)",
+          "train_dfb": "DFB network (train.py --task dfb)", "eval_dfb": "OOD evaluation, DFB network (eval.py)"}
 MASK_DIR = Path("masks") / "train"
 METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr_in", "AUPR-In↑"), ("aupr_out", "AUPR-Out↑"))
 BACKGROUND = "Background"
 DASH = "–"
+PM = "±"
+# A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
+# standard deviation of DFB-x over seeds
+SPREAD_RULE = 2.0
+GRID_EXAMPLES = 8  # examples per row of the figure grids
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
             "logprob": "S = S_fg + s · T · log(1 − p_bg)"}
+DENSE_KEYS = (("val_top1", "val top-1 (held-out training images)"), ("pixel_accuracy", "mask pixel accuracy"),
+              ("foreground_iou", "foreground IoU"), ("background_iou", "background IoU"))
 
 
 def caveat(settings):
@@ -40,7 +55,7 @@ def caveat(settings):
              "**from scratch**" if pretrained == "none" else f"This run started from `{pretrained}`")
     text = ("**Not comparable with the paper's tables.** The paper fine-tunes BiT-M-R50x1 from ImageNet-21k "
             f"(BiT) weights at 128 px for 10,000 steps, and its numbers assume those weights. {start}, with "
-            "the shorter schedule and the resolution of the settings below. The OOD sets are what the shared "
+            "the model, schedule and resolution of the settings below. The OOD sets are what the shared "
             "data folder holds: Textures is 10 of DTD's 47 classes, and MNIST, Scene15 and IntelScenes are "
             "stand-ins for SVHN and Places, not those sets. The CIFAR-10 images are JPEG re-encodings of the "
             "originals. Read the tables as a comparison of DFB with its base scores under the same conditions, "
@@ -48,9 +63,11 @@ def caveat(settings):
     return "> " + text
 
 
-def read_json(path, made_by):
+def read_json(path, made_by, required=True):
     path = Path(path)
     if not path.is_file():
+        if not required:
+            return {}
         raise FileNotFoundError(f"{path} not found: it is written by {made_by}; did that stage of "
                                 f"scripts/reproduce_small.sh finish?")
     return json.loads(path.read_text())
@@ -72,6 +89,12 @@ def read_results(path):
     return table, methods, list(dict.fromkeys(row["ood_dataset"] for row in rows))
 
 
+def mean_std(values):
+    """(mean, sample standard deviation); the deviation is None for fewer than two values."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
 def pct(value):
     return f"{100 * value:.2f}"
 
@@ -80,18 +103,87 @@ def signed_pct(value):
     return f"{100 * value:+.2f}"
 
 
+def pct_spread(values, signed=False):
+    """'mean ± std' in %, or the single value when there is one."""
+    mean, std = mean_std(values)
+    shown = signed_pct(mean) if signed else pct(mean)
+    return shown if std is None else f"{shown} {PM} {100 * std:.2f}"
+
+
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
-def setup_section(info):
-    lines = ["## Setup", "", f"- Device: **{info['device']}**", f"- Command: `{info['command']}`",
-             f"- Code: commit `{info['git_commit']}`; torch {info['torch']}, Python {info['python']}; "
-             f"run started {info['date_utc']} UTC", ""]
-    settings = info["settings"]
+def ablation_names(settings):
+    """The names of DFB_ABLATIONS ('name|flags' lines), in order."""
+    return [line.split("|", 1)[0].strip() for line in settings.get("DFB_ABLATIONS", "").splitlines()
+            if line.strip()]
+
+
+class Run:
+    """What one run folder holds: the classifier's evaluation, and one evaluation per finished DFB seed
+    and per finished ablation (seeds and ablations still to come are listed as pending)."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.info = read_json(self.dir / "run_info.json", "bench.run_record info")
+        settings = self.info["settings"]
+        self.seeds_asked = settings.get("SEEDS", settings.get("SEED", "0")).split()
+        self.seeds = [s for s in self.seeds_asked if self.evaluated(f"seed{s}")]
+        if not self.seeds:
+            raise FileNotFoundError(f"{self.dir}: no DFB seed is evaluated yet (results_dfb_seed<s>/results.csv "
+                                    f"of SEEDS={' '.join(self.seeds_asked)}): did eval_dfb_seed<s> finish?")
+        self.ablations = [name for name in ablation_names(settings) if self.evaluated(name)]
+        self.pending = [f"seed {s}" for s in self.seeds_asked if s not in self.seeds] + \
+            [f"ablation {name}" for name in ablation_names(settings) if name not in self.ablations]
+        self.cls = read_results(self.dir / "results_cls" / "results.csv")
+        self.dfb = {s: read_results(self.dir / f"results_dfb_seed{s}" / "results.csv") for s in self.seeds}
+        self.base_methods, self.ood_names = self.cls[1], self.cls[2]
+        for suffix in [f"seed{s}" for s in self.seeds] + self.ablations:
+            self.check_dfb(suffix)
+
+    def evaluated(self, suffix):
+        return (self.dir / f"results_dfb_{suffix}" / "results.csv").is_file()
+
+    def check_dfb(self, suffix):
+        _, methods, oods = read_results(self.dir / f"results_dfb_{suffix}" / "results.csv")
+        if set(oods) != set(self.ood_names):
+            raise ValueError(f"results_cls has OOD sets {self.ood_names} but results_dfb_{suffix} has {oods}: "
+                             f"evaluate every network on the same sets")
+        needed = [f"DFB-{m}" for m in self.base_methods] + self.base_methods + [BACKGROUND]
+        missing = [name for name in needed if name not in methods]
+        if missing:
+            raise ValueError(f"results_dfb_{suffix}/results.csv lacks the rows {missing}: is it the evaluation of "
+                             f"a DFB checkpoint?")
+
+    def dfb_values(self, method, ood, key):
+        """One value per finished seed."""
+        return [self.dfb[s][0][method, ood][key] for s in self.seeds]
+
+    def dfb_average(self, method, key):
+        """Per seed, the average over the OOD sets."""
+        return [statistics.fmean(self.dfb[s][0][method, ood][key] for ood in self.ood_names) for s in self.seeds]
+
+    def cls_value(self, method, ood, key):
+        return self.cls[0][method, ood][key]
+
+    def cls_average(self, method, key):
+        return statistics.fmean(self.cls_value(method, ood, key) for ood in self.ood_names)
+
+
+def setup_section(run):
+    info = run.info
+    lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if "cpu" in info else ""),
+             f"- Command: `{info['command']}`",
+             f"- Code: commit `{info['git_commit']}`" + ("" if "uncommitted" in info["git_commit"] else
+                                                        " (clean working tree)") +
+             f"; torch {info['torch']}, Python {info['python']}; run started {info['date_utc']} UTC",
+             f"- DFB seeds reported: {', '.join(run.seeds)}" +
+             (f"; pending (not finished when this report was written): {', '.join(run.pending)}"
+              if run.pending else ""), ""]
     lines += markdown_table(["setting", "value"], [(key, f"`{value}`" if value else "(all / unset)")
-                                                   for key, value in settings.items()])
+                                                   for key, value in info["settings"].items()])
     return lines + [""]
 
 
@@ -106,12 +198,23 @@ def data_section(manifest):
             "(`data_manifest.json`):", ""] + markdown_table(["set", "archive", "what it is", "images"], rows) + [""]
 
 
+def stage_description(stage):
+    """What a stage of stage_times.json is: a fixed stage, or train/eval_dfb_seed<s> / _<ablation>."""
+    if stage in STAGES:
+        return STAGES[stage]
+    for prefix in ("train_dfb_", "eval_dfb_"):
+        if stage.startswith(prefix):
+            suffix = stage[len(prefix):]
+            which = f"seed {suffix[4:]}" if suffix.startswith("seed") else f"ablation {suffix}"
+            return f"{STAGES[prefix[:-1]]}, {which}"
+    raise ValueError(f"stage_times.json: unknown stage {stage!r}; expected {list(STAGES)} or "
+                     f"train_dfb_<seed<s> or ablation> / eval_dfb_<...>")
+
+
 def times_section(times):
-    unknown = sorted(set(times) - set(STAGES))
-    if unknown:
-        raise ValueError(f"stage_times.json: unknown stage(s) {unknown}; expected {list(STAGES)}")
-    rows = [(stage, what, f"{times[stage]:.1f}", f"{times[stage] / 60:.2f}")
-            for stage, what in STAGES.items() if stage in times]
+    order = ["data", "train_cls", "make_cam", "eval_cls"]
+    stages = [s for s in order if s in times] + [s for s in times if s not in order]
+    rows = [(stage, stage_description(stage), f"{times[stage]:.1f}", f"{times[stage] / 60:.2f}") for stage in stages]
     rows.append(("**total**", "", f"**{sum(times.values()):.1f}**", f"**{sum(times.values()) / 60:.2f}**"))
     return ["## Wall time per stage", "",
             "Seconds of wall time, start-up and data loading included; a stage resumed after an "
@@ -119,15 +222,28 @@ def times_section(times):
         markdown_table(["stage", "what", "seconds", "minutes"], rows) + [""]
 
 
-def accuracy_section(cls_accuracy, dfb_accuracy):
-    rows = [("classifier (K logits)", pct(cls_accuracy["top1"]), cls_accuracy["images"], "results_cls/accuracy.json"),
-            ("DFB network (its K foreground logits)", pct(dfb_accuracy["top1"]), dfb_accuracy["images"],
-             "results_dfb/accuracy.json")]
-    return [f"## ID accuracy ({cls_accuracy['id_dataset']})", ""] + \
-        markdown_table(["network", "top-1 %", "test images", "from"], rows) + [""]
+def accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, dfb_final):
+    spread = "mean ± std" if len(run.seeds) > 1 else "value"
+    cls_rows = [("ID test top-1", pct(cls_accuracy["top1"]), "results_cls/accuracy.json")]
+    if "val_top1" in cls_final:
+        cls_rows.append(("val top-1 (held-out training images)", pct(cls_final["val_top1"]),
+                         "runs/cls/final_metrics.json"))
+    dfb_rows = [["ID test top-1 (K foreground logits)"] + [pct(dfb_accuracy[s]["top1"]) for s in run.seeds] +
+                [pct_spread(dfb_accuracy[s]["top1"] for s in run.seeds)]]
+    for key, label in DENSE_KEYS:
+        if all(key in dfb_final[s] for s in run.seeds):
+            dfb_rows.append([label] + [pct(dfb_final[s][key]) for s in run.seeds] +
+                            [pct_spread(dfb_final[s][key] for s in run.seeds)])
+    return [f"## ID accuracy ({cls_accuracy['id_dataset']}) and dense quality", "",
+            f"Classifier (one network, so no seed spread; {cls_accuracy['images']:,} test images):", ""] + \
+        markdown_table(["metric", "%", "from"], cls_rows) + \
+        ["", f"DFB network per seed (`results_dfb_seed<s>/accuracy.json`, `runs/dfb_seed<s>/final_metrics.json`; "
+             f"{spread} over seeds, sample standard deviation). The mask figures compare its dense prediction "
+             f"with the pseudo masks of held-out training images; there are no true masks for CIFAR-10.", ""] + \
+        markdown_table(["metric"] + [f"seed {s} %" for s in run.seeds] + [f"{spread} %"], dfb_rows) + [""]
 
 
-def mask_section(summary, dfb_final):
+def mask_section(summary):
     lines = ["## Pseudo masks", "",
              f"CAMs of the classifier on the training split (`{MASK_DIR}/summary.json`): scales "
              f"{summary['scales']} with flips, blur σ = {summary['sigma']}, threshold {summary['threshold']}, "
@@ -139,88 +255,261 @@ def mask_section(summary, dfb_final):
     rows += [("mean foreground fraction", f"{pct(summary['mean_foreground_fraction'])} %"),
              ("masks with no foreground", f"{summary['empty_foreground']:,}"),
              ("classifier accuracy on the training split", f"{pct(summary['classifier_accuracy_on_split'])} %")]
-    dense = [(key, label) for key, label in (("pixel_accuracy", "pixel accuracy"), ("foreground_iou", "foreground IoU"),
-                                             ("background_iou", "background IoU")) if key in dfb_final]
-    rows += [(f"DFB network on held-out training images: {label}", f"{pct(dfb_final[key])} %") for key, label in dense]
     lines += markdown_table(["statistic", "value"], rows)
     if summary["images_skipped"]:
         lines += ["", f"make_cam.py was resumed: the statistics cover the {summary['images_computed']:,} masks of its "
                       f"last run, not the {summary['images_skipped']:,} written before."]
-    if dense:
-        lines += ["", "The held-out figures (`runs/dfb/final_metrics.json`) compare the DFB network's dense "
-                      "prediction with the pseudo masks of training images it did not train on; there are no "
-                      "true masks for CIFAR-10."]
     return lines + [""]
 
 
-def ood_table(ood, base_methods, cls, dfb):
-    header = ["score"] + [f"classifier {name}" for _, name in METRICS] + ["DFB net alone AUROC↑"] + \
-        [f"DFB-x {name}" for _, name in METRICS] + ["ΔAUROC (DFB-x − classifier)"]
+def ood_table(run, ood):
     rows = []
-    for method in base_methods:
-        base, fused, alone = cls[method, ood], dfb[f"DFB-{method}", ood], dfb[method, ood]
-        rows.append([method] + [pct(base[key]) for key, _ in METRICS] + [pct(alone["auroc"])] +
-                    [pct(fused[key]) for key, _ in METRICS] + [signed_pct(fused["auroc"] - base["auroc"])])
-    background = dfb[BACKGROUND, ood]
-    rows.append(["Background (−z_bg)"] + [DASH] * 5 + [pct(background[key]) for key, _ in METRICS] + [DASH])
-    return [f"### {ood}", ""] + markdown_table(header, rows) + [""]
+    for method in run.base_methods:
+        rows.append([f"{method} · classifier"] + [pct(run.cls_value(method, ood, key)) for key, _ in METRICS])
+        rows.append([f"{method} · DFB net"] + [pct_spread(run.dfb_values(method, ood, key)) for key, _ in METRICS])
+        rows.append([f"DFB-{method}"] + [pct_spread(run.dfb_values(f"DFB-{method}", ood, key)) for key, _ in METRICS])
+    rows.append(["Background (−z_bg)"] + [pct_spread(run.dfb_values(BACKGROUND, ood, key)) for key, _ in METRICS])
+    return [f"### {ood}", ""] + markdown_table(["score"] + [name for _, name in METRICS], rows) + [""]
 
 
-def average_table(ood_names, base_methods, cls, dfb):
-    def mean(table, method, key):
-        return sum(table[method, ood][key] for ood in ood_names) / len(ood_names)
-    rows = [[method, pct(mean(cls, method, "fpr95")), pct(mean(cls, method, "auroc")),
-             pct(mean(dfb, f"DFB-{method}", "fpr95")), pct(mean(dfb, f"DFB-{method}", "auroc")),
-             signed_pct(mean(dfb, f"DFB-{method}", "auroc") - mean(cls, method, "auroc"))] for method in base_methods]
-    rows.append(["Background (−z_bg)", DASH, DASH, pct(mean(dfb, BACKGROUND, "fpr95")),
-                 pct(mean(dfb, BACKGROUND, "auroc")), DASH])
-    header = ["score", "classifier FPR95↓", "classifier AUROC↑", "DFB-x FPR95↓", "DFB-x AUROC↑", "ΔAUROC"]
-    return [f"### Average over the {len(ood_names)} OOD sets", ""] + markdown_table(header, rows) + [""]
+def average_table(run):
+    rows = []
+    for method in run.base_methods:
+        rows.append([f"{method} · classifier"] + [pct(run.cls_average(method, key)) for key, _ in METRICS])
+        rows.append([f"{method} · DFB net"] + [pct_spread(run.dfb_average(method, key)) for key, _ in METRICS])
+        rows.append([f"DFB-{method}"] + [pct_spread(run.dfb_average(f"DFB-{method}", key)) for key, _ in METRICS])
+    rows.append(["Background (−z_bg)"] + [pct_spread(run.dfb_average(BACKGROUND, key)) for key, _ in METRICS])
+    return [f"### Average over the {len(run.ood_names)} OOD sets", "",
+            "Each seed's average over the sets, then mean ± std of those over seeds.", ""] + \
+        markdown_table(["score"] + [name for _, name in METRICS], rows) + [""]
 
 
-def ood_section(cls_results, dfb_results, fusion):
-    cls, base_methods, ood_names = cls_results
-    dfb, dfb_methods, dfb_oods = dfb_results
-    if set(dfb_oods) != set(ood_names):
-        raise ValueError(f"results_cls has OOD sets {ood_names} but results_dfb has {dfb_oods}: evaluate both "
-                         f"networks on the same sets")
-    needed = [f"DFB-{method}" for method in base_methods] + base_methods + [BACKGROUND]
-    missing = [name for name in needed if name not in dfb_methods]
-    if missing:
-        raise ValueError(f"results_dfb/results.csv lacks the rows {missing}: is it the evaluation of a DFB checkpoint?")
+def ood_section(run, fusion):
+    seeds = (f"mean ± sample standard deviation over the {len(run.seeds)} DFB seeds ({', '.join(run.seeds)})"
+             if len(run.seeds) > 1 else f"one DFB seed ({run.seeds[0]}), so no spread")
     lines = ["## OOD detection", "",
-             f"ID positives: the CIFAR-10 test split. All values in %. For each base score x: *classifier* = x on "
-             f"the K-class classifier; *DFB net alone* = x on the K foreground logits and features of the "
-             f"(K+1)-class DFB network, without the background term; *DFB-x* = x fused with the DFB network's "
-             f"background logit (`{fusion}` mode, `utils/fusion.py`); ΔAUROC = DFB-x minus classifier. "
-             f"*Background* = the background logit alone. Every fusion mode is in `results_dfb/results.md`.", ""]
-    for ood in ood_names:
-        lines += ood_table(ood, base_methods, cls, dfb)
-    return lines + average_table(ood_names, base_methods, cls, dfb)
+             f"ID positives: the CIFAR-10 test split. All values in %. For each base score x: *x · classifier* = x "
+             f"on the K-class classifier (one network: **no seed spread**); *x · DFB net* = x on the K foreground "
+             f"logits and features of the (K+1)-class DFB network, without the background term; *DFB-x* = x on "
+             f"the DFB network fused with its background logit (`{fusion}` mode, `utils/fusion.py`). DFB rows: "
+             f"{seeds}. Every fusion mode is in `results_dfb_seed<s>/results.md`.", "",
+             "### Background alone (−z_bg), AUROC↑ per OOD set", ""]
+    lines += markdown_table(["score"] + list(run.ood_names),
+                            [["Background alone (−z_bg)"] + [pct_spread(run.dfb_values(BACKGROUND, ood, "auroc"))
+                                                             for ood in run.ood_names]]) + [""]
+    for ood in run.ood_names:
+        lines += ood_table(run, ood)
+    return lines + average_table(run)
 
 
-def fusion_section(selection, base_methods, fusion):
+def beats_section(run):
+    """For how many base scores DFB-x beats x (classifier; DFB net) in mean AUROC, and which wins or
+    losses exceed the seed spread."""
+    spread_known = len(run.seeds) > 1
+    rule = (f"|mean difference| > {SPREAD_RULE:g} × the sample standard deviation of DFB-x's AUROC over the "
+            f"{len(run.seeds)} seeds" if spread_known else "not assessable: one seed")
     rows = []
-    for method in base_methods:
+    for ood in run.ood_names:
+        cells = [ood]
+        for other in ("classifier", "DFB net"):
+            wins, beyond = 0, []
+            for method in run.base_methods:
+                fused = run.dfb_values(f"DFB-{method}", ood, "auroc")
+                reference = ([run.cls_value(method, ood, "auroc")] * len(fused) if other == "classifier"
+                             else run.dfb_values(method, ood, "auroc"))
+                difference = statistics.fmean(fused) - statistics.fmean(reference)
+                wins += difference > 0
+                _, std = mean_std(fused)
+                if spread_known and abs(difference) > SPREAD_RULE * std:
+                    beyond.append(f"{method} {signed_pct(difference)}")
+            cells += [f"{wins} of {len(run.base_methods)}", ", ".join(beyond) or ("none" if spread_known else DASH)]
+        rows.append(cells)
+    return ["## Does DFB-x beat x?", "",
+            "Per OOD set: for how many of the base scores the AUROC of DFB-x, averaged over seeds, is higher than "
+            "that of x on the classifier, and than that of x on the DFB network's foreground (averaged over the "
+            f"same seeds). Differences beyond the seed spread (rule: {rule}) are listed with their mean "
+            "difference in AUROC points.", ""] + \
+        markdown_table(["OOD set", "beats x · classifier", "beyond spread", "beats x · DFB net", "beyond spread"],
+                       rows) + [""]
+
+
+def is_choice(entry):
+    return isinstance(entry, dict) and "sign" in entry and "temperature" in entry
+
+
+def fusion_section(run, selections, fusion):
+    header = ["score"] + [f"seed {s}: s, T (validation AUROC %)" for s in run.seeds]
+    rows = []
+    for method in run.base_methods:
         key = f"DFB-{method}[{fusion}]"
-        if key not in selection:
-            raise ValueError(f"results_dfb/fusion_selection.json has no entry {key!r}: was eval.py run with "
-                             f"--fusion {fusion}?")
-        choice = selection[key]
-        rows.append((f"DFB-{method}", f"{choice['sign']:+d}", f"{choice['temperature']:.4g}",
-                     pct(choice["validation_auroc"])))
-    return ["## Fusion parameters", "",
-            f"Sign s and temperature T of each DFB-x (`{fusion}` mode: {FORMULAS[fusion]}), read from "
-            "`results_dfb/fusion_selection.json`. eval.py chose them by the leak-free rule: the AUROC of the "
-            "ID test images against the same images with their tiles randomly shuffled (a validation "
-            "pseudo-OOD set), **never on any of the OOD sets above**. s = +1 means \"more background, more OOD\".",
-            ""] + markdown_table(["score", "sign s", "temperature T", "validation AUROC %"], rows) + [""]
+        cells = [f"DFB-{method}"]
+        for s in run.seeds:
+            choice = selections[s].get(key)
+            if not is_choice(choice):
+                raise ValueError(f"results_dfb_seed{s}/fusion_selection.json has no entry {key!r} with a sign and a "
+                                 f"temperature: was eval.py run with --fusion {fusion}?")
+            value = choice.get("validation_auroc")
+            cells.append(f"{choice['sign']:+d}, {choice['temperature']:.4g}" +
+                         (f" ({pct(value)})" if isinstance(value, (int, float)) else ""))
+        rows.append(cells)
+    # What eval.py records beside the choices (e.g. which images the choice was validated on)
+    recorded = []
+    for s in run.seeds:
+        extra = {key: value for key, value in selections[s].items() if not is_choice(value)}
+        fields = sorted({field for value in selections[s].values() if is_choice(value) for field in value}
+                        - {"sign", "temperature", "validation_auroc"})
+        if extra or fields:
+            recorded.append(f"- seed {s}: " + "; ".join([f"`{key}` = `{json.dumps(value)}`" for key, value in
+                                                         extra.items()] + [f"per choice also `{f}`" for f in fields]))
+    lines = ["## Fusion parameters", "",
+             f"Sign s and temperature T of each DFB-x (`{fusion}` mode: {FORMULAS[fusion]}), per seed, read from "
+             "`results_dfb_seed<s>/fusion_selection.json`. eval.py chooses them on validation data, **never on any "
+             "of the OOD sets above**. s = +1 means \"more background, more OOD\".", ""]
+    lines += markdown_table(header, rows) + [""]
+    if recorded:
+        lines += ["What `fusion_selection.json` records besides the choices:", ""] + recorded + [""]
+    return lines
+
+
+def sign_diagnostic(run, selections, fusion):
+    """For each OOD set and method, the sign the test set itself would have preferred at the chosen T
+    (a diagnostic of the validation rule, never used for selection)."""
+    fuse = FUSIONS[fusion]
+    rows, agreed, total, missing = [], 0, 0, []
+    for method in run.base_methods:
+        cells = [f"DFB-{method}"]
+        for ood in run.ood_names:
+            plus, minus, agree = [], [], 0
+            for s in run.seeds:
+                folder = run.dir / f"results_dfb_seed{s}"
+                id_name = read_json(folder / "accuracy.json", "eval.py")["id_dataset"]
+                paths = [folder / "scores" / method / f"{id_name}.npy", folder / "scores" / method / f"{ood}.npy",
+                         folder / "logits" / f"{id_name}.npy", folder / "logits" / f"{ood}.npy"]
+                absent = [str(p.relative_to(run.dir)) for p in paths if not p.is_file()]
+                if absent:
+                    missing += absent
+                    continue
+                id_fg, ood_fg, id_logits, ood_logits = (np.load(p) for p in paths)
+                choice = selections[s][f"DFB-{method}[{fusion}]"]
+                value = {sign: auroc(fuse(id_fg, id_logits, choice["temperature"], sign),
+                                     fuse(ood_fg, ood_logits, choice["temperature"], sign)) for sign in (1, -1)}
+                plus.append(value[1])
+                minus.append(value[-1])
+                preferred = 1 if value[1] >= value[-1] else -1
+                agree += preferred == choice["sign"]
+            if not plus:
+                cells.append(DASH)
+                continue
+            agreed += agree
+            total += len(plus)
+            cells.append(f"{pct(statistics.fmean(plus))} / {pct(statistics.fmean(minus))}; agreed {agree}/{len(plus)}")
+        rows.append(cells)
+    lines = ["## Diagnostic: which sign would each OOD set have preferred?", "",
+             "**A diagnostic only, not a selection.** For each DFB-x and OOD set: the AUROC % of the fused score "
+             "with s = +1 / s = −1 at the temperature eval.py chose (mean over seeds), and in how many seeds the "
+             "sign chosen on validation data is the one that test set prefers. Recomputed here from "
+             "`scores/<method>/<set>.npy` and `logits/<set>.npy` of each seed.", ""]
+    lines += markdown_table(["score"] + [f"{ood}: +1 / −1" for ood in run.ood_names], rows) + [""]
+    if total:
+        lines += [f"The validation sign agreed with the test set's preference in {agreed} of {total} cases "
+                  f"(score × OOD set × seed).", ""]
+    if missing:
+        lines += [f"Saved arrays missing (cells shown as {DASH}): {', '.join(sorted(set(missing))[:6])}"
+                  + (" …" if len(set(missing)) > 6 else ""), ""]
+    return lines
+
+
+def ablation_section(run, dfb_accuracy, dfb_final):
+    first = run.seeds_asked[0]
+    if not run.ablations or first not in run.seeds:
+        return []
+    variants = [(f"full DFB_FLAGS (seed {first})", f"seed{first}")] + [(name, name) for name in run.ablations]
+    rows = []
+    for label, suffix in variants:
+        folder = run.dir / f"results_dfb_{suffix}"
+        accuracy = dfb_accuracy.get(suffix) or read_json(folder / "accuracy.json", "eval.py")
+        final = dfb_final.get(suffix) or read_json(run.dir / "runs" / f"dfb_{suffix}" / "final_metrics.json",
+                                                   "train.py --task dfb", required=False)
+        table = read_results(folder / "results.csv")[0]
+        rows.append([label, pct(accuracy["top1"])] +
+                    [pct(final[key]) if key in final else DASH for key in ("val_top1", "pixel_accuracy")] +
+                    [pct(statistics.fmean(table[f"DFB-{m}", ood]["auroc"] for ood in run.ood_names))
+                     for m in run.base_methods])
+    flags = {line.split("|", 1)[0].strip(): line.split("|", 1)[1].strip()
+             for line in run.info["settings"].get("DFB_ABLATIONS", "").splitlines() if "|" in line}
+    return ["## Ablations of the DFB stage", "",
+            f"Each variant is the DFB stage trained with seed {first} and its own train.py flags instead of "
+            "DFB_FLAGS (`runs/dfb_<name>`, `results_dfb_<name>`); the first row is the full stage with that seed. "
+            "DFB-x columns: AUROC % averaged over the OOD sets. One seed each: differences smaller than the seed "
+            "spread of the tables above are not evidence.", ""] + \
+        markdown_table(["variant", "ID top-1 %", "val top-1 %", "mask pixel acc. %"] +
+                       [f"DFB-{m}" for m in run.base_methods], rows) + [""] + \
+        [f"- `{name}`: `{flags.get(name, '')}`" for name in run.ablations] + [""]
+
+
+def repo_path(path):
+    """A path of the settings (relative to the checkout, where the script runs) as an absolute path."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(__file__).resolve().parents[1] / path
+
+
+def folder_examples(root, per_row, mask_root=None):
+    """{class folder: [(image, mask path or None)]} of the first per_row images of each class folder."""
+    from PIL import Image
+
+    from datasets.folder import is_image_file, mask_path
+    rows = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if is_image_file(p))
+        if mask_root is not None:
+            files = [p for p in files if mask_path(mask_root, p).is_file()]
+        rows[folder.name] = [(np.asarray(Image.open(p).convert("RGB")),
+                              mask_path(mask_root, p) if mask_root is not None else None) for p in files[:per_row]]
+    return {name: examples for name, examples in rows.items() if examples}
+
+
+def pseudo_mask_grid(run, path):
+    """Pseudo masks of the first training images of every class, one row per class."""
+    from PIL import Image
+    mask_root = run.dir / MASK_DIR
+    train = repo_path(run.info["settings"]["DATA_DIR"]) / "cifar10" / "train"
+    examples = folder_examples(train, GRID_EXAMPLES, mask_root)
+    rows = [(name, [(image, np.asarray(Image.open(mask))) for image, mask in shown]) for name, shown in examples.items()]
+    from utils.plots import save_overlay_grid
+    num_classes = sum(1 for folder in train.iterdir() if folder.is_dir())
+    return save_overlay_grid(rows, num_classes, path, title="pseudo masks (make_cam.py), training images")
+
+
+def dense_grid(run, path):
+    """The first seed's dense prediction on the first images of the ID test split and of every OOD set."""
+    import torch
+
+    from datasets.batch_augment import test_resize
+    from utils.checkpoint import load_network
+    from utils.plots import save_overlay_grid
+    model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_seed{run.seeds[0]}" / "checkpoint.pth.tar",
+                                                   expect_task="dfb")
+    model.eval()
+    data = repo_path(run.info["settings"]["DATA_DIR"])
+    sets = {"CIFAR-10 test": data / "cifar10" / "test", **{ood: data / ood / "test" for ood in run.ood_names}}
+    rows = []
+    for label, root in sets.items():
+        # a few examples of each class folder, so a row shows more than one class
+        per_class = folder_examples(root, 1 + GRID_EXAMPLES // 4).values()
+        images = [image for shown in zip(*per_class) for image, _ in shown][:GRID_EXAMPLES]
+        with torch.no_grad():
+            batch = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in images])
+            resolution = checkpoint.get("resolution") or int(run.info["settings"]["RESOLUTION"])
+            masks = model.dense_logits(test_resize(batch, resolution), upsample=True).argmax(1).to(torch.uint8)
+        rows.append((label, list(zip(images, masks.numpy()))))
+    return save_overlay_grid(rows, head_size - 1, path,
+                             title=f"dense prediction of the DFB network (seed {run.seeds[0]}); dimmed = background")
 
 
 def run_figures(run_dir):
     """The figures of the run, relative to run_dir."""
-    found = sorted((run_dir / "results_dfb" / "figures").glob("*.png")) + \
-        sorted((run_dir / "results_cls" / "figures").glob("*.png")) + sorted((run_dir / MASK_DIR).glob("*.png"))
+    found = [path for folder in sorted(run_dir.glob("results_*")) for path in sorted((folder / "figures").glob("*.png"))]
+    found += sorted((run_dir / MASK_DIR).glob("*.png"))
     return [path.relative_to(run_dir) for path in found]
 
 
@@ -235,36 +524,49 @@ def publish_figures(run_dir, figures, figures_to):
     return copies
 
 
-def figures_section(figures, out_dir):
-    lines = ["## Figures", "", "Score histograms and ROC curves (`figures/` of each evaluation), the DFB network's "
-             "dense predictions (`dense_maps.png`) and pseudo masks on training images (`overlays.png`):", ""]
+def figures_section(grids, figures, out_dir):
+    lines = ["## Figures", ""]
+    for caption, path in grids:
+        link = Path(os.path.relpath(path, out_dir)).as_posix()
+        lines += [f"{caption}:", "", f"![{caption}]({link})", ""]
+    lines += ["Every figure of the run: score histograms and ROC curves (`figures/` of each evaluation), the dense "
+              "predictions (`dense_maps.png`, one image per row) and pseudo masks (`overlays.png`):", ""]
     for path in figures:
         link = Path(os.path.relpath(path, out_dir)).as_posix()
         lines.append(f"- [{link}]({link})")
     return lines + [""]
 
 
-def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None):
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run_info.json", "bench.run_record info")
-    times = read_json(run_dir / "stage_times.json", "bench.run_record time")
-    manifest = read_json(run_dir / "data_manifest.json", "the data stage (bench.reproduce_data)")
-    cls_accuracy = read_json(run_dir / "results_cls" / "accuracy.json", "eval.py (classifier)")
-    dfb_accuracy = read_json(run_dir / "results_dfb" / "accuracy.json", "eval.py (DFB network)")
-    selection = read_json(run_dir / "results_dfb" / "fusion_selection.json", "eval.py (DFB network)")
-    summary = read_json(run_dir / MASK_DIR / "summary.json", "make_cam.py")
-    dfb_final = read_json(run_dir / "runs" / "dfb" / "final_metrics.json", "train.py --task dfb")
-    cls_results = read_results(run_dir / "results_cls" / "results.csv")
-    dfb_results = read_results(run_dir / "results_dfb" / "results.csv")
+def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=True):
+    run = Run(run_dir)
+    times = read_json(run.dir / "stage_times.json", "bench.run_record time")
+    manifest = read_json(run.dir / "data_manifest.json", "the data stage (bench.reproduce_data)")
+    cls_accuracy = read_json(run.dir / "results_cls" / "accuracy.json", "eval.py (classifier)")
+    cls_final = read_json(run.dir / "runs" / "cls" / "final_metrics.json", "train.py --task cls", required=False)
+    summary = read_json(run.dir / MASK_DIR / "summary.json", "make_cam.py")
+    dfb_accuracy = {s: read_json(run.dir / f"results_dfb_seed{s}" / "accuracy.json", "eval.py (DFB network)")
+                    for s in run.seeds}
+    dfb_final = {s: read_json(run.dir / "runs" / f"dfb_seed{s}" / "final_metrics.json", "train.py --task dfb")
+                 for s in run.seeds}
+    selections = {s: read_json(run.dir / f"results_dfb_seed{s}" / "fusion_selection.json", "eval.py (DFB network)")
+                  for s in run.seeds}
 
-    figures = run_figures(run_dir)
-    linked = publish_figures(run_dir, figures, figures_to) if figures_to else [run_dir / path for path in figures]
+    drawn = []
+    if grids:
+        target = Path(figures_to) if figures_to else run.dir
+        drawn = [("Pseudo masks, one row per class", pseudo_mask_grid(run, target / "grid_pseudo_masks.png")),
+                 ("Dense predictions, one row per set", dense_grid(run, target / "grid_dense_maps.png"))]
+    figures = run_figures(run.dir)
+    linked = publish_figures(run.dir, figures, figures_to) if figures_to else [run.dir / path for path in figures]
     lines = ["# DFB on CIFAR-10: a small run on real data (scripts/reproduce_small.sh)", "",
-             caveat(info["settings"]), ""]
-    lines += setup_section(info) + data_section(manifest) + times_section(times)
-    lines += accuracy_section(cls_accuracy, dfb_accuracy)
-    lines += mask_section(summary, dfb_final) + ood_section(cls_results, dfb_results, fusion)
-    lines += fusion_section(selection, cls_results[1], fusion) + figures_section(linked, Path(out).parent)
+             caveat(run.info["settings"]), ""]
+    lines += setup_section(run) + data_section(manifest) + times_section(times)
+    lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})
+    lines += mask_section(summary) + ood_section(run, fusion) + beats_section(run)
+    lines += fusion_section(run, selections, fusion) + sign_diagnostic(run, selections, fusion)
+    lines += ablation_section(run, {f"seed{s}": dfb_accuracy[s] for s in run.seeds},
+                              {f"seed{s}": dfb_final[s] for s in run.seeds})
+    lines += figures_section(drawn, linked, Path(out).parent)
     return "\n".join(lines)
 
 
@@ -276,9 +578,11 @@ def main(argv=None):
                         help="eval.py's --fusion: the mode reported as DFB-x")
     parser.add_argument("--figures_to", default=None,
                         help="copy the figures into this folder and link the copies (for docs/)")
+    parser.add_argument("--no_grids", action="store_true",
+                        help="leave out the grid figures (they need the data folder and the DFB checkpoint)")
     args = parser.parse_args(argv)
     out = Path(args.out or Path(args.run_dir) / "RESULTS.md")
-    write_text_atomic(out, build_report(args.run_dir, out, args.fusion, args.figures_to))
+    write_text_atomic(out, build_report(args.run_dir, out, args.fusion, args.figures_to, not args.no_grids))
     print(f"[report] wrote {out}")
 
 

@@ -7,7 +7,8 @@
 stage_times.json maps each stage to its wall time in seconds. A stage that is resumed after an
 interruption adds the time of the new attempt to what is recorded, so the figure is the time
 spent on the stage in all (attempts killed outright cannot record theirs). run_info.json refuses
-a rerun into the same folder with settings that would change the results.
+a rerun into the same folder with settings that would change the results (more SEEDS or
+DFB_ABLATIONS are allowed: they add runs and change none).
 """
 import argparse
 import json
@@ -23,6 +24,10 @@ from utils.io import write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 # Where the data is, how it is fed and on which device: a resumed run may change these
 FREE_TO_CHANGE = {"SHARED_DATA", "DEVICE", "WORKERS", "CAM_BATCH", "EVAL_BATCH"}
+# Lists that a resumed run may extend (more DFB seeds, more ablations) without touching what is
+# done: the earlier items must stay first, in order (the first seed is the one the ablations use)
+GROWABLE = {"SEEDS": str.split, "DFB_ABLATIONS": lambda text: [line.strip() for line in text.splitlines()
+                                                               if line.strip()]}
 
 
 def read_json(path, default):
@@ -69,8 +74,14 @@ def device_name(device):
 def check_same_run(previous, settings):
     """A rerun into the same folder resumes that run, whose finished stages are kept: settings that
     change results must not differ, or the report would describe results it did not produce."""
+    def grown(key, value):
+        if key not in GROWABLE or key not in previous:
+            return False
+        old, new = GROWABLE[key](previous[key]), GROWABLE[key](value)
+        return new[:len(old)] == old
+
     changed = {key: (previous.get(key), value) for key, value in settings.items()
-               if key not in FREE_TO_CHANGE and previous.get(key) != value}
+               if key not in FREE_TO_CHANGE and previous.get(key) != value and not grown(key, value)}
     if changed:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ValueError(f"the run folder already holds a run made with other settings ({listed}): "
@@ -86,7 +97,7 @@ def run_info(device, settings, previous=None):
     command += " bash scripts/reproduce_small.sh"
     started = previous["date_utc"] if previous else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     return {"command": command, "settings": settings, "git_commit": git_commit(), "device": device_name(device),
-            "torch": torch.__version__, "python": platform.python_version(), "date_utc": started}
+            "cpu": cpu_name(), "torch": torch.__version__, "python": platform.python_version(), "date_utc": started}
 
 
 def key_value(text):

@@ -99,3 +99,21 @@ def test_mask_iou_is_class_agnostic_for_foreground():
 def test_mask_iou_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         plots.mask_iou(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 3), np.uint8), 2)
+
+
+def test_overlay_grid_fits_the_screen_and_rows_may_be_ragged(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [(f"set {r}", [(rng.integers(0, 256, (32 + 8 * r, 32, 3), dtype=np.uint8),
+                           rng.integers(0, 3, (4, 4)).astype(np.uint8)) for _ in range(8 - r)]) for r in range(6)]
+    path = plots.save_overlay_grid(rows, 2, tmp_path / "grid.png", max_pixels=(800, 500))
+    _assert_png(path)
+    with Image.open(path) as image:
+        assert image.width <= 800 and image.height <= 500
+
+
+def test_overlay_grid_rejects_empty_rows_and_bad_masks(tmp_path):
+    with pytest.raises(ValueError, match="at least one example"):
+        plots.save_overlay_grid([("a", [])], 2, tmp_path / "g.png")
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="mask"):
+        plots.save_overlay_grid([("a", [(image, np.full((8, 8), 9, np.uint8))])], 2, tmp_path / "g.png")

@@ -5,7 +5,9 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -103,6 +105,15 @@ def test_a_rerun_may_not_change_settings_that_change_results():
         run_record.check_same_run(previous, dict(previous, STEPS_CLS="100"))
 
 
+def test_a_rerun_may_add_seeds_and_ablations_but_not_change_them():
+    previous = {"SEEDS": "0", "DFB_ABLATIONS": "a|--x 1"}
+    run_record.check_same_run(previous, {"SEEDS": "0 1 2", "DFB_ABLATIONS": "a|--x 1\nb|"})
+    with pytest.raises(ValueError, match="SEEDS"):
+        run_record.check_same_run(previous, dict(previous, SEEDS="1 0"))
+    with pytest.raises(ValueError, match="DFB_ABLATIONS"):
+        run_record.check_same_run(previous, dict(previous, DFB_ABLATIONS="a|--x 2"))
+
+
 def test_stage_times_add_up_over_resumed_attempts(tmp_path):
     path = tmp_path / "stage_times.json"
     run_record.add_stage_time(path, "train_cls", 10.04)
@@ -129,38 +140,46 @@ def write_json(path, value):
     path.write_text(json.dumps(value))
 
 
-def synthetic_run(run_dir):
+def synthetic_run(run_dir, seeds=("0", "1")):
     """A run folder as scripts/reproduce_small.sh leaves it, with made-up numbers: two base scores,
-    two OOD sets; metric j of method m on set o is (10 m + 3 o + j) / 100 (+ 0.2 for DFB-m)."""
+    two OOD sets, DFB seeds `seeds`; metric j of method m on set o is (10 m + 3 o + j) / 100 on the
+    classifier, + 0.05 for x on the DFB net, + 0.2 + 0.01 * seed for DFB-m."""
     base, sets = ["MSP", "Energy"], ["SetA", "SetB"]
 
     def row(method, m, o, shift=0.0):
         return [method, "cifar10_test", sets[o], *(f"{(10 * m + 3 * o + j) / 100 + shift:.6f}" for j in range(4))]
     write_csv(run_dir / "results_cls" / "results.csv", [row(b, m, o) for m, b in enumerate(base) for o in range(2)])
-    write_csv(run_dir / "results_dfb" / "results.csv",
-              [row(b, m, o, 0.05) for m, b in enumerate(base) for o in range(2)]
-              + [row(f"DFB-{b}", m, o, 0.2) for m, b in enumerate(base) for o in range(2)]
-              + [row("Background", 7, o) for o in range(2)])
-    write_json(run_dir / "stage_times.json", {stage: 1.5 for stage in results_report.STAGES})
+    for s in seeds:
+        write_csv(run_dir / f"results_dfb_seed{s}" / "results.csv",
+                  [row(b, m, o, 0.05) for m, b in enumerate(base) for o in range(2)]
+                  + [row(f"DFB-{b}", m, o, 0.2 + 0.01 * int(s)) for m, b in enumerate(base) for o in range(2)]
+                  + [row("Background", 7, o) for o in range(2)])
+        write_json(run_dir / f"results_dfb_seed{s}" / "accuracy.json",
+                   {"id_dataset": "cifar10_test", "top1": 0.79 + 0.01 * int(s), "images": 100})
+        write_json(run_dir / f"results_dfb_seed{s}" / "fusion_selection.json",
+                   {"validation": "held-out training images",
+                    **{f"DFB-{b}[{mode}]": {"sign": 1 if b == "MSP" else -1, "temperature": 0.5,
+                                            "validation_auroc": 0.7} for b in base for mode in FUSIONS}})
+        write_json(run_dir / "runs" / f"dfb_seed{s}" / "final_metrics.json",
+                   {"test_top1": 0.79, "pixel_accuracy": 0.75 + 0.01 * int(s)})
+    write_json(run_dir / "stage_times.json", {stage: 1.5 for stage in ["data", "train_cls", "make_cam", "eval_cls"]
+                                              + [f"{x}_dfb_seed{s}" for s in seeds for x in ("train", "eval")]})
     write_json(run_dir / "run_info.json", {"command": "BATCH=8 bash scripts/reproduce_small.sh",
-                                           "settings": {"BATCH": "8", "PRETRAINED": "none"}, "git_commit": "abc",
+                                           "settings": {"BATCH": "8", "PRETRAINED": "none", "SEEDS": "0 1 2"},
+                                           "git_commit": "abc", "cpu": "Some CPU",
                                            "device": "NVIDIA H100 80GB HBM3", "torch": "2.x", "python": "3.11",
                                            "date_utc": "2026-01-01 00:00:00"})
     write_json(run_dir / "data_manifest.json", {
         "shared": "/shared", "id": {"cifar10": {"archive": "cifar10.tar", "images": {"train": 40, "test": 20}}},
         "ood": {name: {"archive": f"{name}.tar", "content": f"{name} images", "stands_for": "X", "images": {"test": 9}}
                 for name in sets}})
-    for name, top1 in (("results_cls", 0.81), ("results_dfb", 0.79)):
-        write_json(run_dir / name / "accuracy.json", {"id_dataset": "cifar10_test", "top1": top1, "images": 100})
-    write_json(run_dir / "results_dfb" / "fusion_selection.json",
-               {f"DFB-{b}[{mode}]": {"sign": 1 if b == "MSP" else -1, "temperature": 0.5, "validation_auroc": 0.7}
-                for b in base for mode in FUSIONS})
+    write_json(run_dir / "results_cls" / "accuracy.json", {"id_dataset": "cifar10_test", "top1": 0.81, "images": 100})
+    write_json(run_dir / "runs" / "cls" / "final_metrics.json", {"test_top1": 0.81, "val_top1": 0.8})
     write_json(run_dir / "masks" / "train" / "summary.json",
                {"images_total": 50, "images_computed": 50, "images_skipped": 0, "mean_foreground_fraction": 0.4,
                 "empty_foreground": 2, "classifier_accuracy_on_split": 0.9, "labeled": False,
                 "scales": [1.0, 0.5], "sigma": 4.0, "threshold": 0.5, "resolution": 64})
-    write_json(run_dir / "runs" / "dfb" / "final_metrics.json", {"test_top1": 0.79, "pixel_accuracy": 0.75})
-    figure = run_dir / "results_dfb" / "figures" / "roc_SetA.png"
+    figure = run_dir / "results_dfb_seed0" / "figures" / "roc_SetA.png"
     figure.parent.mkdir(parents=True)
     figure.write_bytes(b"png")
     return base, sets
@@ -176,41 +195,52 @@ def table_rows(report, heading):
 def test_report_of_a_synthetic_run(tmp_path):
     run_dir = tmp_path / "run"
     synthetic_run(run_dir)
-    report = results_report.build_report(run_dir, run_dir / "RESULTS.md")
+    report = results_report.build_report(run_dir, run_dir / "RESULTS.md", grids=False)
 
     set_b = table_rows(report, "### SetB")
-    # Energy (m = 1) on SetB (o = 1): AUROC (j = 1) 0.14 on the classifier, 0.34 fused: +20 points
-    assert set_b["Energy"][:5] == ["13.00", "14.00", "15.00", "16.00", "19.00"]
-    assert set_b["Energy"][5:] == ["33.00", "34.00", "35.00", "36.00", "+20.00"]
-    assert set_b["Background (−z_bg)"][5:9] == ["73.00", "74.00", "75.00", "76.00"]
+    # Energy (m = 1) on SetB (o = 1): metrics 0.13..0.16 on the classifier; DFB-x seeds 0.33.. and 0.34..
+    assert set_b["Energy · classifier"] == ["13.00", "14.00", "15.00", "16.00"]
+    assert set_b["Energy · DFB net"] == ["18.00 ± 0.00", "19.00 ± 0.00", "20.00 ± 0.00", "21.00 ± 0.00"]
+    assert set_b["DFB-Energy"][1] == "34.50 ± 0.71"  # mean of 34, 35; sample std 0.707
+    assert set_b["Background (−z_bg)"][1] == "74.00 ± 0.00"
+    assert table_rows(report, "### Background alone (−z_bg), AUROC↑ per OOD set")["Background alone (−z_bg)"] == \
+        ["71.00 ± 0.00", "74.00 ± 0.00"]
     average = table_rows(report, "### Average over the 2 OOD sets")
-    assert average["MSP"] == ["1.50", "2.50", "21.50", "22.50", "+20.00"]
+    assert average["MSP · classifier"][:2] == ["1.50", "2.50"]
+    assert average["DFB-MSP"][1] == "23.00 ± 0.71"
     fusion = table_rows(report, "## Fusion parameters")
-    assert fusion["DFB-Energy"] == ["-1", "0.5", "70.00"]
+    assert fusion["DFB-Energy"] == ["-1, 0.5 (70.00)", "-1, 0.5 (70.00)"]
+    assert '`validation` = `"held-out training images"`' in report
+    beats = table_rows(report, "## Does DFB-x beat x?")
+    # +20.5 points over the classifier, std 0.71: beyond the 2-std rule for both scores
+    assert beats["SetA"] == ["2 of 2", "MSP +20.50, Energy +20.50", "2 of 2", "MSP +15.50, Energy +15.50"]
+    assert "pending (not finished when this report was written): seed 2" in report
     assert "never on any of the OOD sets above" in report
-    assert "**from scratch**" in report and "NVIDIA H100 80GB HBM3" in report
-    assert "| train_dfb | DFB network (train.py --task dfb) | 1.5 |" in report
-    assert "| **total** |  | **9.0** |" in report
-    assert "[results_dfb/figures/roc_SetA.png](results_dfb/figures/roc_SetA.png)" in report
+    assert "**from scratch**" in report and "NVIDIA H100 80GB HBM3" in report and "Some CPU" in report
+    assert "| train_dfb_seed1 | DFB network (train.py --task dfb), seed 1 | 1.5 |" in report
+    assert "| **total** |  | **12.0** |" in report
+    assert "[results_dfb_seed0/figures/roc_SetA.png](results_dfb_seed0/figures/roc_SetA.png)" in report
     assert table_rows(report, "## Data")["SetB"] == ["SetB.tar", "SetB images; stands for X", "test 9"]
-    assert table_rows(report, "## Pseudo masks")["DFB network on held-out training images: pixel accuracy"] == \
-        ["75.00 %"]
+    dense = table_rows(report, "## ID accuracy (cifar10_test) and dense quality")
+    assert dense["mask pixel accuracy"] == ["75.00", "76.00", "75.50 ± 0.71"]
+    assert dense["val top-1 (held-out training images)"] == ["80.00", "runs/cls/final_metrics.json"]
 
 
 def test_report_publishes_figures_beside_the_report(tmp_path):
     run_dir = tmp_path / "run"
     synthetic_run(run_dir)
     out = tmp_path / "docs" / "RESULTS.md"
-    results_report.main(["--run_dir", str(run_dir), "--out", str(out), "--figures_to", str(tmp_path / "docs" / "figs")])
-    assert (tmp_path / "docs" / "figs" / "results_dfb" / "figures" / "roc_SetA.png").read_bytes() == b"png"
-    assert "(figs/results_dfb/figures/roc_SetA.png)" in out.read_text()
+    results_report.main(["--run_dir", str(run_dir), "--out", str(out), "--figures_to", str(tmp_path / "docs" / "figs"),
+                         "--no_grids"])
+    assert (tmp_path / "docs" / "figs" / "results_dfb_seed0" / "figures" / "roc_SetA.png").read_bytes() == b"png"
+    assert "(figs/results_dfb_seed0/figures/roc_SetA.png)" in out.read_text()
 
 
 def test_report_names_the_missing_file_and_its_stage(tmp_path):
     synthetic_run(tmp_path)
     (tmp_path / "masks" / "train" / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="summary.json not found: it is written by make_cam.py"):
-        results_report.build_report(tmp_path, tmp_path / "RESULTS.md")
+        results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False)
 
 
 def test_report_knows_every_fusion_mode():
@@ -219,11 +249,30 @@ def test_report_knows_every_fusion_mode():
 
 # --- the script, end to end at tiny size --------------------------------------------------------
 
-TINY = dict(DEVICE="cpu", MODEL="ResNetV2-Tiny", RESOLUTION="32", TRAIN_RESIZE="36", BATCH="16", STEPS_CLS="6",
-            STEPS_DFB="6", BASE_LR="0.01", TRAIN_PER_CLASS="20", TEST_PER_CLASS="10", OOD_PER_CLASS="3",
-            WORKERS="0", CAM_BATCH="32", EVAL_BATCH="64", KNN_K="5",
+TINY = dict(PRESET="cpu", DEVICE="cpu", RESOLUTION="32", TRAIN_RESIZE="36", BATCH="16", STEPS_CLS="6",
+            STEPS_DFB="5", TRAIN_PER_CLASS="12", TEST_PER_CLASS="6", OOD_PER_CLASS="2", WORKERS="0",
+            CAM_BATCH="32", EVAL_BATCH="64", KNN_K="3", SEEDS="0 1",
             # two OpenMP threads on two shared cores spin-wait (docs/PERFORMANCE.md)
             OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def preset(name):
+    """The variables a preset file sets, as bash sees them."""
+    result = subprocess.run(["bash", "-c", f"set -a && source configs/reproduce_{name}.env && env -0"], cwd=REPO,
+                            env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True)
+    return dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)
+
+
+def train_flags():
+    return set(re.findall(r"--\w+", subprocess.run([sys.executable, "train.py", "-h"], cwd=REPO, capture_output=True,
+                                                   text=True, check=True).stdout))
+
+
+@pytest.mark.parametrize("name", ["gpu", "cpu"])
+def test_preset_flags_are_train_py_flags(name):
+    values = preset(name)
+    used = set(re.findall(r"--\w+", values["CLS_FLAGS"] + " " + values["DFB_FLAGS"]))
+    assert used <= train_flags(), f"configs/reproduce_{name}.env uses flags train.py lacks: {used - train_flags()}"
 
 
 def run_script(env):
@@ -233,28 +282,46 @@ def run_script(env):
     return result.stdout
 
 
+def auroc_of(folder, method, ood):
+    rows = csv.DictReader(io.StringIO((folder / "results.csv").read_text()))
+    return 100 * float(next(r["auroc"] for r in rows if r["method"] == method and r["ood_dataset"] == ood))
+
+
 def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, **TINY, SHARED_DATA=str(shared_data), OUT=str(out), DATA_DIR=str(tmp_path / "data"))
+    cpu = preset("cpu")
+    # The cpu preset's recipe flags where train.py has them (they land in another change), else none
+    supported = set(re.findall(r"--\w+", cpu["CLS_FLAGS"] + cpu["DFB_FLAGS"])) <= train_flags()
+    flags = {} if supported else {"CLS_FLAGS": "", "DFB_FLAGS": ""}
+    env = dict(os.environ, **TINY, **flags, SHARED_DATA=str(shared_data), OUT=str(out),
+               DATA_DIR=str(tmp_path / "data"), DFB_ABLATIONS="small_holdout|--holdout 0.3\n")
     run_script(env)
 
+    stages = ["data", "train_cls", "make_cam", "eval_cls"] + \
+        [f"{x}_dfb_{v}" for v in ("seed0", "seed1", "small_holdout") for x in ("train", "eval")]
     times = json.loads((out / "stage_times.json").read_text())
-    assert set(times) == set(results_report.STAGES)
+    assert set(times) == set(stages)
     report = (out / "RESULTS.md").read_text()
-    cls_rows = list(csv.DictReader(io.StringIO((out / "results_cls" / "results.csv").read_text())))
-    dfb_rows = list(csv.DictReader(io.StringIO((out / "results_dfb" / "results.csv").read_text())))
     for ood in OOD_NAMES:
         table = table_rows(report, f"### {ood}")
-        assert set(table) >= {"MSP", "Energy", "Mahalanobis", "Background (−z_bg)"}
-        cls_msp = next(r for r in cls_rows if r["method"] == "MSP" and r["ood_dataset"] == ood)
-        dfb_msp = next(r for r in dfb_rows if r["method"] == "DFB-MSP" and r["ood_dataset"] == ood)
-        assert table["MSP"][1] == f"{100 * float(cls_msp['auroc']):.2f}"
-        assert table["MSP"][6] == f"{100 * float(dfb_msp['auroc']):.2f}"
-    assert "| DFB-Mahalanobis |" in report  # its fusion parameters
+        assert set(table) >= {"MSP · classifier", "DFB-Energy", "Mahalanobis · DFB net", "Background (−z_bg)"}
+        assert table["MSP · classifier"][1] == f"{auroc_of(out / 'results_cls', 'MSP', ood):.2f}"
+        # mean and sample std over the two seeds, computed here from each seed's results.csv
+        a, b = (auroc_of(out / f"results_dfb_seed{s}", "DFB-MSP", ood) for s in (0, 1))
+        mean, std = (a + b) / 2, abs(a - b) / 2 ** 0.5
+        shown_mean, shown_std = (float(x) for x in table["DFB-MSP"][1].split(" ± "))
+        assert shown_mean == pytest.approx(mean, abs=0.006) and shown_std == pytest.approx(std, abs=0.006)
+    for heading in ("## Does DFB-x beat x?", "## Fusion parameters", "## Ablations of the DFB stage",
+                    "## Diagnostic: which sign would each OOD set have preferred?"):
+        assert heading in report
+    assert "small_holdout" in table_rows(report, "## Ablations of the DFB stage")
+    assert "agreed with the test set's preference in" in report
+    assert "![Pseudo masks, one row per class](grid_pseudo_masks.png)" in report
+    assert (out / "grid_dense_maps.png").is_file()
     assert json.loads((out / "run_info.json").read_text())["device"].startswith("CPU")
 
     rerun = run_script(env)  # everything done: each stage is skipped and keeps its recorded time
-    assert rerun.count("done in an earlier run, skipped") == len(results_report.STAGES) - 1
+    assert rerun.count("done in an earlier run, skipped") == len(stages) - 1
     again = json.loads((out / "stage_times.json").read_text())
     assert {s: t for s, t in again.items() if s != "data"} == {s: t for s, t in times.items() if s != "data"}
 

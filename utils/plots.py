@@ -1,4 +1,5 @@
-"""Figures for looking at results: score histograms, ROC curves, image / mask grids; mask IoU.
+"""Figures for looking at results: score histograms, ROC curves, image / mask grids (one row per
+image, or screen-sized grids of one row per set); mask IoU.
 
 Figures are built on matplotlib's object API with an explicit Agg canvas (no pyplot, so no
 global figure registry to leak into and nothing to close; works on servers without a display).
@@ -254,3 +255,38 @@ def mask_iou(pred_masks, true_masks, num_classes):
         "background_iou": _iou(pred == num_classes, true == num_classes),
         "per_class": {int(k): _iou(pred == k, true == k) for k in present if k < num_classes},
     }
+
+
+def save_overlay_grid(rows, num_classes, path, max_pixels=(1600, 1000), title=""):
+    """Mask overlays in a grid that fits one screen: one row per (label, examples), one column per example.
+
+    rows: [(row label, [(image uint8 [H, W, 3], mask [h, w] under the mask contract), ...]), ...];
+    images of a row may differ in size. The figure is at most max_pixels (width, height) at 100 dpi,
+    so a grid of many sets stays readable without scrolling (unlike one image per row).
+    """
+    if not rows or not all(examples for _, examples in rows):
+        raise ValueError("rows: expected at least one (label, examples) row, each with at least one example")
+    columns = max(len(examples) for _, examples in rows)
+    cell = min(max_pixels[0] / (columns + 0.6), max_pixels[1] / (len(rows) + 0.4)) / 100  # inches, 100 dpi
+    figure = _new_figure(cell * (columns + 0.6), cell * (len(rows) + 0.4))
+    grid = figure.subplots(len(rows), columns, squeeze=False)
+    for row, (label, examples) in enumerate(rows):
+        for column, axes in enumerate(grid[row]):
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set_visible(False)
+            if column < len(examples):
+                image, mask = examples[column]
+                mask = _masks(np.asarray(mask)[None], num_classes, f"rows[{row}] mask {column}")[0]
+                axes.imshow(mask_overlay(_images_nhwc(np.asarray(image)[None])[0], mask, num_classes),
+                            interpolation="nearest")
+        grid[row][0].set_ylabel(label, fontsize="small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    figure.tight_layout(pad=0.3)
+    # no bbox "tight": it would grow the canvas past max_pixels by the label margins
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
+    return path
