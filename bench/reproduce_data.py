@@ -124,7 +124,7 @@ def prepare(shared, out, ood_names, train_per_class=None, test_per_class=None, o
         manifest["ood"][name] = {"archive": archive, "content": content, "stands_for": stands_for,
                                  "images": images}
         splits.append(out / name / "test")
-    if not splits:
+    if ood_names and not splits:  # asked for OOD sets and found none
         raise FileNotFoundError(f"none of the OOD archives of {ood_names} is in {shared}")
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return splits
@@ -144,7 +144,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", required=True, help="folder with the shared archives (cifar10.tar, ...)")
     parser.add_argument("--out", required=True, help="where the ImageFolder sets are unpacked")
-    parser.add_argument("--ood", nargs="+", default=list(OOD_SETS), help="OOD sets (default: all)")
+    parser.add_argument("--ood", nargs="*", default=list(OOD_SETS), help="OOD sets (default: all; none: CIFAR-10 only)")
     for split in ("train", "test", "ood"):
         parser.add_argument(f"--{split}_per_class", type=optional_count, default=None,
                             help="keep the first N images per class ('' or left out: all)")

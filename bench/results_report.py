@@ -53,8 +53,9 @@ def caveat(settings):
     pretrained = settings.get("PRETRAINED", "none")
     start = ("BiT weights cannot be downloaded where this run was made, so both networks here were trained "
              "**from scratch**" if pretrained == "none" else f"This run started from `{pretrained}`")
-    text = ("**Not comparable with the paper's tables.** The paper fine-tunes BiT-M-R50x1 from ImageNet-21k "
-            f"(BiT) weights at 128 px for 10,000 steps, and its numbers assume those weights. {start}, with "
+    text = ("**Not comparable with the paper's tables.** The paper fine-tunes a pretrained BiT-M-R50x1 "
+            f"at 128 px for 10,000 steps (the release initialises it from BiT-M-R50x1-ILSVRC2012.npz), and its "
+            f"numbers assume pretrained weights. {start}, with "
             "the model, schedule and resolution of the settings below. The OOD sets are what the shared "
             "data folder holds: Textures is 10 of DTD's 47 classes, and MNIST, Scene15 and IntelScenes are "
             "stand-ins for SVHN and Places, not those sets. The CIFAR-10 images are JPEG re-encodings of the "
@@ -174,7 +175,8 @@ class Run:
 
 def setup_section(run):
     info = run.info
-    lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if "cpu" in info else ""),
+    lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if info.get("cpu") and info["cpu"] not in
+                                                 info["device"] else ""),
              f"- Command: `{info['command']}`",
              f"- Code: commit `{info['git_commit']}`" + ("" if "uncommitted" in info["git_commit"] else
                                                         " (clean working tree)") +
@@ -337,6 +339,16 @@ def is_choice(entry):
     return isinstance(entry, dict) and "sign" in entry and "temperature" in entry
 
 
+def brief(value, max_items=3):
+    """A recorded value with long lists (e.g. the paths of 500 validation images) shortened to their
+    first items and their length; the full lists stay in fusion_selection.json."""
+    if isinstance(value, dict):
+        return {key: brief(item, max_items) for key, item in value.items()}
+    if isinstance(value, list) and len(value) > max_items:
+        return value[:max_items] + [f"... {len(value)} in all"]
+    return value
+
+
 def fusion_section(run, selections, fusion):
     header = ["score"] + [f"seed {s}: s, T (validation AUROC %)" for s in run.seeds]
     rows = []
@@ -359,7 +371,7 @@ def fusion_section(run, selections, fusion):
         fields = sorted({field for value in selections[s].values() if is_choice(value) for field in value}
                         - {"sign", "temperature", "validation_auroc"})
         if extra or fields:
-            recorded.append(f"- seed {s}: " + "; ".join([f"`{key}` = `{json.dumps(value)}`" for key, value in
+            recorded.append(f"- seed {s}: " + "; ".join([f"`{key}` = `{json.dumps(brief(value))}`" for key, value in
                                                          extra.items()] + [f"per choice also `{f}`" for f in fields]))
     lines = ["## Fusion parameters", "",
              f"Sign s and temperature T of each DFB-x (`{fusion}` mode: {FORMULAS[fusion]}), per seed, read from "

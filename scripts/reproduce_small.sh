@@ -21,10 +21,11 @@
 # already written, eval.py reuses its feature cache. SEEDS may grow between invocations (the new
 # seeds run, the finished ones are kept); other settings that change results may not.
 #
-# NOT the paper's setting. The paper fine-tunes BiT-M-R50x1 from ImageNet-21k weights at 128 px
-# for 10,000 steps; those weights cannot be downloaded here, so this run trains FROM SCRATCH
-# (PRETRAINED=none), shorter and at 64 px, where BiT's last feature map (and so every CAM and
-# dense mask at scale 1) is 2x2 instead of the paper's 4x4. Expect a lower ID accuracy and
+# NOT the paper's setting. The paper fine-tunes a pretrained BiT-M-R50x1 at 128 px for 10,000
+# steps (the release starts from BiT-M-R50x1-ILSVRC2012.npz); no weights can be downloaded here, so
+# this run trains FROM SCRATCH (PRETRAINED=none), shorter and at 64 px (with BiT-M-R50x1 its last
+# feature map, and so every CAM and dense mask at scale 1, is then 2x2 instead of the paper's 4x4;
+# ResNetV2-Tiny of the cpu preset keeps 4x4). Expect a lower ID accuracy and
 # different OOD numbers; the OOD sets are stand-ins (bench/reproduce_data.py says for what).
 #
 # Environment (defaults in brackets; "preset" = from configs/reproduce_<PRESET>.env):
