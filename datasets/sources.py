@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.batch_augment import sample_crops, test_resize, train_augment
-from datasets.folder import ImageFolderDataset, decode_all
+from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
 
 

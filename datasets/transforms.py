@@ -89,19 +89,3 @@ class TrainJointTransform:
 
     def __repr__(self):
         return f"TrainJointTransform(resolution={self.resolution}, train_size={self.train_size})"
-
-
-class TestTransform:
-    """image uint8 [3,H,W] -> uint8 [3,r,r] (square bilinear resize)."""
-
-    __test__ = False  # not a pytest test class despite its name
-
-    def __init__(self, resolution):
-        self.resolution, _ = check_sizes(resolution, resolution)
-
-    def __call__(self, image):
-        check_uint8(image, "image", ("3", "H", "W"))
-        return _resize_image(image, self.resolution)
-
-    def __repr__(self):
-        return f"TestTransform(resolution={self.resolution})"

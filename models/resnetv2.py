@@ -210,12 +210,6 @@ class ResNetV2(nn.Module):
         conv = self.head.conv
         return conv.weight.detach().flatten(1).clone(), conv.bias.detach().clone()
 
-    def reset_head(self, head_size, zero_init=True):
-        """Replace head.conv by a fresh [D -> head_size] conv on the same device and dtype."""
-        old = self.head.conv
-        self.head.conv = _head_conv(self.feature_dim, head_size, zero_init).to(
-            device=old.weight.device, dtype=old.weight.dtype)
-
     # -- BiT npz ---------------------------------------------------------------------------
     def load_from_npz(self, source, load_head=True):
         """Load official BiT weights (see ``npz_key_map``) from an .npz path or a mapping

@@ -1,9 +1,16 @@
 import numpy as np
 import pytest
 
-from utils.fusion import (DEFAULT_FUSION, DEFAULT_GRID, FUSIONS, apply_fusions, background_score, balanced_temperature,
+from utils.fusion import (DEFAULT_FUSION, FUSIONS, apply_fusions, background_score, balanced_temperature,
                           fusion_name, select_all_fusions, select_fusion, split_logits)
 from utils.metrics import auroc
+
+# 49 temperatures, 4 per decade from 1e-6 to 1e6, shared by every mode. A foreground
+# score spans ~1 (MSP, GEN) to ~1e4 (Mahalanobis); z_bg spans ~10, p_bg 1 and
+# log(1 - p_bg) ~10. Over this grid each mode's background term goes from swamping
+# the widest foreground score (pure background ranking) to vanishing below the
+# resolution of the narrowest one (pure foreground ranking).
+ABSOLUTE_GRID = np.logspace(-6, 6, 49)
 
 
 @pytest.fixture
@@ -112,16 +119,16 @@ def test_selection_finds_planted_sign_and_temperature(mode, background_is_ood):
     assert choice.auroc == pytest.approx(auroc(fused, fused_ood))
 
 
-@pytest.mark.parametrize("mode, weakest", [("logit", DEFAULT_GRID.max()), ("prob", DEFAULT_GRID.min()),
-                                           ("logprob", DEFAULT_GRID.min())])
+@pytest.mark.parametrize("mode, weakest", [("logit", ABSOLUTE_GRID.max()), ("prob", ABSOLUTE_GRID.min()),
+                                           ("logprob", ABSOLUTE_GRID.min())])
 def test_ties_go_to_positive_sign_and_weakest_background_term(mode, weakest):
     # foreground separates perfectly and the background is noise: every weak enough fusion
     # of either sign reaches AUROC 1
     rng = np.random.default_rng(3)
     id_logits, ood_logits = rng.normal(size=(50, 3)), rng.normal(size=(60, 3))
-    choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, DEFAULT_GRID)
+    choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, ABSOLUTE_GRID)
     assert choice == (1, weakest, 1.0)
-    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, DEFAULT_GRID,
+    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, ABSOLUTE_GRID,
                                   signs=(-1,))
     assert only_negative.sign == -1
 
@@ -181,5 +188,5 @@ def test_balanced_temperature_matches_spreads_and_bounds_the_default_search(mode
     choice = select_fusion(id_fg, id_logits, id_fg, val_logits, mode)
     assert choice.sign == 1
     assert np.isclose(choice.temperature, temperature / 10 if mode == "logit" else temperature * 10)
-    unbounded = select_fusion(id_fg, id_logits, id_fg, val_logits, mode, DEFAULT_GRID)
+    unbounded = select_fusion(id_fg, id_logits, id_fg, val_logits, mode, ABSOLUTE_GRID)
     assert unbounded.auroc >= choice.auroc

@@ -125,8 +125,7 @@ def test_half_stride_survives_a_checkpoint_round_trip(tmp_path, capsys):
 def official_checkpoint(path, head_size=NUM_CLASSES, seed=0):
     """What the release's train.py saves: DataParallel names, step and optimizer state, nothing else."""
     torch.manual_seed(seed)
-    model = create_model(TINY, head_size=head_size)
-    model.reset_head(head_size, zero_init=False)
+    model = create_model(TINY, head_size=head_size, zero_head=False)
     torch.save({"step": 10, "model": {f"module.{k}": v for k, v in model.state_dict().items()},
                 "optim": {"state": {}, "param_groups": []}}, path)
     return model

@@ -205,8 +205,7 @@ def test_npz_errors_name_every_bad_key_and_leave_model_untouched(tmp_path):
 @pytest.mark.parametrize("resolution", [32, 64, 96])
 def test_pooled_dense_logits_equal_image_logits(resolution):
     torch.manual_seed(0)
-    model = create_model(TINY, head_size=6)
-    model.reset_head(6, zero_init=False)
+    model = create_model(TINY, head_size=6, zero_head=False)
     model.eval()
     weight, bias = model.head_parameters()
     assert weight.shape == (6, model.feature_dim) and bias.shape == (6,)
@@ -229,9 +228,8 @@ def test_pooled_dense_logits_equal_image_logits(resolution):
     assert upsampled.shape == (2, 6, resolution, resolution)
 
 
-def test_dense_upsample_follows_non_square_input_and_reset_head():
-    model = create_model(TINY, head_size=2)
-    model.reset_head(9)
+def test_dense_upsample_follows_non_square_input():
+    model = create_model(TINY, head_size=9)
     assert model.head_size == 9 and torch.count_nonzero(model.head.conv.weight) == 0
     with torch.no_grad():
         out = model.dense_logits(torch.randn(1, 3, 64, 96), upsample=True)
@@ -275,8 +273,7 @@ def test_bf16_autocast_logits_close_to_float32():
     amplifies bf16 rounding). Every conv weight is also shifted by +50, which weight
     standardisation cancels exactly in float32 but would wreck a bf16 standardisation."""
     torch.manual_seed(0)
-    model = create_model(TINY, head_size=10)
-    model.reset_head(10, zero_init=False)
+    model = create_model(TINY, head_size=10, zero_head=False)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -295,8 +292,7 @@ def test_bf16_autocast_logits_close_to_float32():
 # -- 5. checked state-dict loading -------------------------------------------------------------
 def test_load_state_dict_checked_accepts_ddp_prefix_and_rejects_other_head(tmp_path):
     torch.manual_seed(0)
-    trained = create_model(TINY, head_size=4)
-    trained.reset_head(4, zero_init=False)
+    trained = create_model(TINY, head_size=4, zero_head=False)
     ddp_state = {f"module.{k}": v for k, v in trained.state_dict().items()}
     source = tmp_path / "cifar10.pth.tar"
 

@@ -29,13 +29,6 @@ from utils.metrics import auroc
 
 DEFAULT_FUSION = "logit"
 
-# 49 temperatures, 4 per decade from 1e-6 to 1e6, shared by every mode. A foreground
-# score spans ~1 (MSP, GEN) to ~1e4 (Mahalanobis); z_bg spans ~10, p_bg 1 and
-# log(1 - p_bg) ~10. Over this grid each mode's background term goes from swamping
-# the widest foreground score (pure background ranking) to vanishing below the
-# resolution of the narrowest one (pure foreground ranking).
-DEFAULT_GRID = np.logspace(-6, 6, 49)
-
 # Multiples of the balanced temperature searched by default: 1/10 .. 10, 4 per decade
 RELATIVE_GRID = np.logspace(-1, 1, 9)
 
@@ -145,7 +138,7 @@ def select_fusion(id_fg, id_logits, val_ood_fg, val_ood_logits, mode,
     """(sign, T, auroc) maximising the AUROC of ID vs a validation pseudo-OOD set.
 
     temperatures: the grid to search; None = RELATIVE_GRID times the balanced temperature
-    of (id_fg, id_logits); DEFAULT_GRID spans every scale instead.
+    of (id_fg, id_logits).
 
     The caller guarantees that (val_ood_fg, val_ood_logits) is NOT one of the test OOD
     sets (e.g. a held-out or synthetic pseudo-OOD set): choosing on a test set would
