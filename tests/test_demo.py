@@ -3,7 +3,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+# runs scripts/demo.sh end to end (pytest -m "not slow" leaves it out)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 

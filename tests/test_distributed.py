@@ -12,6 +12,9 @@ from PIL import Image
 
 from datasets.synthetic import generate_benchmark
 
+# every test launches torchrun processes that train and evaluate (pytest -m "not slow" leaves them out)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
         "--workers", "0", "--batch", "16", "--eval_every", "0", "--save_every", "100"]

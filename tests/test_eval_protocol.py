@@ -19,6 +19,9 @@ from datasets.synthetic import generate_benchmark
 from models.resnetv2 import create_model
 from utils.checkpoint import save_checkpoint
 
+# every test runs eval.py on a dfb network (pytest -m "not slow" leaves them out)
+pytestmark = pytest.mark.slow
+
 NUM_TRAIN = 72  # 6 classes x 12
 
 

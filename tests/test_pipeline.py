@@ -30,6 +30,7 @@ def pipeline(tmp_path_factory):
     return dict(root=root, sets=sets, ood_names=sorted(sets["ood"]), **outputs)
 
 
+@pytest.mark.slow
 def test_masks_follow_the_contract(pipeline):
     train_dir = pipeline["sets"]["id_train"]
     mask_root = train_dir.parent / "train_mask"
@@ -51,6 +52,7 @@ def test_masks_follow_the_contract(pipeline):
     assert (mask_root / "overlays.png").is_file()
 
 
+@pytest.mark.slow
 def test_make_cam_skips_existing_masks(pipeline):
     train_dir = pipeline["sets"]["id_train"]
     summary = make_cam.run(make_cam.parse_args([
@@ -59,6 +61,7 @@ def test_make_cam_skips_existing_masks(pipeline):
     assert summary["images_computed"] == 0 and summary["images_skipped"] == 72
 
 
+@pytest.mark.slow
 def test_checkpoints_say_what_they_are(pipeline):
     for name, task, head in (("cls", "cls", 6), ("dfb", "dfb", 7)):
         checkpoint = torch.load(pipeline["root"] / "runs" / name / "checkpoint.pth.tar", weights_only=False)
@@ -70,6 +73,7 @@ def test_checkpoints_say_what_they_are(pipeline):
         assert checkpoint["model"]["head.conv.weight"].shape[0] == head
 
 
+@pytest.mark.slow
 def test_results_have_every_method_and_fusion(pipeline):
     results = pipeline["results"]
     with open(results / "results.csv") as f:
@@ -107,6 +111,7 @@ def test_results_have_every_method_and_fusion(pipeline):
         assert Image.open(figure).format == "PNG"
 
 
+@pytest.mark.slow
 def test_logits_and_scores_follow_the_contract(pipeline):
     results = pipeline["results"]
     for name in ["synthetic_train", "synthetic_test", *pipeline["ood_names"]]:
@@ -130,6 +135,7 @@ def test_logits_and_scores_follow_the_contract(pipeline):
         assert np.load(results / "scores" / "DFB-Energy" / f"{ood}.npy").dtype == np.float32
 
 
+@pytest.mark.slow
 def test_eval_cache_is_reused_and_keyed_by_checkpoint(pipeline, capsys):
     root, sets = pipeline["root"], pipeline["sets"]
     args = ["--id_train_path", str(sets["id_train"]), "--id_test_path", str(sets["id_test"]),
@@ -146,6 +152,7 @@ def test_eval_cache_is_reused_and_keyed_by_checkpoint(pipeline, capsys):
     assert logits.shape[1] == 6  # a plain classifier: [N, K]
 
 
+@pytest.mark.slow
 def test_stages_refuse_the_wrong_inputs_with_clear_messages(pipeline, tmp_path):
     sets, root = pipeline["sets"], pipeline["root"]
     dfb_checkpoint = root / "runs" / "dfb" / "checkpoint.pth.tar"
@@ -172,6 +179,7 @@ def test_stages_refuse_the_wrong_inputs_with_clear_messages(pipeline, tmp_path):
                                     "--name", "y", "--pretrained", "none", "--device", "cpu"]))
 
 
+@pytest.mark.slow
 def test_checkpoints_of_the_original_release_load_with_task_and_head_size(pipeline, tmp_path):
     """A bare DataParallel state dict (what the released code saves) works once told what it is."""
     state = torch.load(pipeline["cls_export"], weights_only=False)["model"]
@@ -200,6 +208,7 @@ def test_labeled_is_a_real_boolean_flag():
         make_cam.parse_args(base + ["--labeled", "False"])
 
 
+@pytest.mark.slow
 def test_odin_input_perturbation(pipeline, tmp_path):
     sets = pipeline["sets"]
     base = ["--model_path", str(pipeline["cls_export"]), "--id_train_path", str(sets["id_train"]), "--id_test_path",
@@ -214,6 +223,7 @@ def test_odin_input_perturbation(pipeline, tmp_path):
     assert (perturbed > unperturbed).mean() > 0.9  # the step raises the max softmax, as ODIN intends
 
 
+@pytest.mark.slow
 def test_unknown_model_and_weightless_model_are_explained(pipeline, tmp_path):
     common = ["--task", "cls", "--datadir", str(pipeline["sets"]["id_train"]), "--logdir", str(tmp_path),
               "--name", "z", "--device", "cpu"]
@@ -223,6 +233,7 @@ def test_unknown_model_and_weightless_model_are_explained(pipeline, tmp_path):
         train.run(train.parse_args(common + ["--model", "ResNetV2-Tiny"]))
 
 
+@pytest.mark.slow
 def test_worker_loader_path_trains_too(pipeline, tmp_path):
     """Data that does not fit in memory goes through DataLoader workers with per-image transforms."""
     sets = pipeline["sets"]

@@ -3,8 +3,12 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from conftest import extract_subset, run_pipeline
+
+# the whole pipeline on real images (pytest -m "not slow" leaves it out)
+pytestmark = pytest.mark.slow
 
 
 def test_pipeline_on_shared_cifar10_subset(shared_data, tmp_path):

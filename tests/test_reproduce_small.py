@@ -287,6 +287,7 @@ def auroc_of(folder, method, ood):
     return 100 * float(next(r["auroc"] for r in rows if r["method"] == method and r["ood_dataset"] == ood))
 
 
+@pytest.mark.slow
 def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     out = tmp_path / "out"
     cpu = preset("cpu")

@@ -115,6 +115,7 @@ def test_folder_without_images(tmp_path, capsys):
                        str(tmp_path / "empty_class" / "cat"), "holds no images")
 
 
+@pytest.mark.slow
 def test_id_train_and_test_with_different_class_folders(world, tmp_path, capsys):
     data = copy_split(world, tmp_path)
     shutil.copytree(sorted((data / "test").iterdir())[0], data / "test" / "zebra")
@@ -123,6 +124,7 @@ def test_id_train_and_test_with_different_class_folders(world, tmp_path, capsys)
     assert not (tmp_path / "x" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
 def test_corrupt_image_fails_with_its_path_or_is_skipped_on_request(world, tmp_path, capsys, damage):
     data = copy_split(world, tmp_path)
@@ -141,6 +143,7 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped_on_request(world, tmp_p
     assert "images=599" in out
 
 
+@pytest.mark.slow
 def test_corrupt_image_met_by_a_loader_worker_mid_training(world, tmp_path, capsys):
     """Without the in-memory copy the image is first decoded by a worker, during training."""
     data = copy_split(world, tmp_path)
@@ -152,6 +155,7 @@ def test_corrupt_image_met_by_a_loader_worker_mid_training(world, tmp_path, caps
                        "--skip_corrupt")
 
 
+@pytest.mark.slow
 def test_grayscale_rgba_palette_16bit_and_odd_sized_images_just_work(world, tmp_path, capsys):
     odd = tmp_path / "Odd" / "test" / "things"
     odd.mkdir(parents=True)
@@ -166,6 +170,7 @@ def test_grayscale_rgba_palette_16bit_and_odd_sized_images_just_work(world, tmp_
     assert np.load(tmp_path / "e" / "logits" / "Odd.npy").shape == (8, K)
 
 
+@pytest.mark.slow
 def test_masks_missing_for_some_images(world, tmp_path, capsys):
     data = copy_split(world, tmp_path, with_masks=True)
     removed = sorted((data / "train_mask").glob("*/*.png"))[:5]
@@ -176,6 +181,7 @@ def test_masks_missing_for_some_images(world, tmp_path, capsys):
                        "make_cam.py --dataset=")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["other_size", "other_aspect", "bad_value"])
 def test_mask_of_wrong_size_or_values(world, tmp_path, capsys, fault):
     data = copy_split(world, tmp_path, with_masks=True)
@@ -198,6 +204,7 @@ def test_mask_of_wrong_size_or_values(world, tmp_path, capsys, fault):
     assert not (tmp_path / "d" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_head_size_not_matching_the_checkpoint(world, tmp_path, capsys):
     argv = cam_args(world["train"], world["cls"], "--out", str(tmp_path / "m"))
     argv[2] = "--head_size=10"
@@ -205,6 +212,7 @@ def test_head_size_not_matching_the_checkpoint(world, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_cls_and_dfb_checkpoints_in_the_wrong_place(world, tmp_path, capsys):
     # make_cam needs the classifier's CAMs: a dfb network is refused
     argv = cam_args(world["train"], world["dfb"], "--out", str(tmp_path / "m"))
@@ -219,6 +227,7 @@ def test_cls_and_dfb_checkpoints_in_the_wrong_place(world, tmp_path, capsys):
     assert "MSP" in rows and "DFB-" not in rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "truncated", "npz"])
 def test_file_that_is_not_a_checkpoint(world, tmp_path, capsys, kind):
     fake = tmp_path / "model.pth.tar"
@@ -234,6 +243,7 @@ def test_file_that_is_not_a_checkpoint(world, tmp_path, capsys, kind):
     assert not (tmp_path / "e" / "results.csv").exists()
 
 
+@pytest.mark.slow
 def test_bit_npz_with_missing_keys_or_of_another_kind(world, tmp_path, capsys):
     partial = tmp_path / "partial.npz"
     np.savez(partial, **{"resnet/root_block/standardized_conv2d/kernel": np.zeros((7, 7, 3, 32), np.float32)})
@@ -246,6 +256,7 @@ def test_bit_npz_with_missing_keys_or_of_another_kind(world, tmp_path, capsys):
     assert_input_error(train, argv, capsys, "is not a BiT .npz archive")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(world, tmp_path, capsys):
     argv = cls_args(world["train"], tmp_path, "diverge", "--base_lr", "1e12", "--save_every", "1")
     line = assert_input_error(train, argv, capsys, "training stopped", "Lower --base_lr")
@@ -256,6 +267,7 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(wo
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
 
 
+@pytest.mark.slow
 def test_ood_set_that_is_the_id_test_set_warns(world, tmp_path, capsys):
     same = tmp_path / "Suspicious" / "test"
     shutil.copytree(world["test"], same)
@@ -286,6 +298,7 @@ def finish(script, argv, log):
                           stderr=subprocess.STDOUT).returncode == 0, Path(log.name).read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(world, tmp_path):
     argv = cls_args(world["train"], tmp_path)
     checkpoint = tmp_path / "cls" / "checkpoint.pth.tar"
@@ -303,6 +316,7 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path):
     assert not list((tmp_path / "cls").glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_killed_make_cam_leaves_no_truncated_mask_and_completes(world, tmp_path):
     out = tmp_path / "masks"
     argv = cam_args(world["train"], world["cls"], "--out", str(out))
@@ -321,6 +335,7 @@ def test_killed_make_cam_leaves_no_truncated_mask_and_completes(world, tmp_path)
         assert np.array_equal(np.array(Image.open(path)), np.array(Image.open(reference / path.relative_to(out))))
 
 
+@pytest.mark.slow
 def test_killed_eval_reuses_only_complete_caches(world, tmp_path):
     logdir = tmp_path / "e"
     argv = eval_args(world["cls"], world["id_dir"], world["ood"], logdir, "--odin_epsilon", "0.001")
@@ -341,6 +356,7 @@ def test_killed_eval_reuses_only_complete_caches(world, tmp_path):
     assert not list(logdir.glob("**/.*.tmp*"))
 
 
+@pytest.mark.slow
 def test_write_that_fails_like_a_full_disk_leaves_nothing_half_written(world, tmp_path):
     """A file size limit (RLIMIT_FSIZE, no root needed) makes the 16 MB checkpoint write fail the
     way a full disk does; Python ignores SIGXFSZ, so the write returns an error."""
@@ -356,6 +372,7 @@ def test_write_that_fails_like_a_full_disk_leaves_nothing_half_written(world, tm
 
 
 # -- 3. no stale results -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_changed_checkpoint_or_image_is_never_served_from_the_cache(world, tmp_path, capsys):
     data = copy_split(world, tmp_path)
     ood = tmp_path / "Other" / "test"
@@ -374,6 +391,7 @@ def test_changed_checkpoint_or_image_is_never_served_from_the_cache(world, tmp_p
     assert "cached" not in out
 
 
+@pytest.mark.slow
 def test_damaged_cache_file_is_recomputed(world, tmp_path, capsys):
     logdir = tmp_path / "e"
     argv = eval_args(world["cls"], world["id_dir"], world["ood"][:1], logdir)
@@ -384,6 +402,7 @@ def test_damaged_cache_file_is_recomputed(world, tmp_path, capsys):
     assert status == 0 and f"cache {cache} is unreadable" in out and "synthetic_test: extracted" in out
 
 
+@pytest.mark.slow
 def test_masks_of_another_classifier_are_not_reused(world, tmp_path, capsys):
     out = tmp_path / "masks"
     shutil.copytree(world["train"].parent / "train_mask", out)
@@ -402,6 +421,7 @@ def test_masks_of_another_classifier_are_not_reused(world, tmp_path, capsys):
         json.loads((world["train"].parent / "train_mask" / "provenance.json").read_text())["classifier_sha256"]
 
 
+@pytest.mark.slow
 def test_resume_on_changed_training_data_is_refused(world, tmp_path, capsys):
     data = copy_split(world, tmp_path)
     argv = cls_args(data / "train", tmp_path / "runs", "cls", "--stop_after", "10")
@@ -410,6 +430,7 @@ def test_resume_on_changed_training_data_is_refused(world, tmp_path, capsys):
     assert_input_error(train, argv, capsys, "was trained on other data", "600 images then, 599 now", "--name")
 
 
+@pytest.mark.slow
 def test_rerun_with_other_settings_is_refused_not_resumed(world, tmp_path, capsys):
     argv = cls_args(world["train"], tmp_path / "runs", "cls", "--stop_after", "10")
     assert run_cli(train, argv, capsys)[0] == 0
@@ -421,6 +442,7 @@ def test_rerun_with_other_settings_is_refused_not_resumed(world, tmp_path, capsy
     assert status == 0 and "with --base_lr 0.001 (it ran with 0.003)" in out
 
 
+@pytest.mark.slow
 def test_eval_removes_outputs_of_an_earlier_run_in_the_same_folder(world, tmp_path, capsys):
     logdir = tmp_path / "e"
     shutil.copytree(world["root"] / "eval_cls", logdir)
@@ -430,6 +452,7 @@ def test_eval_removes_outputs_of_an_earlier_run_in_the_same_folder(world, tmp_pa
     assert not list(logdir.glob(f"**/{second}.npy")) and not (logdir / "figures" / f"roc_{second}.png").exists()
 
 
+@pytest.mark.slow
 def test_stale_temporaries_of_a_killed_save_are_removed(world, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "cls"
     run_dir.mkdir(parents=True)
@@ -439,6 +462,7 @@ def test_stale_temporaries_of_a_killed_save_are_removed(world, tmp_path, capsys)
     assert status == 0 and not leftover.exists() and "removed the unfinished temporary files" in out
 
 
+@pytest.mark.slow
 def test_the_scripts_exit_with_status_2_on_bad_input(tmp_path):
     """The real entry point (python train.py ...), not only main(): status and one stderr line."""
     result = subprocess.run([sys.executable, "train.py", *cls_args(tmp_path / "nowhere", tmp_path)], cwd=REPO,

@@ -47,6 +47,7 @@ def test_missing_weights_masks_and_checkpoint_are_named(data_root):
     assert checkpoint.returncode != 0 and "run bash scripts/train.sh first" in checkpoint.stderr
 
 
+@pytest.mark.slow
 def test_readme_flow_with_documented_variables(data_root):
     env = {"DATA_ROOT": str(data_root / "dataset"), "DATASETS": "synthetic", "OOD_SETS": "SynthNewObjects SynthClutter",
            "MODEL": "ResNetV2-Tiny", "PRETRAINED": "none", "STEPS": "6", "BATCH": "8", "RESOLUTION": "32",
