@@ -59,7 +59,7 @@ SYNTHETIC_CLASSES = 10
 SYNTHETIC_SIZE = 32
 STAGES = (("train_cls", "train step (cls)"), ("train_dfb", "train step (dfb dense)"),
           ("cam", "CAM (4 scales + flips)"), ("extract", "feature extraction"))
-# The paper's CIFAR-10 run (BiT HyperRule schedule, DESIGN.md): images through each stage.
+# The paper's CIFAR-10 run (BiT HyperRule schedule, utils/schedule.py): images through each stage.
 PAPER_STEPS, PAPER_BATCH = 10_000, 128
 PAPER_TRAIN_IMAGES = 50_000
 PAPER_EVAL_SETS = {"cifar10_train": PAPER_TRAIN_IMAGES, "cifar10_test": 10_000, "SVHN": 26_032, "Textures": 5_640,

@@ -11,7 +11,7 @@ released DFB code does it.
   for its flip (input rescaled bicubically), then that image's map post-processed on the CPU
   with numpy / scipy.ndimage.gaussian_filter, as the release's cam_to_mask.py does.
 
-The released code has no dense (K+1) training step at all (DESIGN.md, known defects). The
+The released code has no dense (K+1) training step at all (README, "Differences from the original release"). The
 dense row renders that step in the same style (PIL transform of image and mask together,
 fp32, DataParallel, per-pixel cross-entropy), so both dense rows do the same work.
 """

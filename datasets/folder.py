@@ -1,6 +1,6 @@
 """ImageFolder splits decoded once to uint8 tensors, with their pseudo masks.
 
-Layout (DESIGN.md §3): images in `<split root>/<class>/<image>`; the masks of a split in
+Layout (docs/CONTRACTS.md §1, §2): images in `<split root>/<class>/<image>`; the masks of a split in
 the sibling folder `<split root>_mask/<class>/<image stem>.png` (uint8: k < K = class k
 foreground, K = background, 255 = ignore). Only files directly inside a class folder are
 images of that class (nested folders are not searched), so every image has exactly one
@@ -111,7 +111,7 @@ def mask_path(mask_root, image_path):
 
 
 def dataset_name(split_root, role):
-    """Name of a split in result files (DESIGN.md §3).
+    """Name of a split in result files (docs/CONTRACTS.md §1).
 
     role 'id':  dataset/cifar10/test -> cifar10_test (folder above the split + split).
     role 'ood': dataset/Textures -> Textures; a split-named folder takes the name of the

@@ -1,6 +1,6 @@
 """Download the paper's data sets and convert them into the ImageFolder layout.
 
-Output: ``<root>/<name>/<split>/<class>/<image>`` (DESIGN.md §1 "Data the paper uses"):
+Output: ``<root>/<name>/<split>/<class>/<image>`` (docs/CONTRACTS.md §1):
 
 - ``cifar10`` / ``cifar100``: train and test, one PNG per image (lossless, so the pixels are
   exactly those of the official python batches), named by the image's index in its split;

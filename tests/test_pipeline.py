@@ -1,5 +1,5 @@
 """The whole DFB pipeline at tiny size on CPU, through the three CLIs, checking every
-contract of DESIGN.md §3 on data the test makes itself."""
+contract of docs/CONTRACTS.md on data the test makes itself."""
 import csv
 import json
 

@@ -1,4 +1,4 @@
-"""Pseudo masks from class activation maps (DESIGN.md §1, stage 2).
+"""Pseudo masks from class activation maps (stage 2, docs/ARCHITECTURE.md).
 
 A CAM is ReLU of the classifier's 1x1 head applied at every position of the final
 feature map. For each image, as the original release's make_cam.py / cam_to_mask.py do:

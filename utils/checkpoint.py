@@ -1,4 +1,4 @@
-"""Checkpoints per DESIGN.md §3: a dict with `model`, `optim`, `step`, the run's `args`, and
+"""Checkpoints per docs/CONTRACTS.md §3: a dict with `model`, `optim`, `step`, the run's `args`, and
 what the network is (`task`, `model_name`, `head_size`, `num_classes`, `classes`,
 `resolution`, `half_stride`), so a run can resume and any stage can check it was given the right file;
 `data` fingerprints the training images (and masks), so a resumed run refuses changed data.

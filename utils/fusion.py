@@ -6,7 +6,7 @@ logits (and the pooled feature) feed any existing post-hoc score S_fg
 background, i.e. like OOD. Higher scores mean more in-distribution throughout.
 
 The paper's exact fusion formula was not available, so this module implements a
-small, explicit family (DESIGN.md §1), every member reported:
+small, explicit family (README, "Scores and the DFB fusion"), every member reported:
 
     'logit'   : S = S_fg - sign * z_bg / T
     'prob'    : S = S_fg - sign * T * p_bg

@@ -1,6 +1,6 @@
 """Stage 2 of DFB: pseudo masks of a split from the K-class classifier's CAMs.
 
-Masks are written per the contract (DESIGN.md §3) to <split>_mask/<class>/<stem>.png, one
+Masks are written per the contract (docs/CONTRACTS.md §2) to <split>_mask/<class>/<stem>.png, one
 file each, atomically; masks already on disk are skipped, so an interrupted run resumes.
 Under torchrun the pending images are split across processes without overlap.
 """

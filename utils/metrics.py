@@ -1,6 +1,6 @@
 """OOD detection metrics: FPR at 95 % TPR, AUROC, AUPR-In, AUPR-Out.
 
-Convention (DESIGN.md §3): in-distribution (ID) is the positive class and every score
+Convention (docs/CONTRACTS.md §5): in-distribution (ID) is the positive class and every score
 is "higher = more in-distribution". All metrics are fractions in [0, 1].
 
 FPR95 follows the official DFB evaluation (Hendrycks' `fpr_and_fdr_at_recall`, see

@@ -4,7 +4,7 @@ image, or screen-sized grids of one row per set); mask IoU.
 Figures are built on matplotlib's object API with an explicit Agg canvas (no pyplot, so no
 global figure registry to leak into and nothing to close; works on servers without a display).
 Every figure is written atomically through utils.io.atomic_path; each function returns the path.
-Scores follow DESIGN.md §3: higher = more in-distribution, ID is the positive class.
+Scores follow docs/CONTRACTS.md §5: higher = more in-distribution, ID is the positive class.
 Masks follow the mask contract: value k < K = foreground of class k, K = background, 255 = ignore.
 """
 import colorsys
