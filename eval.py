@@ -5,14 +5,17 @@
       --ood_path dataset/SVHN/test dataset/Places/test dataset/Textures/test --logdir results/cifar10_dfb
 
 Writes <logdir>/results.csv (one row per method and OOD set), results.md, accuracy.json,
-fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/.
+fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/;
+with --save_detector, detector.pt, which score.py applies to new images (docs/SCORE.md).
 Logits and features are computed in fp32 unless --amp bf16 is given.
 """
 import argparse
 
 from utils.cli import run_cli
+from utils.detector import DEFAULT_METHOD
 from utils.evaluation import run
 from utils.fusion import FUSIONS, DEFAULT_FUSION
+from utils.scores import SCORE_CLASSES
 
 
 def parse_args(argv=None):
@@ -39,6 +42,11 @@ def parse_args(argv=None):
                         help="dfb: held-out ID training images that choose the fusions' sign and T (the checkpoint's "
                              "holdout_samples if it has enough, else a slice of --id_train_path drawn with --seed); "
                              "they are left out of the fitted scores")
+    parser.add_argument("--save_detector", nargs="?", const=DEFAULT_METHOD, default=None, metavar="METHOD",
+                        choices=sorted(SCORE_CLASSES),
+                        help=f"dfb: write <logdir>/detector.pt, the fitted detector DFB-METHOD (fusion mode --fusion, "
+                             f"threshold keeping 95 %% of the held-out ID images) for score.py; METHOD defaults to "
+                             f"{DEFAULT_METHOD} when the flag is given alone")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,6 +65,8 @@ def parse_args(argv=None):
         parser.error("--odin_epsilon must be >= 0")
     if args.fusion_images < 1:
         parser.error("--fusion_images must be >= 1")
+    if args.save_detector == "ODIN" and args.odin_epsilon > 0:
+        parser.error("--save_detector ODIN needs --odin_epsilon 0: score.py does not perturb its input images")
     return args
 
 

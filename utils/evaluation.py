@@ -13,7 +13,8 @@
    does not change when either changes. The held-out images are left out of the fitted
    scores' statistics. `fusion_selection.json` records the choices and the images.
 4. results.csv, results.md (with the score settings used), accuracy.json, logits/, scores/,
-   figures/.
+   figures/; with --save_detector, detector.pt: one fused score, its fitted statistics, sign, T
+   and the threshold that keeps 95 % of the held-out ID images, for score.py (utils/detector.py).
 """
 import csv
 import hashlib
@@ -29,6 +30,7 @@ from datasets.folder import dataset_name
 from datasets.sources import open_split, restrict
 from utils import distributed
 from utils.checkpoint import file_digest, load_network
+from utils.detector import save_detector
 from utils.engine_eval import extract, top1
 from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
 from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
@@ -151,6 +153,9 @@ def run(args):
     model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
                                                       model_name=args.model)
     num_classes = head_size - 1 if task == "dfb" else head_size
+    if args.save_detector and task != "dfb":
+        raise ValueError(f"--save_detector needs a dfb checkpoint (the detector fuses its background logit), "
+                         f"but {args.model_path} is a '{task}' checkpoint")
     model.to(device).eval()
     resolution = args.resolution or checkpoint["resolution"] or 128
     out_dir = Path(args.logdir)
@@ -216,6 +221,11 @@ def run(args):
         results["written"].append(out_dir / "figures" / "dense_maps.png")
         draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name not in (FUSION_ID, PSEUDO_OOD)],
                         num_classes, resolution, device, amp, args.dense_maps, results["written"][-1])
+    if args.save_detector:
+        results["written"].append(out_dir / "detector.pt")
+        write_detector(results["written"][-1], args, model, checkpoint, checkpoint_key, id_train.classes, resolution,
+                       amp, results, device)
+    del results["scores"], results["fit"]  # only the detector needs them
     remove_stale_outputs(out_dir, results["written"])
     distributed.cleanup()
     return results
@@ -269,7 +279,29 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
     notes = settings_notes(settings, args, amp, len(fit_rows), selection_images)
     write_results(out_dir, rows, ood_names, accuracy, notes)
     written += draw_figures(out_dir, scores, id_test_name, ood_names)
-    return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written}
+    return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written, "scores": scores,
+            "fit": (registry, id_train)}
+
+
+def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resolution, amp, results, device):
+    """detector.pt of DFB-<args.save_detector> in the --fusion mode, from this run's own choices:
+    the fitted statistics of the same ID training rows, the sign and T of fusion_selection.json,
+    and a threshold set on the held-out ID images that chose them (never a test or OOD set)."""
+    method, mode = args.save_detector, args.fusion
+    registry, id_train = results["fit"]
+    score = registry[method]
+    # fitting is deterministic: the state the reported scores used, fitted once more to be stored
+    fitted = score.fit(id_train, device)
+    choice = results["selection"][fusion_name(method, mode)]
+    spec = save_detector(path, model_path=args.model_path, checkpoint_digest=checkpoint_key, model=model,
+                         resolution=resolution, half_stride=checkpoint["half_stride"], classes=classes, amp=amp,
+                         score=score, fitted=fitted, fitted_images=len(id_train.features), mode=mode,
+                         choice=(choice["sign"], choice["temperature"], choice["validation_auroc"]),
+                         heldout_fused=results["scores"][fusion_name(method)][FUSION_ID],
+                         heldout_images=results["selection"]["validation_images"])
+    print(f"[eval] detector {fusion_name(method)} ({mode} fusion, threshold {spec['threshold']['value']:.6g}: keeps "
+          f"{100 * spec['threshold']['kept_fraction']:.1f} % of {len(results['scores'][fusion_name(method)][FUSION_ID])} "
+          f"held-out ID images): {path}; apply it with score.py --detector {path} --images ...")
 
 
 def remove_stale_outputs(out_dir, written):
@@ -277,7 +309,7 @@ def remove_stale_outputs(out_dir, written):
     task left in `out_dir`, so that every file there comes from this run."""
     written = set(written)
     stale = [path for pattern in ("logits/*.npy", "scores/*/*.npy", "figures/*.png",
-                                                 "fusion_selection.json")
+                                                 "fusion_selection.json", "detector.pt")
              for path in out_dir.glob(pattern) if path not in written]
     for path in stale:
         path.unlink()
