@@ -20,6 +20,7 @@ head.gn, head.conv), so their state dicts load unchanged.
 """
 import numbers
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -67,7 +68,7 @@ class StdConv2d(nn.Conv2d):
     mean and biased variance taken over (in_channels, kh, kw).
     """
 
-    def standardized_weight(self):
+    def standardized_weight(self) -> torch.Tensor:
         """The standardised kernel. Computed in at least float32 even under autocast or for a
         half-precision model: w - mean(w) cancels catastrophically in bf16."""
         compute_dtype = torch.promote_types(self.weight.dtype, torch.float32)
@@ -168,31 +169,31 @@ class ResNetV2(nn.Module):
         self.head = BiTHead(self.feature_dim, head_size, zero_head)
 
     @property
-    def head_size(self):
+    def head_size(self) -> int:
         return self.head.conv.out_channels
 
     # -- forwards: all built on feature_map ------------------------------------------------
-    def feature_map(self, x):
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> ReLU(GN(body(root(x)))) of shape [N, D, h, w]."""
         return F.relu(self.head.gn(self.body(self.root(x))))
 
-    def pooled_features(self, x):
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, D]: feature_map averaged over its positions."""
         return self.feature_map(x).mean(dim=(2, 3))
 
     def _logits_from_pooled(self, pooled):
         return self.head.conv(pooled[:, :, None, None]).flatten(1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C] image-level logits."""
         return self._logits_from_pooled(self.pooled_features(x))
 
-    def forward_with_features(self, x):
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [N, C], pooled features [N, D]) from one pass."""
         pooled = self.pooled_features(x)
         return self._logits_from_pooled(pooled), pooled
 
-    def dense_logits(self, x, upsample=False):
+    def dense_logits(self, x: torch.Tensor, upsample: bool = False) -> torch.Tensor:
         """[N, C, h, w]: the head applied at every position of feature_map; with upsample,
         resized bilinearly (align_corners=False) to the input's H, W."""
         dense = self.head.conv(self.feature_map(x))
@@ -200,25 +201,25 @@ class ResNetV2(nn.Module):
             dense = F.interpolate(dense, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return dense
 
-    def cam(self, x):
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
         """Class activation maps ReLU(dense_logits(x)), [N, C, h, w] (not upsampled)."""
         return F.relu(self.dense_logits(x))
 
     # -- head ------------------------------------------------------------------------------
-    def head_parameters(self):
+    def head_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W [C, D], b [C]): detached copies of the head, for scores such as ViM and ReAct."""
         conv = self.head.conv
         return conv.weight.detach().flatten(1).clone(), conv.bias.detach().clone()
 
     # -- BiT npz ---------------------------------------------------------------------------
-    def load_from_npz(self, source, load_head=True):
+    def load_from_npz(self, source: str | PathLike | Mapping[str, np.ndarray], load_head: bool = True) -> None:
         """Load official BiT weights (see ``npz_key_map``) from an .npz path or a mapping
         name -> array. With load_head=False head.conv is left untouched (fine-tuning);
         head.gn is always loaded. Missing or mis-shaped arrays raise one ValueError."""
         _load_npz(self, source, load_head)
 
 
-def create_model(name, head_size, zero_head=True, half_stride=False):
+def create_model(name: str, head_size: int, zero_head: bool = True, half_stride: bool = False) -> ResNetV2:
     """A ResNetV2 of a name in KNOWN_MODELS with a head of head_size classes.
 
     half_stride: the last block keeps the resolution (stride 1: output stride 16, a 128-pixel
@@ -249,7 +250,7 @@ def _layer_keys(torch_prefix, npz_prefix, layer):
             for param, _ in layer.named_parameters()}
 
 
-def npz_key_map(model):
+def npz_key_map(model: ResNetV2) -> dict[str, str]:
     """dict: torch parameter name -> key of the official BiT .npz (convs stored HWIO there)."""
     keys = _layer_keys("root.conv", "resnet/root_block/standardized_conv2d", model.root.conv)
     for block_name, block in model.body.named_children():
@@ -338,7 +339,7 @@ def _copy_npz_arrays(model, source, described, load_head):
 
 
 # -- torch checkpoints ---------------------------------------------------------------------
-def load_state_dict_checked(model, state_dict, source):
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | PathLike) -> nn.Module:
     """Strictly load a state dict (a 'module.' prefix from DataParallel/DDP is removed).
 
     The head is never dropped: a head of another size is an error naming both sizes and

@@ -20,9 +20,11 @@ OOD set. By default T is searched within a factor of 10 of the balanced temperat
 at which the background term varies as much over the ID images as the foreground score:
 the validation set can tilt the balance but not hand the score to one term alone.
 """
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 
 from utils.metrics import auroc
@@ -36,7 +38,7 @@ RELATIVE_GRID = np.logspace(-1, 1, 9)
 _AUROC_TIE = 1e-12
 
 
-def split_logits(logits_k1):
+def split_logits(logits_k1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(foreground logits [N, K], background logit [N]) of (K+1)-class logits, background last."""
     logits = np.asarray(logits_k1, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[1] < 2:
@@ -47,7 +49,7 @@ def split_logits(logits_k1):
     return logits[:, :-1], logits[:, -1]
 
 
-def background_score(logits_k1):
+def background_score(logits_k1: ArrayLike) -> np.ndarray:
     """-z_bg: a large background logit means the image looks like background, i.e. OOD."""
     _, background = split_logits(logits_k1)
     return (-background).astype(np.float32)
@@ -68,13 +70,13 @@ def _check_fusion_args(fg_score, logits_k1, temperature, sign):
     return fg_score, foreground, background
 
 
-def fuse_logit(fg_score, logits_k1, temperature, sign=1):
+def fuse_logit(fg_score: ArrayLike, logits_k1: ArrayLike, temperature: float, sign: int = 1) -> np.ndarray:
     """S = S_fg - sign * z_bg / T (larger T: weaker background term)."""
     fg_score, _, background = _check_fusion_args(fg_score, logits_k1, temperature, sign)
     return fg_score - sign * background / temperature
 
 
-def fuse_prob(fg_score, logits_k1, temperature, sign=1):
+def fuse_prob(fg_score: ArrayLike, logits_k1: ArrayLike, temperature: float, sign: int = 1) -> np.ndarray:
     """S = S_fg - sign * T * p_bg, p_bg = softmax(z)_bg over all K+1 logits (smaller T: weaker)."""
     fg_score, foreground, background = _check_fusion_args(fg_score, logits_k1, temperature, sign)
     all_logits = np.column_stack([foreground, background])
@@ -82,7 +84,7 @@ def fuse_prob(fg_score, logits_k1, temperature, sign=1):
     return fg_score - sign * temperature * p_background
 
 
-def fuse_logprob(fg_score, logits_k1, temperature, sign=1):
+def fuse_logprob(fg_score: ArrayLike, logits_k1: ArrayLike, temperature: float, sign: int = 1) -> np.ndarray:
     """S = S_fg + sign * T * log(1 - p_bg) (smaller T: weaker).
 
     log(1 - p_bg) = logsumexp(z_fg) - logsumexp(z): finite even when p_bg rounds to 1.
@@ -99,7 +101,7 @@ FUSIONS = {"logit": fuse_logit, "prob": fuse_prob, "logprob": fuse_logprob}
 _LARGER_T_IS_WEAKER = {"logit": True, "prob": False, "logprob": False}
 
 
-def background_term(logits_k1, mode):
+def background_term(logits_k1: ArrayLike, mode: str) -> np.ndarray:
     """What each mode subtracts (times sign and its weight): z_bg, p_bg or -log(1 - p_bg)."""
     _check_mode(mode)
     foreground, background = split_logits(logits_k1)
@@ -111,7 +113,7 @@ def background_term(logits_k1, mode):
     return log_all - logsumexp(foreground, axis=1)
 
 
-def balanced_temperature(id_fg, id_logits, mode):
+def balanced_temperature(id_fg: ArrayLike, id_logits: ArrayLike, mode: str) -> float:
     """T at which the background term's standard deviation over the ID images equals that of
     the foreground score (weight 1/T in 'logit' mode, T otherwise). Uses ID data only."""
     fg_spread = float(np.std(np.asarray(id_fg, dtype=np.float64)))
@@ -133,8 +135,9 @@ def _check_mode(mode):
         raise ValueError(f"fusion mode: expected one of {list(FUSIONS)}, got {mode!r}")
 
 
-def select_fusion(id_fg, id_logits, val_ood_fg, val_ood_logits, mode,
-                  temperatures=None, signs=(1, -1)):
+def select_fusion(id_fg: ArrayLike, id_logits: ArrayLike, val_ood_fg: ArrayLike, val_ood_logits: ArrayLike,
+                  mode: str, temperatures: ArrayLike | None = None,
+                  signs: Sequence[int] = (1, -1)) -> FusionChoice:
     """(sign, T, auroc) maximising the AUROC of ID vs a validation pseudo-OOD set.
 
     temperatures: the grid to search; None = RELATIVE_GRID times the balanced temperature
@@ -167,13 +170,15 @@ def select_fusion(id_fg, id_logits, val_ood_fg, val_ood_logits, mode,
     return best
 
 
-def fusion_name(method, mode=None):
+def fusion_name(method: str, mode: str | None = None) -> str:
     """'DFB-<method>' for the default fusion, 'DFB-<method>[<mode>]' for a named mode."""
     return f"DFB-{method}" if mode is None else f"DFB-{method}[{mode}]"
 
 
-def select_all_fusions(id_fg_scores, id_logits, val_fg_scores, val_logits, modes=tuple(FUSIONS),
-                       temperatures=None, signs=(1, -1)):
+def select_all_fusions(id_fg_scores: Mapping[str, ArrayLike], id_logits: ArrayLike,
+                       val_fg_scores: Mapping[str, ArrayLike], val_logits: ArrayLike,
+                       modes: Sequence[str] = tuple(FUSIONS), temperatures: ArrayLike | None = None,
+                       signs: Sequence[int] = (1, -1)) -> dict[tuple[str, str], FusionChoice]:
     """{(method, mode): FusionChoice} for every method of `id_fg_scores` and every mode.
 
     id_fg_scores / val_fg_scores: {method: [N] foreground scores} of the ID set and of the
@@ -187,7 +192,9 @@ def select_all_fusions(id_fg_scores, id_logits, val_fg_scores, val_logits, modes
             for method in id_fg_scores for mode in modes}
 
 
-def apply_fusions(fg_scores, logits, choices, default_mode=DEFAULT_FUSION):
+def apply_fusions(fg_scores: Mapping[str, Mapping[str, ArrayLike]], logits: Mapping[str, ArrayLike],
+                  choices: Mapping[tuple[str, str], Sequence],
+                  default_mode: str = DEFAULT_FUSION) -> dict[str, dict[str, np.ndarray]]:
     """DFB scores {name: {set: float32 [N]}} for every (method, mode) in `choices`.
 
     fg_scores: {method: {set: [N]}}; logits: {set: [N, K+1]}; choices: {(method, mode):

@@ -11,6 +11,7 @@ thresholds, and AUROC / AUPR against scikit-learn's `roc_auc_score` and step-wis
 `average_precision_score`: they agree exactly, ties included.
 """
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _check_scores(scores, name):
@@ -26,7 +27,7 @@ def _check_scores(scores, name):
     return array
 
 
-def fpr_at_recall(id_scores, ood_scores, recall_level=0.95):
+def fpr_at_recall(id_scores: ArrayLike, ood_scores: ArrayLike, recall_level: float = 0.95) -> float:
     """FPR at the ROC point whose recall of ID is closest to `recall_level`: the rule of
     Hendrycks' `fpr_and_fdr_at_recall`, which the official DFB evaluation reports as FPR95.
 
@@ -51,12 +52,12 @@ def fpr_at_recall(id_scores, ood_scores, recall_level=0.95):
     return float(ood_kept[np.argmin(distance)] / ood_scores.size)
 
 
-def fpr_at_95_tpr(id_scores, ood_scores):
+def fpr_at_95_tpr(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """FPR95: `fpr_at_recall` at recall 0.95 (the official evaluation's FPR95)."""
     return fpr_at_recall(id_scores, ood_scores, 0.95)
 
 
-def auroc(id_scores, ood_scores):
+def auroc(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Area under the ROC curve = P(score_id > score_ood) + 1/2 P(score_id = score_ood).
 
     Computed as the Mann-Whitney U statistic from mid-ranks (tied scores share the
@@ -96,7 +97,7 @@ def _average_precision(positive_scores, negative_scores):
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
-def roc_curve(id_scores, ood_scores):
+def roc_curve(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of the ROC curve with ID positive, one point per distinct threshold, from (0, 0):
     at threshold t, tpr = #{id >= t} / n_id and fpr = #{ood >= t} / n_ood."""
     id_scores = _check_scores(id_scores, "id_scores")
@@ -105,21 +106,21 @@ def roc_curve(id_scores, ood_scores):
     return np.r_[0.0, (kept - id_kept) / ood_scores.size], np.r_[0.0, id_kept / id_scores.size]
 
 
-def aupr_in(id_scores, ood_scores):
+def aupr_in(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Area under the precision-recall curve with ID as the positive class (average precision)."""
     id_scores = _check_scores(id_scores, "id_scores")
     ood_scores = _check_scores(ood_scores, "ood_scores")
     return _average_precision(id_scores, ood_scores)
 
 
-def aupr_out(id_scores, ood_scores):
+def aupr_out(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Area under the precision-recall curve with OOD as the positive class (scores negated)."""
     id_scores = _check_scores(id_scores, "id_scores")
     ood_scores = _check_scores(ood_scores, "ood_scores")
     return _average_precision(-ood_scores, -id_scores)
 
 
-def ood_metrics(id_scores, ood_scores):
+def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> dict[str, float]:
     """All four metrics as a dict {fpr95, auroc, aupr_in, aupr_out} of fractions in [0, 1]."""
     id_scores = _check_scores(id_scores, "id_scores")
     ood_scores = _check_scores(ood_scores, "ood_scores")

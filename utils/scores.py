@@ -15,11 +15,13 @@ Registry: `SCORES` maps each method name to a `Score` with `.name`, `.needs_fit`
 fits each method once and scores every test set.
 """
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.special import log_softmax, logsumexp, softmax
 
 # Elements of the largest temporary matrix of a chunked computation (2**25 float32 = 128 MiB)
@@ -86,11 +88,11 @@ class IDTrainStats:
             object.__setattr__(self, key, value)
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return self.head_weight.shape[0]
 
     @property
-    def feature_dim(self):
+    def feature_dim(self) -> int:
         return self.features.shape[1]
 
 
@@ -106,12 +108,12 @@ def _to_device(array, device, dtype):
 
 # ---------------------------------------------------------------- logit-only scores
 
-def msp(logits):
+def msp(logits: ArrayLike) -> np.ndarray:
     """MSP (Hendrycks & Gimpel, ICLR 2017): max_k softmax(z)_k."""
     return softmax(_check_matrix(logits, "logits"), axis=1).max(axis=1).astype(np.float32)
 
 
-def odin(logits, temperature=2.0):
+def odin(logits: ArrayLike, temperature: float = 2.0) -> np.ndarray:
     """ODIN (Liang et al., ICLR 2018): max_k softmax(z / T)_k. T = 2 by default, the official DFB
     evaluation's setting (the original ODIN: T = 1000 with input perturbation 0.0014).
 
@@ -121,7 +123,8 @@ def odin(logits, temperature=2.0):
     return msp(_check_matrix(logits, "logits") / temperature)
 
 
-def odin_perturb(forward_fn, images, temperature=1000.0, epsilon=0.0014):
+def odin_perturb(forward_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 temperature: float = 1000.0, epsilon: float = 0.0014) -> torch.Tensor:
     """ODIN input preprocessing: x~ = x - eps * sign(-grad_x log max_k softmax(f(x) / T)_k).
 
     `forward_fn` maps a batch of images (torch, any device) to logits [N, K]; the step
@@ -144,18 +147,18 @@ def odin_perturb(forward_fn, images, temperature=1000.0, epsilon=0.0014):
     return (images.detach() - epsilon * torch.sign(-gradient)).detach()
 
 
-def energy(logits, temperature=1.0):
+def energy(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """Energy score (Liu et al., NeurIPS 2020): T * logsumexp_k(z_k / T) (the negative free energy)."""
     logits = _check_matrix(logits, "logits")
     return (temperature * logsumexp(logits / temperature, axis=1)).astype(np.float32)
 
 
-def max_logit(logits):
+def max_logit(logits: ArrayLike) -> np.ndarray:
     """MaxLogit (Hendrycks et al., ICML 2022): max_k z_k."""
     return _check_matrix(logits, "logits").max(axis=1).astype(np.float32)
 
 
-def gen(logits, gamma=0.1, top_m=100):
+def gen(logits: ArrayLike, gamma: float = 0.1, top_m: int = 100) -> np.ndarray:
     """GEN (Liu et al., CVPR 2023): -sum_{j in top M} p_j^gamma (1 - p_j)^gamma, p = softmax(z).
 
     The sum runs over the M = min(top_m, K) largest probabilities; a confident (peaked)
@@ -176,13 +179,13 @@ class ReActState:
     head_bias: np.ndarray     # [K]
 
 
-def react_fit(id_train, percentile=90.0):
+def react_fit(id_train: IDTrainStats, percentile: float = 90.0) -> ReActState:
     """ReAct threshold c = the p-th percentile of all ID-train feature activations."""
     clip = float(np.percentile(id_train.features, percentile))
     return ReActState(clip, id_train.head_weight.astype(np.float64), id_train.head_bias.astype(np.float64))
 
 
-def react(features, state):
+def react(features: ArrayLike, state: ReActState) -> np.ndarray:
     """ReAct (Sun et al., NeurIPS 2021): energy logsumexp_k(W min(h, c) + b)_k."""
     features = _check_matrix(features, "features", columns=state.head_weight.shape[1])
     clipped = np.minimum(features, state.clip)
@@ -196,12 +199,12 @@ class KNNState:
     train: torch.Tensor   # [N, D] L2-normalised ID-train features, float32, on the scoring device
 
 
-def knn_fit(id_train, device="cpu"):
+def knn_fit(id_train: IDTrainStats, device: str | torch.device = "cpu") -> KNNState:
     train = _to_device(id_train.features, device, torch.float32)
     return KNNState(torch.nn.functional.normalize(train, dim=1))
 
 
-def knn(features, state, k=50):
+def knn(features: ArrayLike, state: KNNState, k: int = 50) -> np.ndarray:
     """KNN (Sun et al., ICML 2022): -|| x/|x| - t_(k) ||, t_(k) the k-th nearest normalised ID-train feature.
 
     k is clamped to the training-set size. Squared distances come from
@@ -222,7 +225,7 @@ def knn(features, state, k=50):
 
 # ---------------------------------------------------------------- ViM
 
-def vim_principal_dim(feature_dim):
+def vim_principal_dim(feature_dim: int) -> int:
     """ViM's principal-subspace size: 1000 for D >= 2048, 512 for D >= 768, else D // 2."""
     if feature_dim >= 2048:
         return 1000
@@ -247,7 +250,7 @@ def _residual_norms(features, origin, null_space):
     return norms
 
 
-def vim_fit(id_train, device="cpu", principal_dim=None):
+def vim_fit(id_train: IDTrainStats, device: str | torch.device = "cpu", principal_dim: int | None = None) -> ViMState:
     """Origin u = -W^+ b; principal subspace of the ID-train features centred at u.
 
     The principal subspace is spanned by the eigenvectors of the `principal_dim` largest
@@ -275,7 +278,7 @@ def vim_fit(id_train, device="cpu", principal_dim=None):
     return ViMState(origin, null_space, alpha)
 
 
-def vim(logits, features, state):
+def vim(logits: ArrayLike, features: ArrayLike, state: ViMState) -> np.ndarray:
     """ViM (Wang et al., CVPR 2022): logsumexp(z) - alpha ||x_res|| (energy minus virtual logit)."""
     logits = _check_matrix(logits, "logits")
     features = _check_matrix(features, "features", columns=state.origin.shape[0])
@@ -291,7 +294,7 @@ class MahalanobisState:
     precision: torch.Tensor  # [D, D] pseudo-inverse of the tied covariance
 
 
-def mahalanobis_fit(id_train, device="cpu"):
+def mahalanobis_fit(id_train: IDTrainStats, device: str | torch.device = "cpu") -> MahalanobisState:
     """Class means mu_c and the tied covariance (1/N) sum_i (h_i - mu_(y_i))(h_i - mu_(y_i))^T.
 
     The precision is its pseudo-inverse with the relative cutoff D * eps (that of
@@ -316,7 +319,7 @@ def mahalanobis_fit(id_train, device="cpu"):
     return MahalanobisState(means, precision)
 
 
-def mahalanobis(features, state):
+def mahalanobis(features: ArrayLike, state: MahalanobisState) -> np.ndarray:
     """Mahalanobis (Lee et al., NeurIPS 2018; features only, no input preprocessing):
     -min_c (h - mu_c)^T Sigma^+ (h - mu_c)."""
     means, precision = state.means, state.precision
@@ -344,10 +347,10 @@ class Score:
     needs_fit: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
 
-    def fit(self, id_train: IDTrainStats, device="cpu") -> Any:
+    def fit(self, id_train: IDTrainStats, device: str | torch.device = "cpu") -> Any:
         return None
 
-    def compute(self, test_logits, test_features=None, fitted=None):
+    def compute(self, test_logits: ArrayLike, test_features: ArrayLike | None = None, fitted: Any = None) -> np.ndarray:
         logits = _check_matrix(test_logits, f"{self.name}: test_logits")
         features = None
         if self.uses_features:
@@ -361,7 +364,7 @@ class Score:
             raise ValueError(f"{self.name}: needs the state returned by fit(id_train); got None")
         return self._score(logits, features, fitted)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def _score(self, logits, features, fitted):
@@ -498,7 +501,7 @@ class Mahalanobis(Score):
 SCORE_CLASSES = {cls.name: cls for cls in (MSP, ODIN, Energy, MaxLogit, ViM, KNN, ReAct, GEN, Mahalanobis)}
 
 
-def make_scores(**overrides):
+def make_scores(**overrides: Mapping[str, Any]) -> dict[str, Score]:
     """The registry {name: Score}, with hyper-parameters changed per method.
 
     Example: make_scores(KNN=dict(k=100), ODIN=dict(temperature=500), Energy=dict(temperature=2)).
@@ -520,7 +523,9 @@ def make_scores(**overrides):
 SCORES = make_scores()
 
 
-def compute_all_scores(id_train, test_sets, device="cpu", methods=None, scores=None):
+def compute_all_scores(id_train: IDTrainStats, test_sets: Mapping[str, tuple[ArrayLike, ArrayLike | None]],
+                       device: str | torch.device = "cpu", methods: Iterable[str] | None = None,
+                       scores: Mapping[str, Score] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{method: {set name: float32 [N] scores}}, fitting each method once on `id_train`.
 
     test_sets: {name: (logits [N, K], features [N, D] or None)}; methods: names to run
