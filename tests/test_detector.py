@@ -6,6 +6,8 @@ A dfb checkpoint with random weights on the synthetic benchmark, as tests/test_e
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +209,12 @@ def test_detector_refuses_another_checkpoint(world, tmp_path, capsys):
                         str(world["folders"]["synthetic_test"]), "--out", str(tmp_path / "s.csv")], capsys,
                        str(world["detector"]), str(other), "sha256")
     assert not (tmp_path / "s.csv").exists()
+    # the same through the real interpreter: exit status 2, one line
+    result = subprocess.run([sys.executable, "score.py", "--detector", str(world["detector"]), "--model_path", str(other),
+                             "--images", str(world["folders"]["synthetic_test"]), "--out", str(tmp_path / "s.csv")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error (score.py): detector "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bad_images_give_one_line_errors_or_are_skipped(world, tmp_path, capsys):
