@@ -510,7 +510,7 @@ def dense_grid(run, path):
         per_class = folder_examples(root, 1 + GRID_EXAMPLES // 4).values()
         images = [image for shown in zip(*per_class) for image, _ in shown][:GRID_EXAMPLES]
         with torch.no_grad():
-            batch = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in images])
+            batch = torch.stack([torch.tensor(image).permute(2, 0, 1) for image in images])
             resolution = checkpoint.get("resolution") or int(run.info["settings"]["RESOLUTION"])
             masks = model.dense_logits(test_resize(batch, resolution), upsample=True).argmax(1).to(torch.uint8)
         rows.append((label, list(zip(images, masks.numpy()))))
