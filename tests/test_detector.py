@@ -26,18 +26,10 @@ from utils.checkpoint import save_checkpoint
 from utils.detector import (CSV_COLUMNS, Detector, keep_threshold, read_detector, state_from_plain,
                             state_to_plain)
 from utils.scores import IDTrainStats, make_scores
+from tests.helpers import assert_input_error, random_dfb_checkpoint, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("synthetic_test", "SynthNewBackgrounds")
-
-
-def random_dfb_checkpoint(path, classes, seed):
-    torch.manual_seed(seed)
-    model = create_model("ResNetV2-Tiny", head_size=len(classes) + 1)
-    torch.nn.init.normal_(model.head.conv.weight, std=0.5)  # a zero head would make every score constant
-    save_checkpoint(path, model_state=model.state_dict(), optim_state={}, step=0, args={}, task="dfb",
-                    model_name="ResNetV2-Tiny", classes=classes, resolution=32, finished=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,31 +52,6 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def detector(world):
     return Detector.load(world["detector"], device="cpu")
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of score.py's main() in this process."""
-    try:
-        score_cli.main(argv)
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_input_error(argv, capsys, *fragments, module=score_cli):
-    try:
-        module.main(argv)
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error (")]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def in_eval_order(rows, folder):
@@ -166,7 +133,7 @@ def score_md_columns():
 def test_cli_csv_follows_score_md_and_matches_the_api(world, detector, tmp_path, capsys):
     folder = world["folders"]["SynthNewBackgrounds"]
     out = tmp_path / "scores.csv"
-    status, stdout, err = run_cli(["--detector", str(world["detector"]), "--images", str(folder), "--out", str(out),
+    status, stdout, err = run_cli(score_cli, ["--detector", str(world["detector"]), "--images", str(folder), "--out", str(out),
                                    "--device", "cpu", "--workers", "0", "--batch", "7", "--maps",
                                    str(tmp_path / "maps")], capsys)
     assert status == 0, err
@@ -205,7 +172,7 @@ def test_score_tensors_gives_the_numbers_of_score_paths(world, detector):
 
 def test_detector_refuses_another_checkpoint(world, tmp_path, capsys):
     other = random_dfb_checkpoint(tmp_path / "other.pth.tar", world["classes"], seed=1)
-    assert_input_error(["--detector", str(world["detector"]), "--model_path", str(other), "--images",
+    assert_input_error(score_cli, ["--detector", str(world["detector"]), "--model_path", str(other), "--images",
                         str(world["folders"]["synthetic_test"]), "--out", str(tmp_path / "s.csv")], capsys,
                        str(world["detector"]), str(other), "sha256")
     assert not (tmp_path / "s.csv").exists()
@@ -222,26 +189,26 @@ def test_bad_images_give_one_line_errors_or_are_skipped(world, tmp_path, capsys)
             str(tmp_path / "s.csv")]
     good = list_samples(world["folders"]["synthetic_test"])[0][0]
     (tmp_path / "empty").mkdir()
-    assert_input_error(base + ["--images", str(tmp_path / "empty")], capsys, "empty", "no image files")
-    assert_input_error(base + ["--images", str(tmp_path / "missing")], capsys, "missing", "does not exist")
+    assert_input_error(score_cli, base + ["--images", str(tmp_path / "empty")], capsys, "empty", "no image files")
+    assert_input_error(score_cli, base + ["--images", str(tmp_path / "missing")], capsys, "missing", "does not exist")
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
-    assert_input_error(base + ["--images", str(notes)], capsys, "notes.txt", "is not an image file")
+    assert_input_error(score_cli, base + ["--images", str(notes)], capsys, "notes.txt", "is not an image file")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(Path(good).read_bytes()[:60])  # truncated
-    assert_input_error(base + ["--images", str(good), str(corrupt)], capsys, "corrupt.png", "cannot decode",
+    assert_input_error(score_cli, base + ["--images", str(good), str(corrupt)], capsys, "corrupt.png", "cannot decode",
                        "--skip_corrupt")
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
-    assert_input_error(base + ["--images", str(tiny)], capsys, "tiny.png", "1x1 pixels", "at least 8")
-    status, stdout, err = run_cli(base + ["--images", str(good), str(corrupt), str(tiny), "--skip_corrupt"], capsys)
+    assert_input_error(score_cli, base + ["--images", str(tiny)], capsys, "tiny.png", "1x1 pixels", "at least 8")
+    status, stdout, err = run_cli(score_cli, base + ["--images", str(good), str(corrupt), str(tiny), "--skip_corrupt"], capsys)
     assert status == 0, err
     assert "left out 2 images" in stdout and "corrupt.png" in stdout and "tiny.png" in stdout
     with open(tmp_path / "s.csv", newline="") as f:
         assert [row["path"] for row in csv.DictReader(f)] == [str(good)]
     not_a_detector = tmp_path / "detector.pt"
     not_a_detector.write_text("hello")
-    assert_input_error(["--detector", str(not_a_detector), "--images", str(good), "--out", str(tmp_path / "t.csv")],
+    assert_input_error(score_cli, ["--detector", str(not_a_detector), "--images", str(good), "--out", str(tmp_path / "t.csv")],
                        capsys, "not a readable detector file")
 
 
@@ -252,7 +219,7 @@ def test_save_detector_needs_a_dfb_checkpoint(world, tmp_path, capsys):
     save_checkpoint(cls, model_state=model.state_dict(), optim_state={}, step=0, args={}, task="cls",
                     model_name="ResNetV2-Tiny", classes=world["classes"], resolution=32, finished=True)
     sets = world["sets"]
-    assert_input_error(["--model_path", str(cls), "--id_train_path", str(sets["id_train"]), "--id_test_path",
+    assert_input_error(eval_cli, ["--model_path", str(cls), "--id_train_path", str(sets["id_train"]), "--id_test_path",
                         str(sets["id_test"]), "--ood_path", str(sets["ood"]["SynthClutter"]), "--logdir",
                         str(tmp_path / "e"), "--device", "cpu", "--workers", "0", "--save_detector", "KNN"], capsys,
-                       "--save_detector needs a dfb checkpoint", str(cls), module=eval_cli)
+                       "--save_detector needs a dfb checkpoint", str(cls))

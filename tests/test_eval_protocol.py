@@ -16,8 +16,7 @@ import utils.evaluation
 import utils.runtime
 from datasets.folder import list_samples
 from datasets.synthetic import generate_benchmark
-from models.resnetv2 import create_model
-from utils.checkpoint import save_checkpoint
+from tests.helpers import random_dfb_checkpoint
 
 # every test runs eval.py on a dfb network (pytest -m "not slow" leaves them out)
 pytestmark = pytest.mark.slow
@@ -31,12 +30,7 @@ def world(tmp_path_factory):
     sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
                               n_ood=16, progress=False)
     classes = sorted(p.name for p in Path(sets["id_train"]).iterdir() if p.is_dir())
-    torch.manual_seed(0)
-    model = create_model("ResNetV2-Tiny", head_size=len(classes) + 1)
-    torch.nn.init.normal_(model.head.conv.weight, std=0.5)  # a zero head would make every score constant
-    checkpoint = root / "dfb.pth.tar"
-    save_checkpoint(checkpoint, model_state=model.state_dict(), optim_state={}, step=0, args={}, task="dfb",
-                    model_name="ResNetV2-Tiny", classes=classes, resolution=32, finished=True)
+    checkpoint = random_dfb_checkpoint(root / "dfb.pth.tar", classes, seed=0)
     # the ID test set with every other image of each class left out
     half = root / "half_test"
     for path, _ in list_samples(sets["id_test"])[::2]:

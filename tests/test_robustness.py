@@ -21,6 +21,7 @@ import eval as eval_cli
 import make_cam
 import train
 from datasets.synthetic import generate_benchmark
+from tests.helpers import assert_input_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 K = 6
@@ -60,28 +61,6 @@ def world(tmp_path_factory):
     eval_cli.main(eval_args(root / "cls.pth.tar", id_dir, ood, root / "eval_cls"))
     return dict(root=root, id_dir=id_dir, train=sets["id_train"], test=sets["id_test"], ood=ood,
                 cls=root / "cls.pth.tar", dfb=root / "runs" / "dfb" / "checkpoint.pth.tar")
-
-
-def run_cli(module, argv, capsys):
-    """(exit status, stdout, stderr) of a CLI's main() run in this process."""
-    try:
-        module.main(argv)
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_input_error(module, argv, capsys, *fragments):
-    """The CLI stops with status 2 and one line on stderr that holds every fragment."""
-    status, _, err = run_cli(module, argv, capsys)
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error (")]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def copy_split(world, tmp_path, with_masks=False):

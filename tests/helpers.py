@@ -1,0 +1,38 @@
+"""Scaffolding shared by the test modules: running a CLI's main() in process, the one-line error
+check of docs/ROBUSTNESS.md, and a dfb checkpoint with random weights."""
+import torch
+
+from models.resnetv2 import create_model
+from utils.checkpoint import save_checkpoint
+
+
+def run_cli(module, argv, capsys):
+    """(exit status, stdout, stderr) of a CLI's main() run in this process."""
+    try:
+        module.main(argv)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_input_error(module, argv, capsys, *fragments):
+    """The CLI stops with status 2 and one line on stderr that holds every fragment."""
+    status, _, err = run_cli(module, argv, capsys)
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error (")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def random_dfb_checkpoint(path, classes, seed):
+    """A ResNetV2-Tiny dfb checkpoint (32 px) with random weights and a random, non-zero head."""
+    torch.manual_seed(seed)
+    model = create_model("ResNetV2-Tiny", head_size=len(classes) + 1)
+    torch.nn.init.normal_(model.head.conv.weight, std=0.5)  # a zero head would make every score constant
+    save_checkpoint(path, model_state=model.state_dict(), optim_state={}, step=0, args={}, task="dfb",
+                    model_name="ResNetV2-Tiny", classes=classes, resolution=32, finished=True)
+    return path
