@@ -48,9 +48,10 @@ DEFAULTS = dict(device="auto", model="BiT-M-R50x1", resolution=128, batch=128, w
 PRESETS = {
     # Fits this 2-core CPU in well under 2 minutes (docs/PERFORMANCE.md has a measured run). One
     # torch thread and one loader worker: two busy OpenMP threads plus workers on two cores made
-    # every number depend on which process the scheduler favoured (up to 30x swings).
+    # every number depend on which process the scheduler favoured (up to 30x swings). Ours in bf16,
+    # as configs/reproduce_cpu.env runs it (this CPU has native bf16); --amp none measures fp32.
     "cpu-quick": dict(device="cpu", model="ResNetV2-Tiny", resolution=64, batch=16, warmup=2, steps=5,
-                      repeats=3, cam_images=32, eval_images=128, workers=1, threads=1),
+                      repeats=3, cam_images=32, eval_images=128, workers=1, threads=1, amp="bf16"),
     # The paper's model and input size; compile and channels_last measured as variants.
     "gpu-full": dict(device="cuda", model="BiT-M-R50x1", resolution=128, batch=128, warmup=5, steps=20,
                      repeats=3, cam_images=256, eval_images=4096, workers=4, compile=True, channels_last=True),
@@ -98,9 +99,11 @@ def measure(step, images_per_step, warmup, steps, repeats, device, end_of_repeat
     return {"images_per_s": statistics.median(rates), "repeats": rates}
 
 
-def measure_peak(device, rounds=3):
-    """Best FLOP/s of a large square matmul: bf16 on a GPU, fp32 on the CPU."""
-    size, dtype, calls = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 4)
+def measure_peak(device, amp, rounds=3):
+    """Best FLOP/s of a large square matmul in the precision our pipeline runs in (bf16 when
+    `amp` is bf16, else fp32): 8192^2 on a GPU, 1024^2 on the CPU."""
+    size, calls = (8192, 20) if device.type == "cuda" else (1024, 4)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(2):
@@ -277,7 +280,7 @@ def ours_extract(model, root, subset, cfg, device, amp):
 
 # -- the official-style loop ----------------------------------------------------------------
 def official_train(model, task, root, samples, mask_root, cfg, device):
-    model = copy.deepcopy(model).to(device).train()
+    model = official.release_model(model).to(device).train()
     if task == "train_dfb":
         dataset = official.masked_train_folder(root, mask_root, samples, cfg.resolution)
         net = official.parallel(official.DenseForward(model), device)
@@ -299,7 +302,7 @@ def official_train(model, task, root, samples, mask_root, cfg, device):
 
 
 def official_cam(model, root, samples, cfg, device, num_classes):
-    model = copy.deepcopy(model).to(device).eval()
+    model = official.release_model(model).to(device).eval()
     classify_net = official.parallel(model, device)
     cam_net = official.parallel(official.CamForward(model), device)
     per_repeat = round_up(cfg.cam_images, cfg.batch)  # as many images as ours
@@ -316,7 +319,7 @@ def official_cam(model, root, samples, cfg, device, num_classes):
 
 
 def official_extract(model, root, samples, cfg, device):
-    model = copy.deepcopy(model).to(device).eval()
+    model = official.release_model(model).to(device).eval()
     feature_net = official.parallel(official.FeatureForward(model), device)
     per_repeat = round_up(cfg.eval_images, cfg.batch)
     dataset = official.test_folder(root, samples, cfg.resolution)
@@ -504,7 +507,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also measure torch.compile")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction,
                         help="also measure the channels_last memory format")
-    parser.add_argument("--amp", choices=["bf16", "none"], help="ours: default bf16 on GPUs, none on the CPU")
+    parser.add_argument("--amp", choices=["bf16", "none"], help="ours: default bf16 on GPUs, none on the CPU (preset cpu-quick: bf16)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: torch's choice); 1 avoids OpenMP threads "
                              "spin-waiting for a core that another process holds on a shared CPU")
@@ -575,7 +578,7 @@ def run(cfg, scratch):
     models = {"train_cls": create_model(cfg.model, data["num_classes"], zero_head=False).to(device),
               "train_dfb": create_model(cfg.model, data["num_classes"] + 1, zero_head=False).to(device)}
     flops = flops_per_image(models["train_cls"], models["train_dfb"], cfg.resolution, device)
-    peak = measure_peak(device)
+    peak = measure_peak(device, amp)
 
     rows = []
     for stage, label in STAGES:

@@ -6,7 +6,9 @@ released DFB code does it.
   workers: train Resize((160, 160)) -> RandomCrop(128) -> RandomHorizontalFlip -> ToTensor ->
   Normalize(0.5, 0.5); test Resize((128, 128)) -> ToTensor -> Normalize (sizes follow the
   resolution: train size = resolution * 160 / 128);
-- the network wrapped in `torch.nn.DataParallel` on CUDA (plain module on the CPU);
+- the network computed with the release's own modules (`release_model`): BiT's StdConv2d, which
+  standardises each kernel with var_mean and four element-wise ops, and `nn.MaxPool2d`, wrapped
+  in `torch.nn.DataParallel` on CUDA (plain module on the CPU);
 - CAMs one image per iteration: a separate forward of the single image for every scale and
   for its flip (input rescaled bicubically), then that image's map post-processed on the CPU
   with numpy / scipy.ndimage.gaussian_filter, as the release's cam_to_mask.py does.
@@ -15,6 +17,8 @@ The released code has no dense (K+1) training step at all (README, "Differences 
 dense row renders that step in the same style (PIL transform of image and mask together,
 fp32, DataParallel, per-pixel cross-entropy), so both dense rows do the same work.
 """
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,7 @@ from torchvision.datasets import ImageFolder
 
 from datasets.folder import IGNORE_INDEX, mask_path
 from datasets.transforms import default_train_size
+from models.resnetv2 import WEIGHT_STD_EPS, StdConv2d
 from utils.cam import DEFAULT_SCALES
 
 HALF = (0.5, 0.5, 0.5)
@@ -125,6 +130,28 @@ def ordered_loader(dataset, positions, batch, workers, device):
 
 
 # -- networks -------------------------------------------------------------------------------
+class ReleaseStdConv2d(StdConv2d):
+    """BiT's StdConv2d as the release has it: the kernel standardised by var_mean over
+    (in, kh, kw) and element-wise ops on every forward."""
+
+    def forward(self, x):
+        var, mean = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        weight = (self.weight - mean) / torch.sqrt(var + WEIGHT_STD_EPS)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def release_model(model):
+    """A copy of our ResNetV2 that computes the same function with the release's modules:
+    ReleaseStdConv2d for every convolution and nn.MaxPool2d(3, 2) as the root pool (ours uses a
+    fused layer_norm and, on the CPU, an unfolded max; see models/resnetv2.py)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, StdConv2d):
+            module.__class__ = ReleaseStdConv2d
+    model.root.pool = nn.MaxPool2d(kernel_size=3, stride=2)
+    return model
+
+
 class DenseForward(nn.Module):
     """Per-pixel logits at the input size as forward (what DataParallel scatters)."""
 

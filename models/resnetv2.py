@@ -73,8 +73,11 @@ class StdConv2d(nn.Conv2d):
         half-precision model: w - mean(w) cancels catastrophically in bf16."""
         compute_dtype = torch.promote_types(self.weight.dtype, torch.float32)
         weight = self.weight.to(compute_dtype)
-        var, mean = torch.var_mean(weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
-        standardized = (weight - mean) / torch.sqrt(var + WEIGHT_STD_EPS)
+        # layer_norm over (in_channels, kh, kw) is exactly the formula above (mean
+        # and biased variance, eps inside the root) in one fused kernel, forward and backward;
+        # var_mean over dims (1, 2, 3) plus four element-wise ops took 25x longer for a
+        # 256x256x3x3 kernel on the CPU, a quarter of a small training step.
+        standardized = F.layer_norm(weight, weight.shape[1:], eps=WEIGHT_STD_EPS)
         # Back to the parameter dtype so a bf16 model (no autocast) gets matching operands;
         # under autocast the parameter is float32 and the conv itself does the down-cast.
         return standardized.to(self.weight.dtype)
@@ -82,6 +85,18 @@ class StdConv2d(nn.Conv2d):
     def forward(self, x):
         return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
                         self.dilation, self.groups)
+
+
+class MaxPool3x3Stride2(nn.Module):
+    """nn.MaxPool2d(kernel_size=3, stride=2), BiT's root pool. On the CPU it is computed as the
+    maximum over unfolded windows, rows then columns: the same values, 7x faster there than aten's
+    max_pool2d on NCHW tensors (whose kernel took a seventh of a CAM pass). Other devices use
+    F.max_pool2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or min(x.shape[-2:]) < 3:
+            return F.max_pool2d(x, kernel_size=3, stride=2)
+        return x.unfold(-2, 3, 2).amax(-1).unfold(-1, 3, 2).amax(-1)
 
 
 def _group_norm(channels):
@@ -154,7 +169,7 @@ class ResNetV2(nn.Module):
         self.root = nn.Sequential(OrderedDict([
             ("conv", StdConv2d(3, root_width, kernel_size=7, stride=2, padding=3, bias=False)),
             ("pad", nn.ConstantPad2d(1, 0.0)),
-            ("pool", nn.MaxPool2d(kernel_size=3, stride=2)),
+            ("pool", MaxPool3x3Stride2()),
         ]))
         blocks, cin = [], root_width
         for index, units in enumerate(block_units, start=1):

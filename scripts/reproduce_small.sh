@@ -41,6 +41,7 @@
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
 #   CLS_FLAGS        extra train.py flags of the classifier [preset]
+#   CAM_FLAGS        extra make_cam.py flags [preset]
 #   DFB_FLAGS        extra train.py flags of the DFB stage [preset]; @CLS_CKPT is replaced by the
 #                    classifier checkpoint (e.g. --init_from @CLS_CKPT). Flags are split on spaces.
 #   DFB_ABLATIONS    DFB variants, one per line "name|flags" [preset, empty]: each is trained with the
@@ -84,7 +85,7 @@ FUSION=${FUSION:-logit}
 KNN_K=${KNN_K:-50}
 SETTINGS=(PRESET SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
           RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
-          FUSION KNN_K CLS_FLAGS DFB_FLAGS DFB_ABLATIONS)
+          FUSION KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
 read -r -a SEED_LIST <<< "$SEEDS"
 [ "${#SEED_LIST[@]}" -gt 0 ] || { echo "[error] SEEDS is empty" >&2; exit 2; }
@@ -171,11 +172,12 @@ $PY -m bench.run_record info --file "$OUT/run_info.json" --device "$DEVICE" "${s
 timed data unpack_data
 
 read -r -a cls_flags <<< "$CLS_FLAGS"
+read -r -a cam_flags <<< "$CAM_FLAGS"
 run_stage train_cls $PY train.py --task cls --name cls --steps "$STEPS_CLS" --export "$CLS_CKPT" --seed "$SEED" \
   "${TRAIN_FLAGS[@]}" "${cls_flags[@]}"
 run_stage make_cam $PY make_cam.py --dataset="$ID/train" --model_path="$CLS_CKPT" \
   --head_size="$(find "$ID/train" -mindepth 1 -maxdepth 1 -type d | wc -l | tr -d ' ')" --out "$MASKS" \
-  --batch "$CAM_BATCH" --device "$DEVICE" --workers "$WORKERS"
+  --batch "$CAM_BATCH" --device "$DEVICE" --workers "$WORKERS" "${cam_flags[@]}"
 run_stage eval_cls evaluate "$CLS_CKPT" "$OUT/results_cls" "$SEED"
 for s in "${SEED_LIST[@]}"; do
   dfb_variant "seed$s" "$s" "$DFB_FLAGS"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench import benchmark, official_style
-from models.resnetv2 import create_model
+from models.resnetv2 import StdConv2d, create_model
 from utils.cam import cams_to_masks, multiscale_cam
 from utils.io import save_png_atomic
 
@@ -121,7 +121,9 @@ def test_official_one_image_cam_gives_the_masks_of_our_batched_cam():
     images = F.interpolate(torch.randn(6, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
     with torch.no_grad():
         predicted = model(images).argmax(1)
-        ours, _ = cams_to_masks(multiscale_cam(model.cam, images), predicted)
+        cams, logits = multiscale_cam(model.dense_logits, images)
+        torch.testing.assert_close(logits, model(images), rtol=1e-4, atol=1e-5)
+        ours, _ = cams_to_masks(cams, predicted)
     cam_net = official_style.CamForward(model)
     theirs = []
     for i in range(len(images)):
@@ -185,11 +187,23 @@ def test_batched_cam_masks_equal_an_independent_rendering_of_the_release():
         return torch.cat([maps[:, 0], maps[:, 1]])
 
     labels = np.array([0, 3, 1])
-    ours, _ = cams_to_masks(multiscale_cam(cam_fn, torch.zeros(batch, 3, side, side), scales),
+    ours, _ = cams_to_masks(multiscale_cam(cam_fn, torch.zeros(batch, 3, side, side), scales)[0],
                             torch.from_numpy(labels))
     expected = _release_masks_ours_format(raw, labels, (side, side), num_classes)
     np.testing.assert_array_equal(ours.numpy(), expected)
     assert 0.05 < (expected < num_classes).mean() < 0.95  # not a trivial agreement
+
+
+def test_release_model_computes_our_function_with_the_release_modules():
+    torch.manual_seed(0)
+    model = create_model(TINY, head_size=5, zero_head=False).eval()
+    release = official_style.release_model(model)
+    assert isinstance(release.root.pool, torch.nn.MaxPool2d)
+    assert all(type(m) is official_style.ReleaseStdConv2d for m in release.modules() if isinstance(m, StdConv2d))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(release(images), model(images), rtol=1e-4, atol=1e-5)
+    assert type(model.root.pool) is not torch.nn.MaxPool2d  # the original is untouched
 
 
 def test_official_joint_transform_keeps_image_and_mask_aligned():

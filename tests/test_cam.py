@@ -47,7 +47,8 @@ def test_batched_multiscale_cam_equals_one_image_at_a_time():
 
     images = torch.randn(3, 3, 32, 32)
     scales = (1.0, 0.5, 1.5)
-    batched = multiscale_cam(cam_fn, images, scales)
+    batched, logits = multiscale_cam(conv, images, scales)
+    torch.testing.assert_close(logits, conv(images).mean(dim=(2, 3)))
     for i in range(3):
         image = images[i:i + 1]
         expected = 0
@@ -69,18 +70,19 @@ def test_flip_is_undone():
 
     images = -torch.ones(1, 3, 16, 16)
     images[..., :8] = 1.0
-    total = multiscale_cam(positive_pixels, images, scales=(1.0,))
+    total, _ = multiscale_cam(positive_pixels, images, scales=(1.0,))
     assert total[0, 0, :, :8].min() == 2 and total[0, 0, :, 8:].max() == 0
 
 
 def test_pseudo_masks_use_the_label_only_when_given():
     class TwoColours(torch.nn.Module):
-        """Class k lights up where channel k is positive; it always predicts class 1."""
+        """Class k lights up where channel k is positive, class 1 twice as strongly: it is
+        always predicted."""
         def forward(self, x):
-            return torch.tensor([[0.0, 1.0]]).repeat(x.shape[0], 1)
+            return self.dense_logits(x).mean(dim=(2, 3))
 
-        def cam(self, x):
-            return (x[:, :2] > 0).float()
+        def dense_logits(self, x):
+            return (x[:, :2] > 0).float() * torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
 
     images = torch.zeros(2, 3, 32, 32)
     images[:, 0, :, :16] = 1.0  # left half: class 0's colour

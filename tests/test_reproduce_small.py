@@ -263,9 +263,13 @@ def preset(name):
     return dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)
 
 
-def train_flags():
-    return set(re.findall(r"--\w+", subprocess.run([sys.executable, "train.py", "-h"], cwd=REPO, capture_output=True,
+def cli_flags(script="train.py"):
+    return set(re.findall(r"--\w+", subprocess.run([sys.executable, script, "-h"], cwd=REPO, capture_output=True,
                                                    text=True, check=True).stdout))
+
+
+def train_flags():
+    return cli_flags("train.py")
 
 
 @pytest.mark.parametrize("name", ["gpu", "cpu"])
@@ -273,6 +277,8 @@ def test_preset_flags_are_train_py_flags(name):
     values = preset(name)
     used = set(re.findall(r"--\w+", values["CLS_FLAGS"] + " " + values["DFB_FLAGS"]))
     assert used <= train_flags(), f"configs/reproduce_{name}.env uses flags train.py lacks: {used - train_flags()}"
+    cam_used = set(re.findall(r"--\w+", values["CAM_FLAGS"]))
+    assert cam_used <= cli_flags("make_cam.py"), f"configs/reproduce_{name}.env: CAM_FLAGS {cam_used}"
 
 
 def run_script(env):

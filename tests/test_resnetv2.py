@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.resnetv2 import (KNOWN_MODELS, ResNetV2, StdConv2d, create_model,
+from models.resnetv2 import (KNOWN_MODELS, MaxPool3x3Stride2, ResNetV2, StdConv2d, create_model,
                              load_state_dict_checked, npz_key_map)
 
 TINY = "ResNetV2-Tiny"
@@ -248,6 +248,35 @@ def test_std_conv_matches_numpy_standardisation():
     expected = F.conv2d(x, w_hat, conv.bias, padding=1)
     with torch.no_grad():
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_std_conv_gradient_matches_the_var_mean_formula():
+    """The fused layer_norm standardisation gives BiT's var_mean formula's weight gradient."""
+    torch.manual_seed(0)
+    conv = StdConv2d(4, 6, kernel_size=3, padding=1, bias=False)
+    x = torch.randn(2, 4, 7, 7)
+    conv(x).square().sum().backward()
+    weight = conv.weight.detach().clone().requires_grad_()
+    var, mean = torch.var_mean(weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    F.conv2d(x, (weight - mean) / torch.sqrt(var + 1e-10), padding=1).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, weight.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 66, 66), (2, 5, 7, 9), (1, 2, 3, 3), (3, 4, 4, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_root_pool_equals_max_pool2d_values_and_gradients(shape, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours_in, reference_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = MaxPool3x3Stride2()(ours_in)
+    reference = F.max_pool2d(reference_in, kernel_size=3, stride=2)
+    assert torch.equal(ours, reference)
+    upstream = torch.randn_like(reference)
+    ours.backward(upstream)
+    reference.backward(upstream)
+    torch.testing.assert_close(ours_in.grad, reference_in.grad)  # no ties in random floats
 
 
 def test_std_conv_standardises_in_float32_under_autocast():

@@ -18,25 +18,30 @@ import torch.nn.functional as F
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
-def multiscale_cam(cam_fn, images, scales=DEFAULT_SCALES):
-    """Sum of CAMs over scales and flips, at the input's size.
+def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES):
+    """Sum of CAMs over scales and flips at the input's size, and the image-level logits.
 
-    cam_fn: images [B, 3, h, w] -> non-negative maps [B, K, h', w'].
-    images: normalised float [B, 3, H, W]. Returns float32 [B, K, H, W].
+    dense_fn: images [B, 3, h, w] -> dense logits [B, K, h', w']; a CAM is their ReLU.
+    images: normalised float [B, 3, H, W]. Returns (float32 [B, K, H, W], logits [B, K] or None).
     Each scale runs the batch and its mirror image in one forward pass. The input is rescaled
-    bicubically (the release's rescale), the CAMs are upsampled bilinearly.
+    bicubically (the release's rescale), the CAMs are upsampled bilinearly. The logits are the
+    mean over positions of the unflipped dense logits at scale 1.0, which are the classifier's
+    own logits (its head is affine, models/resnetv2.py): no separate classification pass is
+    needed. None when the scales do not include 1.0.
     """
     batch, _, height, width = images.shape
-    total = None
+    total, logits = None, None
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = images if size == (height, width) else F.interpolate(
             images, size=size, mode="bicubic", align_corners=False)
-        maps = cam_fn(torch.cat([scaled, scaled.flip(-1)])).float()
-        maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
+        dense = dense_fn(torch.cat([scaled, scaled.flip(-1)]))
+        if size == (height, width) and logits is None:
+            logits = dense[:batch].float().mean(dim=(2, 3))
+        maps = F.interpolate(F.relu(dense).float(), size=(height, width), mode="bilinear", align_corners=False)
         summed = maps[:batch] + maps[batch:].flip(-1)
         total = summed if total is None else total + summed
-    return total
+    return total, logits
 
 
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
@@ -99,11 +104,11 @@ def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
 
 
 def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5):
-    """Masks of a batch from a classifier with `forward` (logits) and `cam` (class maps):
+    """Masks of a batch from a classifier with `forward` (logits) and `dense_logits`:
     the CAM channel of `labels` when given, else of the predicted class.
     Returns (uint8 masks [B, H, W], predicted classes [B])."""
-    predicted = model(images).argmax(1)
-    cams = multiscale_cam(model.cam, images, scales)
+    cams, logits = multiscale_cam(model.dense_logits, images, scales)
+    predicted = (model(images) if logits is None else logits).argmax(1)
     # the blur and the threshold stay in float32 even when the caller runs the model in bf16
     with torch.autocast(device_type=images.device.type, enabled=False):
         masks, _ = cams_to_masks(cams, predicted if labels is None else labels, sigma=sigma, threshold=threshold)
