@@ -13,8 +13,8 @@ import argparse
 
 from utils.cli import run_cli
 from utils.detector import DEFAULT_METHOD
-from utils.evaluation import run
 from utils.fusion import FUSIONS, DEFAULT_FUSION
+from utils.main_eval import run
 from utils.scores import SCORE_CLASSES
 
 

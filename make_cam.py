@@ -9,24 +9,32 @@ written, and runs under torchrun too.
 """
 import argparse
 
+from datasets.masks import IGNORE_INDEX, MAX_CLASSES
+from utils import main_make_cam
 from utils.cli import run_cli
-from utils.make_masks import run
+from utils.run_flags import defines_run, run_defining_flags
 
 
-def parse_args(argv=None):
+def build_parser():
+    """make_cam.py's flags; those in defines_run(...) decide what the masks are, so they are recorded,
+    in this order, in the mask folder's provenance.json (with the classifier's sha256), and masks
+    made with other values are not reused (utils/main_make_cam.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="split folder, ImageFolder layout <dataset>/<class>/<image>")
     parser.add_argument("--model_path", required=True, help="K-class classifier checkpoint (train.py --task cls, or the release's train.py: "
                                                               "then --head_size and --model say what it is)")
     parser.add_argument("--head_size", type=int, required=True, help="K, the number of classes of the classifier")
     parser.add_argument("--model", default=None, help="model name (default: from the checkpoint, else BiT-M-R50x1)")
-    parser.add_argument("--labeled", action=argparse.BooleanOptionalAction, default=False,
-                        help="use the folder label instead of the predicted class (--no-labeled to turn off)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
-    parser.add_argument("--threshold", type=float, default=0.5, help="foreground where the normalised CAM > this")
-    parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian blur sigma in pixels")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="CAM input size = mask size (default: the classifier's training resolution, else 128)")
+    defines_run(parser.add_argument("--labeled", action=argparse.BooleanOptionalAction, default=False,
+                                    help="use the folder label instead of the predicted class (--no-labeled to "
+                                         "turn off)"))
+    defines_run(parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0]))
+    defines_run(parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian blur sigma in pixels"))
+    defines_run(parser.add_argument("--threshold", type=float, default=0.5,
+                                    help="foreground where the normalised CAM > this"))
+    defines_run(parser.add_argument("--resolution", type=int, default=None,
+                                    help="CAM input size = mask size (default: the classifier's training "
+                                         "resolution, else 128)"))
     parser.add_argument("--out", default=None, help="mask folder (default: <dataset>_mask)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="auto")
@@ -38,12 +46,26 @@ def parse_args(argv=None):
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.head_size < 1 or args.head_size > 254:
-        parser.error("--head_size must be in 1..254 (masks are uint8 with 255 = ignore)")
+    if args.head_size < 1 or args.head_size > MAX_CLASSES:
+        parser.error(f"--head_size must be in 1..{MAX_CLASSES} (masks are uint8 with {IGNORE_INDEX} = ignore)")
     if not 0 < args.threshold < 1:
         parser.error("--threshold must be in (0, 1)")
     return args
+
+
+# the tagged flags, in parser order: what the mask folder's provenance.json records
+RUN_DEFINING_FLAGS = run_defining_flags(build_parser())
+
+
+def run(args):
+    """Write the pseudo masks of `args` (utils/main_make_cam.py)."""
+    return main_make_cam.run(args, RUN_DEFINING_FLAGS)
 
 
 def main(argv=None):

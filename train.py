@@ -10,60 +10,69 @@ process trains on its slice of each global batch (--batch is the global batch).
 """
 import argparse
 
+from datasets.masks import MASK_FORMATS
+from utils import main_train
 from utils.cli import run_cli
-from utils.train_setup import run
+from utils.run_flags import defines_run, run_defining_flags
 
 
-def parse_args(argv=None):
+def build_parser():
+    """train.py's flags; those in defines_run(...) define what a run computes, so a run resumes (or
+    is reported finished) only with the values its checkpoint stores (utils/resume.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["cls", "dfb"], required=True,
-                        help="cls: K-class classifier; dfb: (K+1)-class dense network on pseudo masks")
+    defines_run(parser.add_argument("--task", choices=["cls", "dfb"], required=True,
+                                    help="cls: K-class classifier; dfb: (K+1)-class dense network on pseudo masks"))
     parser.add_argument("--datadir", required=True, help="training split, ImageFolder: <datadir>/<class>/<image>")
     parser.add_argument("--test_datadir", default=None, help="ID test split for top-1 (e.g. dataset/cifar10/test)")
     parser.add_argument("--mask_dir", default=None, help="dfb: pseudo masks (default: <datadir>_mask)")
-    parser.add_argument("--mask_format", choices=["ours", "official"], default=None,
-                        help="dfb: how to read masks without our provenance.json: official = the original "
-                             "release's make_cam.py (0 background, class k as k+1), ours = class k as k, "
-                             "background K (default: refuse such masks)")
-    parser.add_argument("--model", default="BiT-M-R50x1", help="BiT model name (or ResNetV2-Tiny for demos)")
-    parser.add_argument("--half_stride", action="store_true",
-                        help="last block with stride 1 (output stride 16: 8x8 CAMs / dense maps at 128 px), "
-                             "the release's half_stride; stored in the checkpoint")
+    defines_run(parser.add_argument("--mask_format", choices=MASK_FORMATS, default=None,
+                                    help="dfb: how to read masks without our provenance.json: official = the original "
+                                         "release's make_cam.py (0 background, class k as k+1), ours = class k as k, "
+                                         "background K (default: refuse such masks)"))
+    defines_run(parser.add_argument("--model", default="BiT-M-R50x1",
+                                    help="BiT model name (or ResNetV2-Tiny for demos)"))
+    defines_run(parser.add_argument("--half_stride", action="store_true",
+                                    help="last block with stride 1 (output stride 16: 8x8 CAMs / dense maps at "
+                                         "128 px), the release's half_stride; stored in the checkpoint"))
     parser.add_argument("--logdir", default="runs", help="runs are written to <logdir>/<name>/")
     parser.add_argument("--name", required=True, help="run name")
     parser.add_argument("--export", default=None, help="copy the finished checkpoint here")
-    parser.add_argument("--batch", type=int, default=128, help="global batch size")
+    defines_run(parser.add_argument("--batch", type=int, default=128, help="global batch size"))
+    # not run-defining: a run may go on at a lower rate after a loss that was not finite
     parser.add_argument("--base_lr", type=float, default=0.003)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="total steps (default: BiT HyperRule; the schedule is scaled to fit)")
-    parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)")
-    parser.add_argument("--schedule", choices=["bit", "cosine"], default="bit",
-                        help="learning-rate rule: bit = BiT HyperRule (warm-up, x0.1 steps; the paper's); "
-                             "cosine = the same warm-up, then half a cosine to 0 at the last step (from scratch)")
-    parser.add_argument("--warmup_steps", type=int, default=None,
-                        help="linear warm-up steps (default: the schedule's, 500 of 10k scaled with --steps)")
-    parser.add_argument("--weight_decay", type=float, default=0.0,
-                        help="L2 weight decay of convolution / linear weights only, not of GroupNorm "
-                             "parameters or biases (default 0, BiT HyperRule)")
-    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD momentum 0.9)")
-    parser.add_argument("--label_smoothing", type=float, default=0.0,
-                        help="label smoothing of the classification targets (cls loss, MixUp targets, "
-                             "dfb --image_loss_weight)")
-    parser.add_argument("--init_from", default=None,
-                        help="dfb: start from this K-class classifier checkpoint (body and K head rows "
-                             "copied, background row zero) instead of --pretrained")
-    parser.add_argument("--image_loss_weight", type=float, default=0.0,
-                        help="dfb: adds this times the cross-entropy of the pooled K foreground logits "
-                             "and the image label to the dense loss")
-    parser.add_argument("--resolution", type=int, default=128, help="training crop / test size")
-    parser.add_argument("--train_resize", type=int, default=None,
-                        help="training images are resized to this, then randomly cropped to --resolution "
-                             "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)")
-    parser.add_argument("--pretrained", default=None,
-                        help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start from scratch")
-    parser.add_argument("--holdout", type=float, default=None,
-                        help="fraction of training images held out, never trained on: val_top1 on them, and "
-                             "for dfb mask accuracy / IoU (default: 0.01 for dfb, 0 for cls)")
+    defines_run(parser.add_argument("--steps", type=int, default=None,
+                                    help="total steps (default: BiT HyperRule; the schedule is scaled to fit)"))
+    defines_run(parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)"))
+    defines_run(parser.add_argument("--schedule", choices=["bit", "cosine"], default="bit",
+                                    help="learning-rate rule: bit = BiT HyperRule (warm-up, x0.1 steps; the "
+                                         "paper's); cosine = the same warm-up, then half a cosine to 0 at the "
+                                         "last step (from scratch)"))
+    defines_run(parser.add_argument("--warmup_steps", type=int, default=None,
+                                    help="linear warm-up steps (default: the schedule's, 500 of 10k scaled with "
+                                         "--steps)"))
+    defines_run(parser.add_argument("--weight_decay", type=float, default=0.0,
+                                    help="L2 weight decay of convolution / linear weights only, not of GroupNorm "
+                                         "parameters or biases (default 0, BiT HyperRule)"))
+    defines_run(parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD momentum 0.9)"))
+    defines_run(parser.add_argument("--label_smoothing", type=float, default=0.0,
+                                    help="label smoothing of the classification targets (cls loss, MixUp targets, "
+                                         "dfb --image_loss_weight)"))
+    defines_run(parser.add_argument("--init_from", default=None,
+                                    help="dfb: start from this K-class classifier checkpoint (body and K head rows "
+                                         "copied, background row zero) instead of --pretrained"))
+    defines_run(parser.add_argument("--image_loss_weight", type=float, default=0.0,
+                                    help="dfb: adds this times the cross-entropy of the pooled K foreground logits "
+                                         "and the image label to the dense loss"))
+    defines_run(parser.add_argument("--resolution", type=int, default=128, help="training crop / test size"))
+    defines_run(parser.add_argument("--train_resize", type=int, default=None,
+                                    help="training images are resized to this, then randomly cropped to --resolution "
+                                         "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)"))
+    defines_run(parser.add_argument("--pretrained", default=None,
+                                    help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start "
+                                         "from scratch"))
+    defines_run(parser.add_argument("--holdout", type=float, default=None,
+                                    help="fraction of training images held out, never trained on: val_top1 on "
+                                         "them, and for dfb mask accuracy / IoU (default: 0.01 for dfb, 0 for cls)"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", choices=["bf16", "none"], default=None,
                         help="mixed precision (default: bf16 on GPUs, none on the CPU)")
@@ -74,12 +83,17 @@ def parse_args(argv=None):
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
-    parser.add_argument("--seed", type=int, default=0)
+    defines_run(parser.add_argument("--seed", type=int, default=0))
     parser.add_argument("--eval_every", type=int, default=1000, help="evaluate every N steps (0: only at the end)")
     parser.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps")
     parser.add_argument("--stop_after", type=int, default=None,
                         help="leave after N steps of this invocation (checkpointed; rerun to resume), "
                              "e.g. for jobs with a time limit")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     for flag in ("batch", "resolution", "save_every"):
         if getattr(args, flag) <= 0:
@@ -101,6 +115,15 @@ def parse_args(argv=None):
     if args.task != "dfb" and (args.init_from or args.image_loss_weight):
         parser.error("--init_from and --image_loss_weight are for --task dfb (the dense network)")
     return args
+
+
+# the tagged flags, in parser order: what a resumed run must share with its checkpoint
+RUN_DEFINING_FLAGS = run_defining_flags(build_parser())
+
+
+def run(args):
+    """Train or resume the run of `args` (utils/main_train.py)."""
+    return main_train.run(args, RUN_DEFINING_FLAGS)
 
 
 def main(argv=None):

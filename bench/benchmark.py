@@ -4,6 +4,8 @@ side in one process on one device.
     python -m bench.benchmark --preset cpu-quick     # this 2-core CPU, under a minute
     python -m bench.benchmark --preset gpu-full      # one H100 / H200, BiT-M-R50x1 at 128
 
+A preset is the file configs/benchmark_<name>.toml (option = value); explicit options win.
+
 Rows, in images per second (median over repeats, after warm-up):
   train step (cls)        batch, forward, cross-entropy, backward, SGD step, data included
   train step (dfb dense)  the same with per-pixel cross-entropy on masks
@@ -24,6 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import official_style as official
-from datasets.folder import decode_all, find_classes, mask_path, mask_root_for
+from datasets.folder import decode_all, find_classes
+from datasets.masks import mask_path, mask_root_for
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, eval_batches, open_split, restrict
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model
@@ -45,17 +49,8 @@ from utils.runtime import autocast, default_amp
 
 DEFAULTS = dict(device="auto", model="BiT-M-R50x1", resolution=128, batch=128, warmup=3, steps=10,
                 repeats=3, cam_images=128, eval_images=1024, workers=4, compile=False, channels_last=False)
-PRESETS = {
-    # Fits this 2-core CPU in well under 2 minutes (docs/PERFORMANCE.md has a measured run). One
-    # torch thread and one loader worker: two busy OpenMP threads plus workers on two cores made
-    # every number depend on which process the scheduler favoured (up to 30x swings). Ours in bf16,
-    # as configs/reproduce_cpu.env runs it (this CPU has native bf16); --amp none measures fp32.
-    "cpu-quick": dict(device="cpu", model="ResNetV2-Tiny", resolution=64, batch=16, warmup=2, steps=5,
-                      repeats=3, cam_images=32, eval_images=128, workers=1, threads=1, amp="bf16"),
-    # The paper's model and input size; compile and channels_last measured as variants.
-    "gpu-full": dict(device="cuda", model="BiT-M-R50x1", resolution=128, batch=128, warmup=5, steps=20,
-                     repeats=3, cam_images=256, eval_images=4096, workers=4, compile=True, channels_last=True),
-}
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"  # configs/benchmark_<name>.toml
+PRESET_OPTIONS = {*DEFAULTS, "threads", "amp"}  # what a preset may set
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_SIZE = 32
 STAGES = (("train_cls", "train step (cls)"), ("train_dfb", "train step (dfb dense)"),
@@ -484,6 +479,24 @@ def render(result):
 
 
 # -- command line ---------------------------------------------------------------------------
+def preset_names():
+    return sorted(path.name[len("benchmark_"):-len(".toml")] for path in PRESET_DIR.glob("benchmark_*.toml"))
+
+
+def read_preset(name):
+    """The options configs/benchmark_<name>.toml sets, {option: value}."""
+    path = PRESET_DIR / f"benchmark_{name}.toml"
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from error
+    unknown = sorted(set(values) - PRESET_OPTIONS)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; a preset sets some of {sorted(PRESET_OPTIONS)}")
+    return values
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
@@ -493,7 +506,8 @@ def positive_int(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a set of defaults; explicit options win")
+    parser.add_argument("--preset", choices=preset_names(),
+                        help="defaults from configs/benchmark_<preset>.toml; explicit options win")
     parser.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {DEFAULTS['device']})")
     parser.add_argument("--model", choices=list(KNOWN_MODELS), help=f"default {DEFAULTS['model']}")
     parser.add_argument("--resolution", type=positive_int, help="input size of training / CAM / extraction")
@@ -507,7 +521,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also measure torch.compile")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction,
                         help="also measure the channels_last memory format")
-    parser.add_argument("--amp", choices=["bf16", "none"], help="ours: default bf16 on GPUs, none on the CPU (preset cpu-quick: bf16)")
+    parser.add_argument("--amp", choices=["bf16", "none"], help="ours: default bf16 on GPUs, none on the CPU (or the preset's)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads (default: torch's choice); 1 avoids OpenMP threads "
                              "spin-waiting for a core that another process holds on a shared CPU")
@@ -515,7 +529,11 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every number to this JSON file")
     args = parser.parse_args(argv)
-    for key, value in {**DEFAULTS, **PRESETS.get(args.preset, {})}.items():
+    try:
+        preset = read_preset(args.preset) if args.preset else {}
+    except (OSError, ValueError) as error:
+        parser.error(f"--preset {args.preset}: {error}")
+    for key, value in {**DEFAULTS, **preset}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.workers < 0:

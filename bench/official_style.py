@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 
-from datasets.folder import IGNORE_INDEX, mask_path
+from datasets.masks import IGNORE_INDEX, mask_path
 from datasets.transforms import default_train_size
 from models.resnetv2 import WEIGHT_STD_EPS, StdConv2d
 from utils.cam import DEFAULT_SCALES

@@ -2,9 +2,10 @@
 
 Layout (docs/CONTRACTS.md §1, §2): images in `<split root>/<class>/<image>`; the masks of a split in
 the sibling folder `<split root>_mask/<class>/<image stem>.png` (uint8: k < K = class k
-foreground, K = background, 255 = ignore). Only files directly inside a class folder are
-images of that class (nested folders are not searched), so every image has exactly one
-mask path. Hidden files (e.g. the temporaries of `utils.io.atomic_path`) are skipped.
+foreground, K = background, 255 = ignore; both defined in datasets/masks.py). Only files
+directly inside a class folder are images of that class (nested folders are not searched),
+so every image has exactly one mask path. Hidden files (e.g. the temporaries of
+`utils.io.atomic_path`) are skipped.
 
 Masks of the original release's make_cam.py hold 0 for background and k + 1 for class k;
 a dataset reading them with mask_format 'official' converts them to the contract on read.
@@ -19,12 +20,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets.masks import IGNORE_INDEX, MASK_FORMATS, invalid_values, mask_path, mask_root_for, named_path
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
-IGNORE_INDEX = 255
-# how the values of a mask file are read: ours is the contract (k = class k, K = background);
-# official is the release's (0 = background, k + 1 = class k); 255 is ignore in both
-MASK_FORMATS = ("ours", "official")
 _LAYOUT = "<root>/<class>/<image>"
 _SKIP_HINT = " (fix or remove it, or pass --skip_corrupt to leave unreadable images out)"
 
@@ -92,24 +91,6 @@ def list_samples(root, classes=None):
             for image in _images_in_class_folder(root / name)]
 
 
-def _named_path(path):
-    """`path` with a real last component ('.' or '..' resolved), so that .name / .parent mean folders."""
-    path = Path(path)
-    return path.resolve() if path.name in ("", ".", "..") else path
-
-
-def mask_root_for(split_root):
-    """dataset/<name>/<split> -> dataset/<name>/<split>_mask."""
-    split_root = _named_path(split_root)
-    return split_root.parent / f"{split_root.name}_mask"
-
-
-def mask_path(mask_root, image_path):
-    """<mask_root>/<class folder of the image>/<image stem>.png."""
-    image_path = Path(image_path)
-    return Path(mask_root) / image_path.parent.name / f"{image_path.stem}.png"
-
-
 def dataset_name(split_root, role):
     """Name of a split in result files (docs/CONTRACTS.md §1).
 
@@ -117,7 +98,7 @@ def dataset_name(split_root, role):
     role 'ood': dataset/Textures -> Textures; a split-named folder takes the name of the
                 folder above it: dataset/SVHN/test -> SVHN.
     """
-    split_root = _named_path(split_root)
+    split_root = named_path(split_root)
     if role == "id":
         return f"{split_root.parent.name}_{split_root.name}"
     if role == "ood":
@@ -307,7 +288,7 @@ class ImageFolderDataset(Dataset):
         except (OSError, SyntaxError) as err:
             raise OSError(f"cannot decode mask file {path}: {err}") from err
         # both formats use the values 0..K and 255
-        bad = (values > self.num_classes) & (values != IGNORE_INDEX)
+        bad = invalid_values(values, self.num_classes)
         if bad.any():
             expected = (f"0 (background), 1..{self.num_classes} (class + 1; --mask_format official)"
                         if self.mask_format == "official" else

@@ -11,16 +11,15 @@ Output: ``<root>/<name>/<split>/<class>/<image>`` (docs/CONTRACTS.md §1):
 - ``Places``: the 10,000-image Places subset curated for MOS, copied byte for byte.
 
 Resuming: archives are downloaded to ``<name>.part`` and renamed only once complete, so a file
-with the final name is never a truncated download. Every image is written atomically and an
-existing image is not written again; ``<root>/<name>/.complete`` is written last, and a data set
-that has it is skipped entirely. An interrupted run therefore continues where it stopped.
+with the final name is never a truncated download. The images are written by
+``datasets/imagefolder_writer.py``: atomically, an existing image is not written again, and
+``<root>/<name>/.complete`` is written last; a data set that has it is skipped entirely. An
+interrupted run therefore continues where it stopped.
 """
 import functools
 import hashlib
 import http.client
-import json
 import pickle
-import shutil
 import tarfile
 import urllib.error
 import urllib.parse
@@ -32,10 +31,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from utils.io import atomic_path, save_png_atomic, write_text_atomic
+from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record, is_complete
 
-COMPLETE_MARKER = ".complete"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _CHUNK = 1 << 20
 
 
@@ -123,68 +120,7 @@ def _fetch_to_part(url, part, progress):
                       f"(run again to continue from {part})")
 
 
-# ----------------------------------------------------------------------------- output folders
-
-def is_complete(dataset_dir):
-    return (Path(dataset_dir) / COMPLETE_MARKER).is_file()
-
-
-class _DatasetWriter:
-    """Writes one data set's files, skipping those that already exist; records what belongs there.
-
-    `finish` checks that the split folders hold nothing but the files written here (so that a
-    leftover copy from another source is not silently mixed in) and writes the completion marker.
-    """
-
-    def __init__(self, out_root, name, source):
-        self.dataset_dir = Path(out_root) / name
-        self.source = Path(source).name
-        self.expected = set()
-        self._remove_interrupted_temporaries()
-
-    def _remove_interrupted_temporaries(self):
-        # utils.io.atomic_path names its temporaries ".<stem>.<random>.tmp<suffix>"; one left
-        # behind by a killed run is garbage.
-        if self.dataset_dir.is_dir():
-            for stale in self.dataset_dir.rglob(".*.tmp*"):
-                if stale.is_file():
-                    stale.unlink()
-
-    def _claim(self, split, class_name, filename):
-        relative = PurePosixPath(split, class_name, filename)
-        if relative in self.expected:
-            raise ValueError(f"{self.source}: two images map to {relative}")
-        self.expected.add(relative)
-        return self.dataset_dir / relative
-
-    def png(self, split, class_name, filename, pixels):
-        path = self._claim(split, class_name, filename)
-        if not path.exists():
-            save_png_atomic(path, pixels)
-
-    def copy(self, split, class_name, filename, stream):
-        path = self._claim(split, class_name, filename)
-        if not path.exists():
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                shutil.copyfileobj(stream, f, _CHUNK)
-
-    def finish(self):
-        splits = {relative.parts[0] for relative in self.expected}
-        found = {PurePosixPath(path.relative_to(self.dataset_dir).as_posix())
-                 for split in splits for path in (self.dataset_dir / split).rglob("*")
-                 if path.is_file()}
-        strays = sorted(found - self.expected)
-        if strays:
-            shown = ", ".join(str(path) for path in strays[:5])
-            raise ValueError(
-                f"{self.dataset_dir} holds {len(strays)} files that are not part of {self.source} "
-                f"(e.g. {shown}); move them away and run again")
-        counts = {split: sum(1 for relative in self.expected if relative.parts[0] == split)
-                  for split in sorted(splits)}
-        summary = {"source": self.source, "images": counts}
-        write_text_atomic(self.dataset_dir / COMPLETE_MARKER, json.dumps(summary, indent=1) + "\n")
-        return self.dataset_dir
-
+# ----------------------------------------------------------------------------- helpers
 
 def _check_file(path, what):
     path = Path(path)
@@ -250,7 +186,7 @@ def convert_cifar(archive_path, out_root, which="cifar10", progress=False):
     archive_path = _check_file(archive_path, f"{which} archive")
     folder, train_members, test_member, meta_member, label_key, names_key = _CIFAR_LAYOUT[which]
     source = archive_path.name
-    writer = _DatasetWriter(out_root, which, archive_path)
+    writer = ImageFolderWriter(dataset_dir, archive_path)
     with tarfile.open(archive_path, "r:*") as tar:
         meta = _unpickle(tar, f"{folder}/{meta_member}", source)
         names = _label_names(_field(meta, names_key, source), source)
@@ -293,33 +229,13 @@ def convert_svhn(mat_path, out_root, progress=False):
     if labels.shape != (images.shape[3],) or labels.min() < 1 or labels.max() > 10:
         raise ValueError(f"{mat_path}: expected {images.shape[3]} labels in 1..10, got {labels.shape}")
     digits = labels % 10
-    writer = _DatasetWriter(out_root, "SVHN", mat_path)
+    writer = ImageFolderWriter(dataset_dir, mat_path)
     for index in tqdm(range(len(digits)), disable=not progress, desc="SVHN test", unit="img"):
         writer.png("test", str(digits[index]), f"{index:05d}.png", images[:, :, :, index])
     return writer.finish()
 
 
 # ----------------------------------------------------------------------------- DTD and Places
-
-def _image_members(archive_path):
-    """Yield (member path parts, file object) for every image file in a tarball, in archive order.
-
-    The archive is streamed, never extracted as a whole, and hidden files or macOS resource
-    forks are skipped. Member names that climb out of the archive are refused.
-    """
-    with tarfile.open(archive_path, "r|*") as tar:
-        for member in tar:
-            parts = [part for part in PurePosixPath(member.name).parts if part not in ("/", ".")]
-            if not member.isfile() or not parts:
-                continue
-            if ".." in parts:
-                raise ValueError(f"{archive_path}: refusing member {member.name!r} (contains '..')")
-            if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-                continue
-            if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            yield parts, tar.extractfile(member)
-
 
 def _copy_archive_images(archive_path, out_root, name, what, place, missing_hint, progress):
     """Copy the images of a tarball to <out_root>/<name>/test/<class>/<file>, where
@@ -328,8 +244,8 @@ def _copy_archive_images(archive_path, out_root, name, what, place, missing_hint
     if is_complete(dataset_dir):
         return dataset_dir
     archive_path = _check_file(archive_path, what)
-    writer = _DatasetWriter(out_root, name, archive_path)
-    for parts, stream in tqdm(_image_members(archive_path), disable=not progress, desc=name, unit="img"):
+    writer = ImageFolderWriter(dataset_dir, archive_path)
+    for parts, stream in tqdm(archive_images(archive_path), disable=not progress, desc=name, unit="img"):
         target = place(parts)
         if target is not None:
             writer.copy("test", *target, stream)
@@ -430,7 +346,7 @@ def prepare(names, root, download_dir=None, keep_archives=True, progress=True, l
         archive = download(source.url, download_dir, source.filename, source.md5, progress, log)
         log(f"  converting {archive.name}")
         prepared[name] = source.convert(archive, root, progress=progress)
-        counts = json.loads((dataset_dir / COMPLETE_MARKER).read_text())["images"]
+        counts = complete_record(dataset_dir)["images"]
         log(f"  done: {counts} images")
         if counts != source.counts:
             log(f"  note: the official release has {source.counts} images; check {archive}")

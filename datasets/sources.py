@@ -18,6 +18,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datasets.batch_augment import sample_crops, test_resize, train_augment
 from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
+from utils.runtime import mixed_seed
+
+# The epoch permutations mix seed and epoch with their own multiplier, older than mixed_seed's default:
+# another value would reorder the batches of existing runs, and resuming one would repeat or skip images.
+EPOCH_SEED_STRIDE = 100_003
 
 
 class GlobalBatchIndices:
@@ -34,7 +39,7 @@ class GlobalBatchIndices:
         self.batches_per_epoch = num_items // global_batch  # the incomplete last batch is dropped
 
     def permutation(self, epoch):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch, EPOCH_SEED_STRIDE))
         return torch.randperm(self.num_items, generator=generator)
 
     def __iter__(self):
@@ -52,7 +57,7 @@ def step_generator(seed, step, device):
     """Randomness of one global batch, from (seed, step) only: a resumed run repeats it, and any
     number of processes draw the same numbers (each then takes its own slice)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + step)
+    generator.manual_seed(mixed_seed(seed, step))
     return generator
 
 

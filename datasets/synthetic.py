@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.masks import IGNORE_INDEX
 from utils.io import save_png_atomic, write_text_atomic
 
 CLASS_NAMES = ("cross", "disc", "ring", "square", "star", "triangle")  # sorted: index = mask value
 NUM_CLASSES = len(CLASS_NAMES)
 BACKGROUND = NUM_CLASSES  # mask value of background pixels
-IGNORE = 255  # mask value of pixels that are neither an ID class nor background
 NOVEL_SHAPES = ("arrow", "bowtie", "crescent", "heart", "hexagon")
 OOD_SETS = {  # OOD set name -> its single class folder
     "SynthNewObjects": "objects",
@@ -408,11 +408,11 @@ def render_id_sample(rng, class_index, size=32):
 
 
 def render_new_object_sample(rng, size=32):
-    """An unseen shape on an ID background; its pixels are IGNORE (255) in the mask, since
+    """An unseen shape on an ID background; its pixels are IGNORE_INDEX (255) in the mask, since
     they are neither an ID class nor background."""
     _check_size(size)
     shape = NOVEL_SHAPES[rng.integers(len(NOVEL_SHAPES))]
-    return _object_on_background(rng, shape, size, IGNORE)
+    return _object_on_background(rng, shape, size, IGNORE_INDEX)
 
 
 def render_new_background_sample(rng, size=32):

@@ -37,7 +37,7 @@ neither|$RECIPE_FLAGS"}
 ID="$DATA_DIR/cifar10"
 CLS_CKPT="$OUT/runs/cls/checkpoint.pth.tar"
 MASKS="$OUT/masks/train"
-$PY -m bench.reproduce_data --shared "$SHARED_DATA" --out "$DATA_DIR" --ood \
+$PY unpack_shared_data.py --shared "$SHARED_DATA" --out "$DATA_DIR" --ood \
   --train_per_class "$TRAIN_PER_CLASS" --test_per_class "$TEST_PER_CLASS" > /dev/null
 COMMON=(--datadir "$ID/train" --test_datadir "$ID/test" --model "$MODEL" --pretrained "$PRETRAINED"
         --base_lr "$BASE_LR" --resolution "$RESOLUTION" --train_resize "$TRAIN_RESIZE" --batch "$BATCH"
@@ -55,4 +55,4 @@ while IFS= read -r line; do
   $PY train.py --task dfb --name "dfb_$name" --steps "$STEPS_DFB" --mask_dir "$MASKS" "${COMMON[@]}" "${flags[@]}"
   names+=("$name")
 done <<< "$VARIANTS"
-$PY -m bench.ablation_table --run_dir "$OUT" --variants "${names[@]}" --out "$OUT/ABLATION.md"
+$PY -m reporting.ablation_table --run_dir "$OUT" --variants "${names[@]}" --out "$OUT/ABLATION.md"

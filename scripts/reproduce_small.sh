@@ -26,7 +26,7 @@
 # this run trains FROM SCRATCH (PRETRAINED=none), shorter and at 64 px (with BiT-M-R50x1 its last
 # feature map, and so every CAM and dense mask at scale 1, is then 2x2 instead of the paper's 4x4;
 # ResNetV2-Tiny of the cpu preset keeps 4x4). Expect a lower ID accuracy and
-# different OOD numbers; the OOD sets are stand-ins (bench/reproduce_data.py says for what).
+# different OOD numbers; the OOD sets are stand-ins (datasets/shared_archives.py says for what).
 #
 # Environment (defaults in brackets; "preset" = from configs/reproduce_<PRESET>.env):
 #   PRESET           gpu or cpu [gpu]
@@ -118,7 +118,7 @@ timed() {  # timed <stage> <command...>: its wall time is added to stage_times.j
   started=$(date +%s.%N)
   # In a || list set -e is off inside the command: the functions below return their own failures
   "$@" || status=$?
-  $PY -m bench.run_record time --file "$OUT/stage_times.json" --stage "$stage" --started "$started"
+  $PY -m reporting.run_record time --file "$OUT/stage_times.json" --stage "$stage" --started "$started"
   [ "$status" -eq 0 ] || { echo "[error] stage $stage failed (exit $status); rerun to resume" >&2; exit "$status"; }
 }
 
@@ -132,7 +132,7 @@ run_stage() {  # run_stage <stage> <command...>: timed, and skipped once it has 
 }
 
 unpack_data() {  # OOD_SETS unquoted on purpose: one argument per set
-  $PY -m bench.reproduce_data --shared "$SHARED_DATA" --out "$DATA_DIR" --ood $OOD_SETS \
+  $PY unpack_shared_data.py --shared "$SHARED_DATA" --out "$DATA_DIR" --ood $OOD_SETS \
     --train_per_class "$TRAIN_PER_CLASS" --test_per_class "$TEST_PER_CLASS" --ood_per_class "$OOD_PER_CLASS" \
     > "$OUT/ood_splits.txt" && cp "$DATA_DIR/manifest.json" "$OUT/data_manifest.json"
 }
@@ -151,7 +151,7 @@ evaluate() {  # evaluate <checkpoint> <result folder> <seed>
 
 report() {
   echo "== report"
-  $PY -m bench.results_report --run_dir "$OUT" --fusion "$FUSION"
+  $PY -m reporting.results_report --run_dir "$OUT" --fusion "$FUSION"
 }
 
 dfb_variant() {  # dfb_variant <suffix> <seed> <extra flags>: train, evaluate and report one DFB network
@@ -167,7 +167,7 @@ dfb_variant() {  # dfb_variant <suffix> <seed> <extra flags>: train, evaluate an
 start=$(date +%s)
 settings=()
 for name in "${SETTINGS[@]}"; do settings+=(--setting "$name=${!name}"); done
-$PY -m bench.run_record info --file "$OUT/run_info.json" --device "$DEVICE" "${settings[@]}"
+$PY -m reporting.run_record info --file "$OUT/run_info.json" --device "$DEVICE" "${settings[@]}"
 # Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
 timed data unpack_data
 
@@ -188,5 +188,5 @@ done
 
 echo "== done in $(( $(date +%s) - start )) s (this invocation): $OUT/RESULTS.md"
 echo "After a GPU run, publish the report and its figures with:"
-echo "  $PY -m bench.results_report --run_dir $OUT --fusion $FUSION --out docs/RESULTS.md \\"
+echo "  $PY -m reporting.results_report --run_dir $OUT --fusion $FUSION --out docs/RESULTS.md \\"
 echo "      --figures_to docs/results_figures"

@@ -1,9 +1,9 @@
-"""bench/ablation_table.py: the classification table of scripts/dfb_ablation.sh."""
+"""reporting/ablation_table.py: the classification table of scripts/dfb_ablation.sh."""
 import json
 
 import pytest
 
-from bench.ablation_table import ablation_table, main
+from reporting.ablation_table import ablation_table, main
 
 
 def write_metrics(run_dir, name, **metrics):

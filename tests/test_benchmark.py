@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench import benchmark, official_style
-from models.resnetv2 import StdConv2d, create_model
+from bench import accuracy_check, benchmark, official_style
+from models.resnetv2 import KNOWN_MODELS, StdConv2d, create_model
 from utils.cam import cams_to_masks, multiscale_cam
 from utils.io import save_png_atomic
 
@@ -229,6 +229,38 @@ def test_official_test_transform_normalises_to_plus_minus_one():
     x = official_style.test_transform(16)(image)
     assert x.shape == (3, 16, 16)
     torch.testing.assert_close(x, torch.ones(3, 16, 16))
+
+
+def test_presets_are_files_and_explicit_options_win(tmp_path, monkeypatch, capsys):
+    quick = benchmark.parse_args(["--preset", "cpu-quick"])
+    assert (quick.device.type, quick.model, quick.resolution, quick.batch, quick.threads, quick.amp) == \
+        ("cpu", TINY, 64, 16, 1, "bf16")
+    explicit = benchmark.parse_args(["--preset", "cpu-quick", "--amp", "none", "--batch", "4"])
+    assert (explicit.amp, explicit.batch, explicit.steps) == ("none", 4, 5)
+    full = benchmark.read_preset("gpu-full")
+    assert (full["model"], full["resolution"], full["compile"], full["channels_last"]) == ("BiT-M-R50x1", 128, True, True)
+
+    monkeypatch.setattr(benchmark, "PRESET_DIR", tmp_path)
+    (tmp_path / "benchmark_typo.toml").write_text('model = "ResNetV2-Tiny"\nbatchsize = 4\n')
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--preset", "typo"])
+    assert "benchmark_typo.toml: unknown option(s) ['batchsize']" in capsys.readouterr().err
+
+
+def test_accuracy_check_takes_its_defaults_from_the_demo_preset(tmp_path, monkeypatch):
+    real = accuracy_check.parse_args(["--data", "d"])
+    assert real.model in KNOWN_MODELS and isinstance(real.resolution, int) and isinstance(real.base_lr, float)
+
+    preset = tmp_path / "demo.env"
+    preset.write_text(': "${MODEL:=ResNetV2-Tiny}"\n: "${PRETRAINED:=none}"\n: "${RESOLUTION:=48}"\n'
+                      ': "${TRAIN_RESIZE:=56}"\n: "${BATCH:=12}"\n: "${BASE_LR:=0.05}"\n')
+    monkeypatch.setattr(accuracy_check, "DEMO_PRESET", preset)
+    monkeypatch.setenv("BATCH", "99")  # the file decides, not the caller's environment
+    args = accuracy_check.parse_args(["--data", "d", "--resolution", "40"])  # an explicit option wins
+    assert (args.resolution, args.train_resize, args.batch, args.base_lr) == (40, 56, 12, 0.05)
+    preset.write_text(': "${MODEL:=ResNetV2-Tiny}"\n')
+    with pytest.raises(ValueError, match="demo.env: expected a bash file that sets MODEL, PRETRAINED"):
+        accuracy_check.parse_args(["--data", "d"])
 
 
 def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):

@@ -1,7 +1,7 @@
-"""bench/demo_range.py: the min–max table over demo runs."""
+"""reporting/demo_range.py: the min–max table over demo runs."""
 import pytest
 
-from bench.demo_range import main, range_table
+from reporting.demo_range import main, range_table
 
 HEADER = "method,id_dataset,ood_dataset,fpr95,auroc,aupr_in,aupr_out\n"
 

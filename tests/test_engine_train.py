@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from models.resnetv2 import create_model
-from utils.engine_train import (DenseLogits, dense_loss, dense_step, smooth_targets, soft_cross_entropy,
-                                 train_loop)
+from utils.distributed import RunContext
+from utils.engine_train import (DenseLogits, TrainLoopConfig, dense_loss, dense_step, smooth_targets,
+                                 soft_cross_entropy, train_loop)
 
 
 def test_dense_loss_ignores_255_and_survives_an_unlabelled_batch():
@@ -35,10 +36,10 @@ def test_nan_loss_names_its_step_and_no_checkpoint_holds_its_weights():
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     saved = []
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 2; .*last checkpoint \(step 2\).*--base_lr"):
-        train_loop(net=net, optimizer=optimizer, batches=batches, schedule=[1, 2, 3, 4, 5], base_lr=0.1,
-                   start_step=0, task="cls", num_classes=3, mixup_alpha=0.0, device=torch.device("cpu"),
-                   amp="none", seed=0, rank=0, log_every=5, show_progress=False,
-                   on_checkpoint=saved.append, checkpoint_every=1)
+        train_loop(TrainLoopConfig(task="cls", num_classes=3, schedule=[1, 2, 3, 4, 5], base_lr=0.1, start_step=0,
+                                   mixup_alpha=0.0, seed=0, checkpoint_every=1, log_every=5),
+                   RunContext(device=torch.device("cpu"), rank=0, world_size=1, amp="none", is_main=True),
+                   net=net, optimizer=optimizer, batches=batches, show_progress=False, on_checkpoint=saved.append)
     assert saved == [1, 2]  # the step that produced NaN (done = 3) was never saved
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import eval as eval_cli
-import utils.evaluation
+import utils.distributed
+import utils.main_eval
 import utils.runtime
 from datasets.folder import list_samples
 from datasets.synthetic import generate_benchmark
@@ -73,13 +74,13 @@ def test_fusion_choice_ignores_the_test_sets_and_records_its_images(world, tmp_p
 
 def test_held_out_images_never_enter_the_fitted_statistics(world, tmp_path, monkeypatch):
     fitted = []
-    original = utils.evaluation.compute_all_scores
+    original = utils.main_eval.compute_all_scores
 
     def spy(id_train, test_sets, **kwargs):
         fitted.append(id_train)
         return original(id_train, test_sets, **kwargs)
 
-    monkeypatch.setattr(utils.evaluation, "compute_all_scores", spy)
+    monkeypatch.setattr(utils.main_eval, "compute_all_scores", spy)
     result = run_eval(world, tmp_path, ood=[world["sets"]["ood"]["SynthClutter"]], extra=["--fusion_images", "20"])
     held_out = result["selection"]["validation_images"]["images"]
     assert len(held_out) == 20
@@ -115,7 +116,7 @@ def test_checkpoint_holdout_is_used_when_enough_of_it_is_found(world, tmp_path):
 def test_default_precision_is_fp32_even_where_bf16_is_the_device_default(world, tmp_path, monkeypatch):
     # pretend to be a GPU with bf16: eval must still extract in fp32 unless told otherwise
     monkeypatch.setattr(utils.runtime, "default_amp", lambda device: "bf16")
-    monkeypatch.setattr(utils.evaluation, "default_amp", lambda device: "bf16", raising=False)
+    monkeypatch.setattr(utils.distributed, "default_amp", lambda device: "bf16")
     ood = [world["sets"]["ood"]["SynthClutter"]]
     logits = {}
     for name, extra in (("default", []), ("fp32", ["--amp", "none"]), ("bf16", ["--amp", "bf16"])):

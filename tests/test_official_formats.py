@@ -11,9 +11,9 @@ from PIL import Image
 import make_cam
 import train
 from datasets.folder import ImageFolderDataset, decode_all
+from datasets.masks import PROVENANCE, mask_format_of
 from models.resnetv2 import create_model
 from utils.checkpoint import load_network, save_checkpoint
-from utils.make_masks import PROVENANCE, mask_format_of
 
 TINY = "ResNetV2-Tiny"
 NUM_CLASSES = 2

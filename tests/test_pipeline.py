@@ -19,7 +19,7 @@ from test_metrics import brute_force_fpr95
 from utils.checkpoint import load_network
 from utils.fusion import FUSIONS, background_score
 from utils.scores import SCORE_CLASSES, energy, msp, odin
-from utils.train_setup import holdout_split
+from utils.main_train import holdout_split
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):

@@ -14,6 +14,7 @@ import scipy.io
 from PIL import Image
 
 from datasets import prepare as prep
+from datasets.imagefolder_writer import COMPLETE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -231,13 +232,15 @@ def test_interrupted_conversion_is_continued(tmp_path):
     images = _make_svhn(mat, np.random.default_rng(5), [1, 2, 3])
     out = prep.convert_svhn(mat, tmp_path / "out")
     # simulate a run killed midway: no marker, one image missing, one temporary left behind
-    (out / prep.COMPLETE_MARKER).unlink()
+    (out / COMPLETE_MARKER).unlink()
     (out / "test" / "2" / "00001.png").unlink()
     stale = out / "test" / "3" / ".00002.abc123.tmp.png"
     stale.write_bytes(b"half")
+    stale_marker = out / "..complete.def456.tmp"  # a temporary without a suffix (the marker's)
+    stale_marker.write_bytes(b"{")
     prep.convert_svhn(mat, tmp_path / "out")
     assert prep.is_complete(out)
-    assert not stale.exists()
+    assert not stale.exists() and not stale_marker.exists()
     np.testing.assert_array_equal(_read_png(out / "test" / "2" / "00001.png"), images[:, :, :, 1])
 
 

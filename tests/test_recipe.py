@@ -13,7 +13,8 @@ from datasets.synthetic import generate_benchmark
 from models.resnetv2 import create_model
 from utils.checkpoint import save_checkpoint
 from utils.engine_train import DenseLogits
-from utils.train_setup import build_model, check_same_settings, parameter_groups
+from utils.main_train import build_model, parameter_groups
+from utils.resume import check_same_settings
 
 TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
         "--workers", "0", "--batch", "8", "--eval_every", "0", "--save_every", "100"]
@@ -101,10 +102,10 @@ def test_checkpoints_from_before_the_recipe_flags_still_resume():
            if k not in ("schedule", "warmup_steps", "weight_decay", "nesterov", "label_smoothing", "init_from",
                         "image_loss_weight")}
     old["holdout"] = 0.01  # what cls runs stored then, holding nothing out
-    check_same_settings({"args": old}, args, "ckpt")
+    check_same_settings({"args": old}, args, train.RUN_DEFINING_FLAGS, "ckpt")
     args.weight_decay = 5e-4
     with pytest.raises(ValueError, match="--weight_decay 0.0 \\(now 0.0005\\)"):
-        check_same_settings({"args": old}, args, "ckpt")
+        check_same_settings({"args": old}, args, train.RUN_DEFINING_FLAGS, "ckpt")
 
 
 def test_recipe_runs_hold_out_images_and_report_val_top1(sets, tmp_path):

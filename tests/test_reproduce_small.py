@@ -1,5 +1,5 @@
-"""scripts/reproduce_small.sh and its helpers: data unpacking (bench.reproduce_data), the run
-record (bench.run_record) and the report (bench.results_report)."""
+"""scripts/reproduce_small.sh and its helpers: data unpacking (datasets.shared_archives,
+unpack_shared_data.py), the run record (reporting.run_record) and the report (reporting.results_report)."""
 import csv
 import gzip
 import io
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import reproduce_data, results_report, run_record
+import unpack_shared_data
+from datasets import shared_archives
+from reporting import results_report, run_record
 from utils.fusion import FUSIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,29 +38,38 @@ def image_files(folder):
 
 # --- data -------------------------------------------------------------------------------------
 
-def test_extract_set_keeps_the_first_images_of_each_class_and_is_idempotent(tmp_path):
+def test_unpack_set_keeps_the_first_images_of_each_class_and_is_idempotent(tmp_path):
     names = [f"{split}/{label}/{i}.png" for split in ("test", "train") for label in ("a", "b") for i in range(4)]
     archive = write_tar(tmp_path / "set.tar", names)
     target = tmp_path / "out" / "set"
-    (tmp_path / "out" / ".set.partial").mkdir(parents=True)  # as an interrupted run leaves it
 
-    counts = reproduce_data.extract_set(archive, target, {"train": 3, "test": None})
+    counts = shared_archives.unpack_set(archive, target, {"train": 3, "test": None})
 
-    assert counts == {"train": 6, "test": 8}
+    assert counts == {"train": 6, "test": 8} and list(counts) == ["train", "test"]
     assert image_files(target / "train") == [f"{label}/{i}.png" for label in "ab" for i in range(3)]
-    assert not (tmp_path / "out" / ".set.partial").exists()
     (target / "train" / "a" / "0.png").unlink()  # a second call must not touch a complete set
-    assert reproduce_data.extract_set(archive, target, {"train": 3, "test": None}) == counts
+    assert shared_archives.unpack_set(archive, target, {"train": 3, "test": None}) == counts
     assert not (target / "train" / "a" / "0.png").exists()
-    with pytest.raises(ValueError, match="per-class limits"):
-        reproduce_data.extract_set(archive, target, {"train": 2, "test": None})
+    with pytest.raises(ValueError, match="per_class"):
+        shared_archives.unpack_set(archive, target, {"train": 2, "test": None})
 
 
-def test_extract_set_refuses_a_folder_it_did_not_write(tmp_path):
-    archive = write_tar(tmp_path / "set.tar", ["test/a/0.png"])
-    (tmp_path / "set").mkdir()
-    with pytest.raises(FileExistsError, match="no .complete marker"):
-        reproduce_data.extract_set(archive, tmp_path / "set", {"test": None})
+def test_unpack_set_continues_an_interrupted_run_and_refuses_foreign_files(tmp_path):
+    archive = write_tar(tmp_path / "set.tar", [f"test/a/{i}.png" for i in range(3)])
+    target = tmp_path / "set"
+    # as a killed run leaves it: no marker, one image written, one half-written temporary
+    (target / "test" / "a").mkdir(parents=True)
+    (target / "test" / "a" / "0.png").write_bytes(b"image test/a/0.png")
+    stale = target / "test" / "a" / ".1.x1y2.tmp.png"
+    stale.write_bytes(b"half")
+    assert shared_archives.unpack_set(archive, target, {"test": None}) == {"test": 3}
+    assert not stale.exists() and image_files(target) == [f"test/a/{i}.png" for i in range(3)]
+
+    foreign = tmp_path / "other"
+    (foreign / "test" / "a").mkdir(parents=True)
+    (foreign / "test" / "a" / "x.png").write_bytes(b"not from the archive")
+    with pytest.raises(ValueError, match="x.png"):
+        shared_archives.unpack_set(archive, foreign, {"test": None})
 
 
 def test_prepare_skips_missing_ood_archives_and_writes_the_manifest(tmp_path):
@@ -68,17 +79,17 @@ def test_prepare_skips_missing_ood_archives_and_writes_the_manifest(tmp_path):
                                        for k in range(2) for i in range(3)])
     write_tar(shared / "textures.tar", [f"test/t{k}/{i}.png" for k in range(3) for i in range(5)])
 
-    splits = reproduce_data.prepare(shared, tmp_path / "data", ["Textures", "MNIST"], train_per_class=2,
-                                    ood_per_class=1)
+    splits = shared_archives.unpack_shared(shared, tmp_path / "data", ["Textures", "MNIST"], train_per_class=2,
+                                           ood_per_class=1, log=lambda _: None)
 
     assert splits == [tmp_path / "data" / "Textures" / "test"]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["id"]["cifar10"]["images"] == {"train": 4, "test": 6}
     assert list(manifest["ood"]) == ["Textures"] and manifest["ood"]["Textures"]["images"] == {"test": 3}
     with pytest.raises(ValueError, match="unknown OOD set"):
-        reproduce_data.prepare(shared, tmp_path / "data", ["SVHN"])
+        shared_archives.unpack_shared(shared, tmp_path / "data", ["SVHN"])
     with pytest.raises(FileNotFoundError, match="cifar10.tar"):
-        reproduce_data.prepare(tmp_path, tmp_path / "data", ["Textures"])
+        shared_archives.unpack_shared(tmp_path, tmp_path / "data", ["Textures"])
 
 
 def test_prepare_reads_gzip_compressed_archives(tmp_path):
@@ -89,11 +100,29 @@ def test_prepare_reads_gzip_compressed_archives(tmp_path):
         plain = write_tar(tmp_path / name, members)
         (shared / f"{name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
 
-    splits = reproduce_data.prepare(shared, tmp_path / "data", ["MNIST"])
+    splits = shared_archives.unpack_shared(shared, tmp_path / "data", ["MNIST"], log=lambda _: None)
 
     assert splits == [tmp_path / "data" / "MNIST" / "test"]
     assert image_files(tmp_path / "data" / "cifar10") == ["test/c0/0.png", "test/c0/1.png",
                                                           "train/c0/0.png", "train/c0/1.png"]
+
+
+def test_cli_prints_the_ood_splits_and_logs_to_stderr(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write_tar(shared / "cifar10.tar", [f"{split}/c0/{i}.png" for split in ("train", "test") for i in range(2)])
+    write_tar(shared / "mnist.tar", ["test/7/0.png", "test/7/1.png"])
+
+    unpack_shared_data.main(["--shared", str(shared), "--out", str(tmp_path / "data"), "--ood", "MNIST",
+                             "--train_per_class", "1", "--test_per_class", ""])
+
+    printed = capsys.readouterr()
+    assert printed.out == f"{tmp_path / 'data' / 'MNIST' / 'test'}\n"
+    assert "[data]" in printed.err
+    assert image_files(tmp_path / "data" / "cifar10") == ["test/c0/0.png", "test/c0/1.png", "train/c0/0.png"]
+    with pytest.raises(SystemExit) as exit_info:  # bad input: one line, status 2
+        unpack_shared_data.main(["--shared", str(tmp_path), "--out", str(tmp_path / "data")])
+    assert exit_info.value.code == 2 and "cifar10.tar" in capsys.readouterr().err
 
 
 # --- run record -------------------------------------------------------------------------------

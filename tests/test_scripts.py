@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from datasets.synthetic import generate_benchmark
+from models.resnetv2 import KNOWN_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,27 @@ def data_root(tmp_path_factory):
     generate_benchmark(root / "dataset", seed=2, size=32, n_train_per_class=6, n_test_per_class=2, n_ood=6,
                        progress=False)
     return root
+
+
+def demo_preset(**environment):
+    """The variables scripts/demo.sh takes from configs/demo.env, as bash sets them in `environment`."""
+    names = ("MODEL", "PRETRAINED", "RESOLUTION", "TRAIN_RESIZE", "BATCH", "BASE_LR", "STEPS_CLS", "STEPS_DFB",
+             "TRAIN_PER_CLASS", "TEST_PER_CLASS", "OOD_PER_SET")
+    script = 'set -u; source configs/demo.env; for name in "$@"; do printf "%s\\0" "${!name}"; done'
+    result = subprocess.run(["bash", "-c", script, "demo_preset", *names], cwd=REPO, capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], **environment}, check=True)
+    return dict(zip(names, result.stdout.split("\0")))
+
+
+def test_demo_preset_sets_every_demo_setting_and_the_environment_wins():
+    preset = demo_preset()
+    assert preset["MODEL"] in KNOWN_MODELS
+    assert all(int(preset[name]) > 0 for name in ("RESOLUTION", "TRAIN_RESIZE", "BATCH", "STEPS_CLS", "STEPS_DFB",
+                                                   "TRAIN_PER_CLASS", "TEST_PER_CLASS", "OOD_PER_SET"))
+    assert float(preset["BASE_LR"]) > 0
+    # a value in the environment wins; an empty one falls back to the preset, as the demo always did
+    changed = demo_preset(BATCH="8", STEPS_CLS="")
+    assert changed["BATCH"] == "8" and changed["STEPS_CLS"] == preset["STEPS_CLS"]
 
 
 def test_missing_data_fails_early_with_the_command_to_fix_it(tmp_path):

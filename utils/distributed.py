@@ -1,12 +1,34 @@
-"""torchrun support: one process per device, NCCL on GPUs, gloo on CPUs.
+"""torchrun support: one process per device, NCCL on GPUs, gloo on CPUs; and the run context
+(device, rank, world size, precision) that every stage starts with.
 
 Without torchrun's environment every helper degrades to the single-process case, so
 the same code path serves both.
 """
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from utils.runtime import default_amp
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where this process runs and in which precision, as every stage needs it."""
+    device: torch.device
+    rank: int
+    world_size: int
+    amp: str  # 'bf16' or 'none' (utils.runtime.autocast)
+    is_main: bool  # rank 0: the process that prints and writes the shared files
+
+
+def start_run(device: str = "auto", amp: str | None = None) -> RunContext:
+    """Set up this process (torchrun's process group when launched by it) and its context.
+    amp: the precision asked for (--amp), None for the device's default (utils.runtime.default_amp)."""
+    resolved, rank, world_size = init_distributed(device)
+    return RunContext(device=resolved, rank=rank, world_size=world_size, amp=amp or default_amp(resolved),
+                      is_main=is_main_process())
 
 
 def init_distributed(device_arg="auto"):

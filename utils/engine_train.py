@@ -1,4 +1,4 @@
-"""The training loop shared by both tasks (setup lives in utils/train_setup.py).
+"""The training loop shared by both tasks (the run around it is utils/main_train.py).
 
 cls: K-class image classifier, cross-entropy (with MixUp on large datasets).
 dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored),
@@ -6,6 +6,8 @@ dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255
 Both: optional label smoothing of the classification targets.
 """
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -14,11 +16,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.batch_augment import mixup
+from datasets.masks import IGNORE_INDEX
 from datasets.sources import step_generator
+from utils.distributed import RunContext
 from utils.runtime import autocast
 from utils.schedule import get_lr
-
-IGNORE = 255
 
 
 class DenseLogits(nn.Module):
@@ -39,10 +41,10 @@ class DenseLogits(nn.Module):
 
 def dense_loss(dense_logits, masks):
     """Mean cross-entropy over labelled pixels; zero (with a gradient) if none is labelled."""
-    valid = masks != IGNORE
+    valid = masks != IGNORE_INDEX
     if not valid.any():
         return dense_logits.sum() * 0.0
-    return F.cross_entropy(dense_logits.float(), masks.long(), ignore_index=IGNORE)
+    return F.cross_entropy(dense_logits.float(), masks.long(), ignore_index=IGNORE_INDEX)
 
 
 def soft_cross_entropy(logits, targets):
@@ -84,7 +86,7 @@ def dense_step(net, images, masks, labels=None, num_classes=None, image_loss_wei
     image labels (which then must be given). With labels, also the image-level accuracy."""
     logits, pooled = net(images)
     loss = dense_loss(logits, masks)
-    valid = masks != IGNORE
+    valid = masks != IGNORE_INDEX
     stats = {"pixel_accuracy": ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)}
     if labels is not None:
         foreground = pooled[:, :num_classes].float()
@@ -96,35 +98,46 @@ def dense_step(net, images, masks, labels=None, num_classes=None, image_loss_wei
     return loss, stats
 
 
-def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, num_classes, mixup_alpha,
-               device, amp, seed, rank, world_size=1, lr_rule=get_lr, label_smoothing=0.0,
-               image_loss_weight=0.0, writer=None, on_checkpoint=None, checkpoint_every=1000,
-               on_evaluate=None, eval_every=0, log_every=10, show_progress=True, stop_at=None):
-    """Run steps start_step .. stop_at-1 (default: to the end of the schedule). lr_rule(step,
-    schedule, base_lr) gives each step's learning rate (utils.schedule.LR_RULES). Calls
-    on_checkpoint(step) every `checkpoint_every` steps, on_evaluate(step) every `eval_every`
-    steps (0: never). Returns the number of steps done in total."""
-    stop = schedule[-1] if stop_at is None else min(stop_at, schedule[-1])
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """What the loop computes and when it reports, as numbers (the objects it works on are
+    train_loop's other arguments)."""
+    task: str  # 'cls' or 'dfb'
+    num_classes: int  # K
+    schedule: Sequence[int]  # utils.schedule: its last entry is the number of steps
+    base_lr: float
+    start_step: int
+    mixup_alpha: float  # cls only; 0 = no MixUp
+    seed: int
+    lr_rule: Callable = get_lr  # lr_rule(step, schedule, base_lr), one of utils.schedule.LR_RULES
+    label_smoothing: float = 0.0
+    image_loss_weight: float = 0.0  # dfb only
+    checkpoint_every: int = 1000
+    eval_every: int = 0  # 0: never
+    log_every: int = 10
+    stop_at: int | None = None  # leave before this step (default: the end of the schedule)
+
+
+def train_loop(cfg: TrainLoopConfig, ctx: RunContext, *, net, optimizer, batches, writer=None, on_checkpoint=None,
+               on_evaluate=None, show_progress=True):
+    """Run steps cfg.start_step .. cfg.stop_at-1 (default: to the end of the schedule). Calls
+    on_checkpoint(step) every `cfg.checkpoint_every` steps, on_evaluate(step) every `cfg.eval_every`
+    steps. Returns the number of steps done in total."""
+    schedule = cfg.schedule
+    stop = schedule[-1] if cfg.stop_at is None else min(cfg.stop_at, schedule[-1])
     net.train()
-    progress = tqdm(total=schedule[-1], initial=start_step, desc=f"train {task}", disable=not show_progress,
+    progress = tqdm(total=schedule[-1], initial=cfg.start_step, desc=f"train {cfg.task}", disable=not show_progress,
                     dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
-    guard = NonFiniteLossGuard(device, start_step, base_lr, num_classes if task == "dfb" else None)
+    mask_classes = cfg.num_classes if cfg.task == "dfb" else None
+    guard = NonFiniteLossGuard(ctx.device, cfg.start_step, cfg.base_lr, mask_classes)
     try:
-        for step, (images, labels, masks) in zip(range(start_step, stop), batches):
-            lr = lr_rule(step, schedule, base_lr)
+        for step, (images, labels, masks) in zip(range(cfg.start_step, stop), batches):
+            lr = cfg.lr_rule(step, schedule, cfg.base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, amp):
-                if task == "cls":
-                    # the same MixUp draw on every rank: it is made for the global batch
-                    generator = step_generator(seed + 1, step, device)
-                    loss, stats = classification_step(net, images, labels, num_classes, mixup_alpha, generator,
-                                                      label_smoothing, rank,
-                                                      gather_global_batch if world_size > 1 else None)
-                else:
-                    loss, stats = dense_step(net, images, masks, labels, num_classes, image_loss_weight,
-                                             label_smoothing)
+            with autocast(ctx.device, ctx.amp):
+                loss, stats = _task_step(cfg, ctx, net, images, labels, masks, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -133,7 +146,7 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
             window_images += images.shape[0]
             done = step + 1
             # Reading the loss waits for the device, so it happens only every `log_every` steps.
-            if done % log_every == 0 or done == stop:
+            if done % cfg.log_every == 0 or done == stop:
                 guard.check()
                 elapsed = time.perf_counter() - window_start
                 throughput = window_images / max(elapsed, 1e-9)
@@ -145,17 +158,27 @@ def train_loop(*, net, optimizer, batches, schedule, base_lr, start_step, task, 
                     writer.add_scalar("train/images_per_second_per_process", throughput, step + 1)
                 window_start, window_images = time.perf_counter(), 0
             progress.update(1)
-            if on_checkpoint is not None and done % checkpoint_every == 0 and done != stop:
+            if on_checkpoint is not None and done % cfg.checkpoint_every == 0 and done != stop:
                 guard.check_weights(optimizer, step)  # a checkpoint holds finite weights only
                 on_checkpoint(done)
                 guard.saved_at(done)
-            if on_evaluate is not None and eval_every and done % eval_every == 0 and done != stop:
+            if on_evaluate is not None and cfg.eval_every and done % cfg.eval_every == 0 and done != stop:
                 on_evaluate(done)
                 net.train()
         guard.check()
     finally:  # on errors too, so that the message starts on its own line
         progress.close()
     return stop
+
+
+def _task_step(cfg, ctx, net, images, labels, masks, step):
+    """(loss, stats) of one step of the task."""
+    if cfg.task == "cls":
+        # the same MixUp draw on every rank: it is made for the global batch
+        generator = step_generator(cfg.seed + 1, step, ctx.device)
+        return classification_step(net, images, labels, cfg.num_classes, cfg.mixup_alpha, generator,
+                                   cfg.label_smoothing, ctx.rank, gather_global_batch if ctx.world_size > 1 else None)
+    return dense_step(net, images, masks, labels, cfg.num_classes, cfg.image_loss_weight, cfg.label_smoothing)
 
 
 class NonFiniteLossGuard:
@@ -191,7 +214,7 @@ class NonFiniteLossGuard:
     def _stop(self, what):
         kept = (f"the last checkpoint (step {self.last_saved}) is kept and a rerun resumes from it"
                 if self.last_saved else "no checkpoint had been written yet")
-        data = (f" (mask values outside 0..{self.mask_classes} and 255?)" if self.mask_classes is not None
+        data = (f" (mask values outside 0..{self.mask_classes} and {IGNORE_INDEX}?)" if self.mask_classes is not None
                 else "")
         raise FloatingPointError(f"{what}; training stopped and {kept}. Lower --base_lr (now {self.base_lr}) "
                                  f"or check the data{data}")

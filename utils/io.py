@@ -9,7 +9,9 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
-TEMPORARY_GLOB = "**/.*.tmp.*"  # every temporary of atomic_path below a folder
+# every temporary of atomic_path below a folder: ".<stem>.<random>.tmp<suffix>", where the
+# suffix may be empty (e.g. the temporary of a ".complete" marker)
+TEMPORARY_GLOB = "**/.*.tmp*"
 
 
 @contextlib.contextmanager
@@ -36,7 +38,7 @@ def atomic_path(path):
 def remove_stale_temporaries(folder, pattern=TEMPORARY_GLOB):
     """Delete the temporaries of `atomic_path` that a killed process left under `folder` (glob
     `pattern`); returns how many. Only where no other process is writing at the same time."""
-    stale = list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    stale = [path for path in Path(folder).glob(pattern) if path.is_file()] if Path(folder).is_dir() else []
     for path in stale:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -1,11 +1,12 @@
 """Figures for looking at results: score histograms, ROC curves, image / mask grids (one row per
-image, or screen-sized grids of one row per set); mask IoU.
+image, or screen-sized grids of one row per set).
 
 Figures are built on matplotlib's object API with an explicit Agg canvas (no pyplot, so no
 global figure registry to leak into and nothing to close; works on servers without a display).
 Every figure is written atomically through utils.io.atomic_path; each function returns the path.
 Scores follow docs/CONTRACTS.md §5: higher = more in-distribution, ID is the positive class.
-Masks follow the mask contract: value k < K = foreground of class k, K = background, 255 = ignore.
+Masks follow the mask contract (datasets/masks.py): value k < K = foreground of class k,
+K = background, 255 = ignore.
 """
 import colorsys
 import math
@@ -16,10 +17,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from datasets.masks import IGNORE_INDEX, invalid_values
 from utils.io import atomic_path
 from utils.metrics import auroc, roc_curve
 
-IGNORE = 255
 _IGNORE_GREY = np.array([128, 128, 128], np.float64)
 _BACKGROUND_DIMMING = 0.35  # background pixels are shown darkened so the foreground stands out
 _FOREGROUND_ALPHA = 0.55    # weight of the class colour over the image on foreground pixels
@@ -138,10 +139,10 @@ def _masks(masks, num_classes, name, count=None):
         raise ValueError(f"{name}: expected integer masks [N, H, W], got {masks.dtype} {masks.shape}")
     if count is not None and masks.shape[0] != count:
         raise ValueError(f"{name}: expected {count} masks, got {masks.shape[0]}")
-    bad = ((masks > num_classes) & (masks != IGNORE)) | (masks < 0)
+    bad = invalid_values(masks, num_classes)
     if bad.any():
         raise ValueError(f"{name}: values must be class indices 0..{num_classes - 1}, {num_classes} "
-                         f"(background) or {IGNORE} (ignore); found {np.unique(masks[bad])[:10].tolist()}")
+                         f"(background) or {IGNORE_INDEX} (ignore); found {np.unique(masks[bad])[:10].tolist()}")
     return masks
 
 
@@ -172,7 +173,7 @@ def mask_overlay(image, mask, num_classes):
     colours = class_colours(num_classes) * 255.0
     shown[foreground] = ((1 - _FOREGROUND_ALPHA) * image[foreground]
                          + _FOREGROUND_ALPHA * colours[mask[foreground]])
-    shown[mask == IGNORE] = _IGNORE_GREY
+    shown[mask == IGNORE_INDEX] = _IGNORE_GREY
     return np.clip(np.rint(shown), 0, 255).astype(np.uint8)
 
 
@@ -229,32 +230,6 @@ def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_map
         axes.set_axis_off()
     figure.tight_layout()
     return _save(figure, path)
-
-
-def _iou(a, b):
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b) / union) if union else float("nan")
-
-
-def mask_iou(pred_masks, true_masks, num_classes):
-    """Intersection over union of predicted against true masks, over pixels valid in both.
-
-    A pixel is valid when neither mask has 255 there. foreground_iou treats every class
-    k < K as one foreground; background_iou is the IoU of the value K; per_class maps each class
-    present in either mask to the IoU of value k. An empty union gives NaN.
-    """
-    pred = _masks(pred_masks, num_classes, "pred_masks")
-    true = _masks(true_masks, num_classes, "true_masks")
-    if pred.shape != true.shape:
-        raise ValueError(f"pred_masks {pred.shape} and true_masks {true.shape} must have the same shape")
-    valid = (pred != IGNORE) & (true != IGNORE)
-    pred, true = pred[valid], true[valid]
-    present = np.union1d(np.unique(pred), np.unique(true))
-    return {
-        "foreground_iou": _iou(pred < num_classes, true < num_classes),
-        "background_iou": _iou(pred == num_classes, true == num_classes),
-        "per_class": {int(k): _iou(pred == k, true == k) for k in present if k < num_classes},
-    }
 
 
 def save_overlay_grid(rows, num_classes, path, max_pixels=(1600, 1000), title=""):

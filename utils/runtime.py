@@ -1,4 +1,4 @@
-"""Small run-time switches shared by the three CLIs."""
+"""Small run-time switches shared by the three CLIs: autocast, seeding."""
 import contextlib
 import random
 
@@ -23,6 +23,18 @@ def default_amp(device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "none"
+
+
+# mixed_seed's default multiplier: a prime above any step or image index a run reaches
+SEED_STRIDE = 1_000_003
+
+
+def mixed_seed(seed: int, counter: int, stride: int = SEED_STRIDE) -> int:
+    """The generator seed of one draw of a run: `seed` mixed with a counter (a step, an epoch, an
+    image index), so that the draw depends on nothing else (not on earlier draws) and a resumed run
+    or any number of processes repeat it. Distinct (seed, counter) pairs give distinct seeds while
+    0 <= counter < stride."""
+    return seed * stride + counter
 
 
 def seed_everything(seed):

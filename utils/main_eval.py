@@ -1,4 +1,4 @@
-"""Stage 4 of DFB: OOD evaluation of a cls or dfb checkpoint (what eval.py runs).
+"""Stage 4 of DFB, what `eval.py` runs: OOD evaluation of a cls or dfb checkpoint.
 
 1. Image-level logits and pooled features of the ID train set, the ID test set and every
    OOD set, in fp32 by default (cached under <logdir>/cache/, keyed by the checkpoint's
@@ -16,10 +16,12 @@
    figures/; with --save_detector, detector.pt: one fused score, its fitted statistics, sign, T
    and the threshold that keeps 95 % of the held-out ID images, for score.py (utils/detector.py).
 """
+import argparse
 import csv
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +33,12 @@ from datasets.sources import open_split, restrict
 from utils import distributed
 from utils.checkpoint import file_digest, load_network
 from utils.detector import save_detector
+from utils.distributed import RunContext, start_run
 from utils.engine_eval import extract, top1
 from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
 from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
+from utils.runtime import autocast, mixed_seed
 from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
 
 CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
@@ -44,6 +48,133 @@ FUSION_ID = "fusion_id_heldout"
 # Below this many held-out images found in --id_train_path (or --fusion_images, if smaller) the
 # checkpoint's holdout is too small to choose sign and T on, and a seeded slice is used instead
 MIN_HOLDOUT_IMAGES = 50
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """Evaluate --model_path; returns rows, accuracy, selection and the files written on the main
+    process, None on the others."""
+    # eval.py defaults to fp32 (--amp none): bf16 keeps 8 bits of mantissa, enough to move logits
+    # and pooled features by ~1e-2 and to reorder near-tied scores, i.e. to change the reported
+    # metrics. The trunk's features feed KNN / ViM / Mahalanobis, so a head-only fp32 would not do.
+    ctx = start_run(args.device, args.amp)
+    model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
+                                                      model_name=args.model)
+    num_classes = head_size - 1 if task == "dfb" else head_size
+    if args.save_detector and task != "dfb":
+        raise ValueError(f"--save_detector needs a dfb checkpoint (the detector fuses its background logit), "
+                         f"but {args.model_path} is a '{task}' checkpoint")
+    model.to(ctx.device).eval()
+    resolution = args.resolution or checkpoint["resolution"] or 128
+    out_dir = Path(args.logdir)
+    checkpoint_key = file_digest(args.model_path)
+    if ctx.is_main:
+        remove_stale_temporaries(out_dir)  # of an eval that was killed while writing
+
+    sets = open_sets(args, resolution, checkpoint, num_classes, ctx)
+    if task == "dfb":
+        add_fusion_sets(sets, args, checkpoint)
+    outputs = extract_sets(sets, model, checkpoint_key, resolution, num_classes, out_dir, args, ctx)
+    distributed.barrier()
+    if not ctx.is_main:
+        distributed.cleanup()
+        return None
+
+    results = score_and_report(outputs, sets, task, num_classes, model, out_dir, args, ctx)
+    if task == "dfb" and args.dense_maps > 0:
+        results["written"].append(out_dir / "figures" / "dense_maps.png")
+        draw_dense_maps(model, sets.shown_sets(), num_classes, resolution, ctx, args.dense_maps,
+                        results["written"][-1])
+    if args.save_detector:
+        results["written"].append(out_dir / "detector.pt")
+        write_detector(results["written"][-1], args, model, checkpoint, checkpoint_key, sets.id_train.classes,
+                       resolution, results, ctx)
+    del results["scores"], results["fit"]  # only the detector needs them
+    remove_stale_outputs(out_dir, results["written"])
+    distributed.cleanup()
+    return results
+
+
+@dataclass
+class EvalSets:
+    """The sets of one evaluation, by name, and which ID training rows fit the scores."""
+    id_train_name: str
+    id_test_name: str
+    ood_names: list[str]
+    id_train: torch.utils.data.Dataset
+    plan: list[tuple[str, torch.utils.data.Dataset]]  # every set to extract, in order (ID train, ID test, OOD...)
+    digests: dict[str, list[str]]  # sha256 of every image of each set, in dataset order
+    fit_rows: np.ndarray  # the rows of the ID training set that fit the scores
+    selection_images: dict | None = None  # dfb: the held-out images that choose the fusions
+
+    def shown_sets(self) -> list[tuple[str, torch.utils.data.Dataset]]:
+        """The ID test and OOD sets (what figures/dense_maps.png shows)."""
+        return [(name, dataset) for name, dataset in self.plan[1:] if name not in (FUSION_ID, PSEUDO_OOD)]
+
+
+def open_sets(args, resolution: int, checkpoint: dict, num_classes: int, ctx: RunContext) -> EvalSets:
+    """The ID training, ID test and OOD splits under unique names; warns when an OOD set holds ID test images."""
+    id_train_name = dataset_name(args.id_train_path, "id")
+    id_test_name = dataset_name(args.id_test_path, "id")
+    ood_names = [dataset_name(path, "ood") for path in args.ood_path]
+    if len(set(ood_names)) != len(ood_names) or {id_train_name, id_test_name} & set(ood_names):
+        raise ValueError(f"data set names must be unique, got ID {id_train_name}, {id_test_name} and OOD {ood_names}")
+    skip = args.skip_corrupt
+    id_train = open_split(args.id_train_path, resolution, classes=checkpoint["classes"] or None, skip_corrupt=skip)
+    if len(id_train.classes) != num_classes:
+        raise ValueError(f"--id_train_path {args.id_train_path} has {len(id_train.classes)} class folders but "
+                         f"{args.model_path} classifies {num_classes} classes")
+    id_test_dataset = open_split(args.id_test_path, resolution, classes=id_train.classes, skip_corrupt=skip)
+    plan = [(id_train_name, id_train), (id_test_name, id_test_dataset)]
+    plan += [(name, open_split(path, resolution, skip_corrupt=skip)) for name, path in zip(ood_names, args.ood_path)]
+    digests = {name: image_digests(dataset) for name, dataset in plan}
+    if ctx.is_main:
+        warn_about_id_images_in_ood_sets(id_test_name, digests[id_test_name], {n: digests[n] for n in ood_names})
+    return EvalSets(id_train_name, id_test_name, ood_names, id_train, plan, digests, np.arange(len(id_train)))
+
+
+def add_fusion_sets(sets: EvalSets, args, checkpoint: dict) -> None:
+    """dfb: the held-out ID training images that choose the fusions and their patch-shuffled
+    copies join the plan; the held-out images leave the rows that fit the scores."""
+    held_out, source = fusion_images(sets.id_train, checkpoint, args.fusion_images, args.seed)
+    sets.fit_rows = np.setdiff1d(sets.fit_rows, held_out)  # the held-out images never fit a score
+    heldout_dataset = restrict(sets.id_train, held_out)
+    sets.digests[FUSION_ID] = [sets.digests[sets.id_train_name][i] for i in held_out]
+    sets.digests[PSEUDO_OOD] = sets.digests[FUSION_ID]
+    sets.plan += [(FUSION_ID, heldout_dataset),
+                  (PSEUDO_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed))]
+    sets.selection_images = {"source": source, "split": str(sets.id_train.root), "count": len(held_out),
+                             "fitted_images": len(sets.fit_rows), "shuffle_grid": args.shuffle_grid,
+                             "seed": args.seed, "digest": dataset_digest(heldout_dataset, sets.digests[FUSION_ID]),
+                             "images": relative_paths(heldout_dataset)}
+
+
+def extract_sets(sets: EvalSets, model, checkpoint_key: str, resolution: int, num_classes: int, out_dir: Path,
+                 args, ctx: RunContext) -> dict:
+    """Logits and pooled features of every set of the plan, from the cache when its key matches."""
+    outputs = {}
+    for name, dataset in sets.plan:
+        # ODIN's perturbed pass for the scored sets only (the training set only fits other scores)
+        odin_setting = ((args.odin_temperature, 2 * args.odin_epsilon, num_classes)
+                        if args.odin_epsilon > 0 and name != sets.id_train_name else None)
+        key = cache_key(checkpoint_key, dataset, sets.digests[name], resolution, ctx.amp, odin_setting)
+        outputs[name], hit = cached_extract(out_dir / "cache", name, key, lambda: extract(
+            model, dataset, resolution, ctx.device, args.batch, ctx.amp, args.workers, ctx.rank, ctx.world_size,
+            desc=name, odin=odin_setting))
+        if ctx.is_main:
+            print(f"[eval] {name}: {'cached' if hit else 'extracted'} logits {outputs[name]['logits'].shape}")
+    return outputs
+
+
+def cache_key(checkpoint_key: str, dataset, digests: list[str], resolution: int, amp: str, odin_setting) -> str:
+    """What the extracted outputs of a set depend on: the checkpoint's bytes, the images (paths,
+    labels, bytes), the resolution, the precision, the patch shuffling and ODIN's perturbation."""
+    source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
+    recipe = f"{checkpoint_key}|{dataset_digest(source, digests)}|{resolution}|{amp}|{type(dataset).__name__}"
+    if isinstance(dataset, PatchShuffled):
+        recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
+    if odin_setting is not None:
+        recipe += f"|odin{odin_setting[0]}|{odin_setting[1]}"
+    return hashlib.sha256(recipe.encode()).hexdigest()
 
 
 class PatchShuffled(torch.utils.data.Dataset):
@@ -58,7 +189,7 @@ class PatchShuffled(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         item = dict(self.dataset[index])
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, index))
         item["image"] = patch_shuffle(item["image"][None], self.grid, generator=generator)[0]
         return item
 
@@ -143,105 +274,17 @@ def score_overrides(args):
             "ReAct": {"percentile": args.react_percentile}}
 
 
-def run(args):
-    device, rank, world_size = distributed.init_distributed(args.device)
-    main = distributed.is_main_process()
-    # eval.py defaults to fp32 (--amp none): bf16 keeps 8 bits of mantissa, enough to move logits
-    # and pooled features by ~1e-2 and to reorder near-tied scores, i.e. to change the reported
-    # metrics. The trunk's features feed KNN / ViM / Mahalanobis, so a head-only fp32 would not do.
-    amp = args.amp
-    model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
-                                                      model_name=args.model)
-    num_classes = head_size - 1 if task == "dfb" else head_size
-    if args.save_detector and task != "dfb":
-        raise ValueError(f"--save_detector needs a dfb checkpoint (the detector fuses its background logit), "
-                         f"but {args.model_path} is a '{task}' checkpoint")
-    model.to(device).eval()
-    resolution = args.resolution or checkpoint["resolution"] or 128
-    out_dir = Path(args.logdir)
-    checkpoint_key = file_digest(args.model_path)
-    if main:
-        remove_stale_temporaries(out_dir)  # of an eval that was killed while writing
-
-    id_train_name = dataset_name(args.id_train_path, "id")
-    id_test_name = dataset_name(args.id_test_path, "id")
-    ood_names = [dataset_name(path, "ood") for path in args.ood_path]
-    if len(set(ood_names)) != len(ood_names) or {id_train_name, id_test_name} & set(ood_names):
-        raise ValueError(f"data set names must be unique, got ID {id_train_name}, {id_test_name} and OOD {ood_names}")
-    skip = args.skip_corrupt
-    id_train = open_split(args.id_train_path, resolution, classes=checkpoint["classes"] or None, skip_corrupt=skip)
-    if len(id_train.classes) != num_classes:
-        raise ValueError(f"--id_train_path {args.id_train_path} has {len(id_train.classes)} class folders but "
-                         f"{args.model_path} classifies {num_classes} classes")
-    id_test_dataset = open_split(args.id_test_path, resolution, classes=id_train.classes, skip_corrupt=skip)
-    plan = [(id_train_name, id_train), (id_test_name, id_test_dataset)]
-    plan += [(name, open_split(path, resolution, skip_corrupt=skip)) for name, path in zip(ood_names, args.ood_path)]
-    digests = {name: image_digests(dataset) for name, dataset in plan}
-    if main:
-        warn_about_id_images_in_ood_sets(id_test_name, digests[id_test_name], {n: digests[n] for n in ood_names})
-    fit_rows, selection_images = np.arange(len(id_train)), None
-    if task == "dfb":
-        held_out, source = fusion_images(id_train, checkpoint, args.fusion_images, args.seed)
-        fit_rows = np.setdiff1d(fit_rows, held_out)  # the held-out images never fit a score
-        heldout_dataset = restrict(id_train, held_out)
-        digests[FUSION_ID] = [digests[id_train_name][i] for i in held_out]
-        digests[PSEUDO_OOD] = digests[FUSION_ID]
-        plan += [(FUSION_ID, heldout_dataset),
-                 (PSEUDO_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed))]
-        selection_images = {"source": source, "split": str(id_train.root), "count": len(held_out),
-                            "fitted_images": len(fit_rows), "shuffle_grid": args.shuffle_grid, "seed": args.seed,
-                            "digest": dataset_digest(heldout_dataset, digests[FUSION_ID]),
-                            "images": relative_paths(heldout_dataset)}
-    outputs = {}
-    for name, dataset in plan:
-        source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
-        recipe = (f"{checkpoint_key}|{dataset_digest(source, digests[name])}|{resolution}|{amp}|"
-                  f"{type(dataset).__name__}")
-        if isinstance(dataset, PatchShuffled):
-            recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
-        # ODIN's perturbed pass for the scored sets only (the training set only fits other scores)
-        odin_setting = ((args.odin_temperature, 2 * args.odin_epsilon, num_classes)
-                        if args.odin_epsilon > 0 and name != id_train_name else None)
-        if odin_setting is not None:
-            recipe += f"|odin{odin_setting[0]}|{odin_setting[1]}"
-        key = hashlib.sha256(recipe.encode()).hexdigest()
-        outputs[name], hit = cached_extract(out_dir / "cache", name, key, lambda: extract(
-            model, dataset, resolution, device, args.batch, amp, args.workers, rank, world_size, desc=name,
-            odin=odin_setting))
-        if main:
-            print(f"[eval] {name}: {'cached' if hit else 'extracted'} logits {outputs[name]['logits'].shape}")
-    distributed.barrier()
-    if not main:
-        distributed.cleanup()
-        return None
-
-    results = score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names,
-                               out_dir, args, device, fit_rows, selection_images, amp)
-    if task == "dfb" and args.dense_maps > 0:
-        results["written"].append(out_dir / "figures" / "dense_maps.png")
-        draw_dense_maps(model, [(name, dataset) for name, dataset in plan[1:] if name not in (FUSION_ID, PSEUDO_OOD)],
-                        num_classes, resolution, device, amp, args.dense_maps, results["written"][-1])
-    if args.save_detector:
-        results["written"].append(out_dir / "detector.pt")
-        write_detector(results["written"][-1], args, model, checkpoint, checkpoint_key, id_train.classes, resolution,
-                       amp, results, device)
-    del results["scores"], results["fit"]  # only the detector needs them
-    remove_stale_outputs(out_dir, results["written"])
-    distributed.cleanup()
-    return results
-
-
-def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_name, ood_names, out_dir, args,
-                     device, fit_rows, selection_images, amp):
-    """Scores, fusions and result files. fit_rows: the rows of the ID training set that fit the
-    scores (all but the held-out fusion images); selection_images: what chose the fusions (dfb)."""
+def score_and_report(outputs, sets: EvalSets, task, num_classes, model, out_dir, args, ctx: RunContext):
+    """Scores, fusions and result files. The scores are fitted on sets.fit_rows of the ID training
+    set (all but the held-out fusion images); sets.selection_images chose the fusions (dfb)."""
+    id_test_name, ood_names, fit_rows = sets.id_test_name, sets.ood_names, sets.fit_rows
     written = []
 
     def save_array(path, array):
         save_npy_atomic(path, array.astype(np.float32))
         written.append(path)
 
-    for name in [id_train_name, id_test_name, *ood_names]:
+    for name in [sets.id_train_name, id_test_name, *ood_names]:
         save_array(out_dir / "logits" / f"{name}.npy", outputs[name]["logits"])
     test = outputs[id_test_name]
     accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
@@ -249,14 +292,14 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
     write_text_atomic(out_dir / "accuracy.json", json.dumps(accuracy, indent=2) + "\n")
 
     weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
-    train = outputs[id_train_name]
+    train = outputs[sets.id_train_name]
     id_train = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
                             labels=train["labels"][fit_rows], head_weight=weight[:num_classes],
                             head_bias=bias[:num_classes])
     scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, PSEUDO_OOD] if task == "dfb" else [])
     test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
     registry = make_scores(**score_overrides(args))
-    scores = compute_all_scores(id_train, test_sets, device=device, scores=registry)
+    scores = compute_all_scores(id_train, test_sets, device=ctx.device, scores=registry)
     settings = {name: score.hyperparameters() for name, score in registry.items()}
     write_text_atomic(out_dir / "score_settings.json", json.dumps(settings, indent=2) + "\n")
     if args.odin_epsilon > 0:  # ODIN with its input perturbation replaces temperature scaling alone
@@ -265,7 +308,7 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
     selection = {}
     if task == "dfb":
         scores, selection = add_dfb_scores(scores, outputs, scored_sets, args.fusion)
-        selection["validation_images"] = selection_images
+        selection["validation_images"] = sets.selection_images
         write_text_atomic(out_dir / "fusion_selection.json", json.dumps(selection, indent=2) + "\n")
         written.append(out_dir / "fusion_selection.json")
 
@@ -276,14 +319,14 @@ def score_and_report(outputs, task, num_classes, model, id_train_name, id_test_n
         for ood in ood_names:
             rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
                          **ood_metrics(per_set[id_test_name], per_set[ood])})
-    notes = settings_notes(settings, args, amp, len(fit_rows), selection_images)
+    notes = settings_notes(settings, args, ctx.amp, len(fit_rows), sets.selection_images)
     write_results(out_dir, rows, ood_names, accuracy, notes)
     written += draw_figures(out_dir, scores, id_test_name, ood_names)
     return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written, "scores": scores,
             "fit": (registry, id_train)}
 
 
-def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resolution, amp, results, device):
+def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resolution, results, ctx: RunContext):
     """detector.pt of DFB-<args.save_detector> in the --fusion mode, from this run's own choices:
     the fitted statistics of the same ID training rows, the sign and T of fusion_selection.json,
     and a threshold set on the held-out ID images that chose them (never a test or OOD set)."""
@@ -291,10 +334,10 @@ def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resol
     registry, id_train = results["fit"]
     score = registry[method]
     # fitting is deterministic: the state the reported scores used, fitted once more to be stored
-    fitted = score.fit(id_train, device)
+    fitted = score.fit(id_train, ctx.device)
     choice = results["selection"][fusion_name(method, mode)]
     spec = save_detector(path, model_path=args.model_path, checkpoint_digest=checkpoint_key, model=model,
-                         resolution=resolution, half_stride=checkpoint["half_stride"], classes=classes, amp=amp,
+                         resolution=resolution, half_stride=checkpoint["half_stride"], classes=classes, amp=ctx.amp,
                          score=score, fitted=fitted, fitted_images=len(id_train.features), mode=mode,
                          choice=(choice["sign"], choice["temperature"], choice["validation_auroc"]),
                          heldout_fused=results["scores"][fusion_name(method)][FUSION_ID],
@@ -381,16 +424,15 @@ def markdown_table(rows, ood_names, accuracy):
 
 
 @torch.no_grad()
-def draw_dense_maps(model, named_datasets, num_classes, resolution, device, amp, per_set, path):
+def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
     """The dense network's view of a few images of every set: predicted mask and background probability."""
     from datasets.batch_augment import test_resize
     from utils.plots import save_mask_grid
-    from utils.runtime import autocast
     images, masks, background = [], [], []
     for _, dataset in named_datasets:
         batch = torch.stack([dataset[i]["image"] for i in range(min(per_set, len(dataset)))])
-        with autocast(device, amp):
-            dense = model.dense_logits(test_resize(batch.to(device), resolution), upsample=True).float()
+        with autocast(ctx.device, ctx.amp):
+            dense = model.dense_logits(test_resize(batch.to(ctx.device), resolution), upsample=True).float()
         images.append(torch.nn.functional.interpolate(batch.float(), size=(resolution, resolution)).to(torch.uint8))
         masks.append(dense.argmax(1).to(torch.uint8).cpu())
         background.append(dense.softmax(1)[:, num_classes].cpu())

@@ -1,7 +1,7 @@
 """The table of scripts/dfb_ablation.sh: classification quality of the classifier and of each DFB
 variant, from the final_metrics.json that train.py wrote for each run.
 
-    python -m bench.ablation_table --run_dir runs/dfb_ablation --variants preset no_init --out ABLATION.md
+    python -m reporting.ablation_table --run_dir runs/dfb_ablation --variants preset no_init --out ABLATION.md
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
-"""What scripts/reproduce_small.sh records about a run, for bench/results_report.py.
+"""What scripts/reproduce_small.sh records about a run, for reporting/results_report.py.
 
-    python -m bench.run_record time --file OUT/stage_times.json --stage train_cls --started 1700000000.5
-    python -m bench.run_record info --file OUT/run_info.json --device auto \
+    python -m reporting.run_record time --file OUT/stage_times.json --stage train_cls --started 1700000000.5
+    python -m reporting.run_record info --file OUT/run_info.json --device auto \
         --setting MODEL=BiT-M-R50x1 --setting STEPS_CLS=3000 ...
 
 stage_times.json maps each stage to its wall time in seconds. A stage that is resumed after an

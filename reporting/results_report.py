@@ -1,11 +1,11 @@
 """The Markdown report of a scripts/reproduce_small.sh run.
 
-    python -m bench.results_report --run_dir runs/reproduce_small            # -> <run_dir>/RESULTS.md
-    python -m bench.results_report --run_dir runs/reproduce_small --out docs/RESULTS.md \
+    python -m reporting.results_report --run_dir runs/reproduce_small            # -> <run_dir>/RESULTS.md
+    python -m reporting.results_report --run_dir runs/reproduce_small --out docs/RESULTS.md \
         --figures_to docs/results_figures                                    # publish, figures copied
 
-Reads what the run wrote: stage_times.json and run_info.json (bench/run_record.py),
-data_manifest.json (bench/reproduce_data.py), masks/train/summary.json and the masks (make_cam.py),
+Reads what the run wrote: stage_times.json and run_info.json (reporting/run_record.py),
+data_manifest.json (unpack_shared_data.py), masks/train/summary.json and the masks (make_cam.py),
 runs/{cls,dfb_seed<s>,dfb_<ablation>}/final_metrics.json (train.py), and of each evaluation
 (results_cls, results_dfb_seed<s>, results_dfb_<ablation>; eval.py) results.csv, accuracy.json,
 fusion_selection.json, scores/<method>/<set>.npy and logits/<set>.npy.
@@ -128,7 +128,7 @@ class Run:
 
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
-        self.info = read_json(self.dir / "run_info.json", "bench.run_record info")
+        self.info = read_json(self.dir / "run_info.json", "reporting.run_record info")
         settings = self.info["settings"]
         self.seeds_asked = settings.get("SEEDS", settings.get("SEED", "0")).split()
         self.seeds = [s for s in self.seeds_asked if self.evaluated(f"seed{s}")]
@@ -551,8 +551,8 @@ def figures_section(grids, figures, out_dir):
 
 def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=True):
     run = Run(run_dir)
-    times = read_json(run.dir / "stage_times.json", "bench.run_record time")
-    manifest = read_json(run.dir / "data_manifest.json", "the data stage (bench.reproduce_data)")
+    times = read_json(run.dir / "stage_times.json", "reporting.run_record time")
+    manifest = read_json(run.dir / "data_manifest.json", "the data stage (unpack_shared_data.py)")
     cls_accuracy = read_json(run.dir / "results_cls" / "accuracy.json", "eval.py (classifier)")
     cls_final = read_json(run.dir / "runs" / "cls" / "final_metrics.json", "train.py --task cls", required=False)
     summary = read_json(run.dir / MASK_DIR / "summary.json", "make_cam.py")

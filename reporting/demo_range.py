@@ -2,7 +2,7 @@
 FPR95 and AUROC for each score on the classifier, on the DFB network and fused (DFB-x).
 
     for s in 0 1 2; do OUT=demo_seed$s SEED=$s bash scripts/demo.sh; done
-    python -m bench.demo_range demo_seed0 demo_seed1 demo_seed2
+    python -m reporting.demo_range demo_seed0 demo_seed1 demo_seed2
 
 Each run folder is a demo OUT (results_cls/results.csv and results_dfb/results.csv, eval.py's
 format); the OOD sets are those of the first run.

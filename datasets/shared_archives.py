@@ -1,0 +1,97 @@
+"""The real image sets of scripts/reproduce_small.sh, unpacked from the shared tar archives
+(``unpack_shared_data.py``).
+
+Writes ``<out>/cifar10/{train,test}`` and ``<out>/<OOD name>/test`` (ImageFolder), plus
+``<out>/manifest.json``. The archives already hold the layout, ``<split>/<class>/<image>``; each
+set is written by ``datasets/imagefolder_writer.py``, so an interrupted run continues where it
+stopped and a complete set is not touched. A per-class limit keeps the first N images of every
+class folder (archive order is sorted), for tiny test runs; None keeps every image.
+"""
+import json
+from pathlib import Path
+
+from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record
+from utils.io import write_text_atomic
+
+ID_NAME = "cifar10"
+ID_ARCHIVE = "cifar10.tar"
+# OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for)
+OOD_SETS = {
+    "Textures": ("textures.tar", "DTD, 10 of its 47 classes (1,200 of 5,640 images), 64x64",
+                 "Textures (DTD), but not the published set"),
+    "MNIST": ("mnist.tar", "MNIST digits, 3,000 test images, 28x28 grayscale",
+              "SVHN (stand-in: digits, but handwritten and grayscale, not house numbers)"),
+    "Scene15": ("scene15.tar", "Scene-15 scene photos, 3,000 images",
+                "Places (stand-in: scenes, not Places365)"),
+    "IntelScenes": ("intel_scenes.tar", "Intel image classification scenes, 3,000 images",
+                    "Places (second stand-in: scenes, not Places365)"),
+}
+
+
+def unpack_set(archive, dataset_dir, per_class):
+    """Unpack the splits named in `per_class` (split -> images per class, None = all) of `archive`
+    into `dataset_dir`; returns the image count per split, in the order of `per_class`. A complete
+    set is kept as is (and refused when it was unpacked with other limits)."""
+    settings = {"per_class": per_class}
+    record = complete_record(dataset_dir, settings)
+    if record is not None:
+        return {split: record["images"][split] for split in per_class}
+    writer = ImageFolderWriter(dataset_dir, archive, settings)
+    taken = {}  # (split, class) -> images kept
+    for parts, stream in archive_images(archive):
+        if len(parts) != 3 or parts[0] not in per_class:
+            continue
+        folder, limit = tuple(parts[:2]), per_class[parts[0]]
+        if limit is not None and taken.get(folder, 0) >= limit:
+            continue
+        taken[folder] = taken.get(folder, 0) + 1
+        writer.copy(*parts, stream)
+    images = writer.images_per_split(per_class)
+    empty = [split for split, count in images.items() if count == 0]
+    if empty:
+        raise ValueError(f"{archive}: no images under split(s) {empty}; expected <split>/<class>/<image> members")
+    writer.finish()
+    return images
+
+
+def find_archive(shared, name):
+    """<shared>/<name>, or its gzip-compressed copy <name>.gz (the shared tars shrink about 4x, which
+    helps where a copy must travel with a size limit); None if neither exists."""
+    for candidate in (Path(shared) / name, Path(shared) / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=None, ood_per_class=None,
+                  log=print):
+    """Unpack CIFAR-10 and every named OOD set whose archive is in `shared`; write <out>/manifest.json.
+    Returns the OOD split folders that exist. CIFAR-10 is required; a missing OOD archive is skipped."""
+    shared, out = Path(shared), Path(out)
+    unknown = [name for name in ood_names if name not in OOD_SETS]
+    if unknown:
+        raise ValueError(f"unknown OOD set(s) {unknown}; known: {', '.join(OOD_SETS)}")
+    id_archive = find_archive(shared, ID_ARCHIVE)
+    if id_archive is None:
+        raise FileNotFoundError(f"{shared / ID_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder holding "
+                                f"the shared archives ({ID_ARCHIVE}, {', '.join(a for a, _, _ in OOD_SETS.values())})")
+    manifest = {"shared": str(shared.resolve()), "id": {}, "ood": {}}
+    images = unpack_set(id_archive, out / ID_NAME, {"train": train_per_class, "test": test_per_class})
+    log(f"{out / ID_NAME}: {images} from {id_archive}")
+    manifest["id"][ID_NAME] = {"archive": ID_ARCHIVE, "images": images}
+    splits = []
+    for name in ood_names:
+        archive, content, stands_for = OOD_SETS[name]
+        path = find_archive(shared, archive)
+        if path is None:
+            log(f"{shared / archive} (or .gz) not found: OOD set {name} skipped")
+            continue
+        images = unpack_set(path, out / name, {"test": ood_per_class})
+        log(f"{out / name}: {images} from {path}")
+        manifest["ood"][name] = {"archive": archive, "content": content, "stands_for": stands_for,
+                                 "images": images}
+        splits.append(out / name / "test")
+    if ood_names and not splits:  # asked for OOD sets and found none
+        raise FileNotFoundError(f"none of the OOD archives of {ood_names} is in {shared}")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return splits

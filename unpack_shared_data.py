@@ -1,0 +1,50 @@
+"""Unpack the shared real image sets (CIFAR-10 and the OOD stand-ins) into the ImageFolder layout.
+
+    python unpack_shared_data.py --shared ../shared/data --out dataset/reproduce_small/full
+
+Writes <out>/cifar10/{train,test} and <out>/<OOD name>/test, plus <out>/manifest.json (what each
+set is), and prints the OOD split folders, one per line (log lines go to stderr). Sets already
+unpacked are kept; an interrupted run continues where it stopped (datasets/shared_archives.py).
+--*_per_class keep the first N images of every class folder, for tiny test runs; left out, every
+image is kept.
+"""
+import argparse
+import sys
+
+from datasets.shared_archives import OOD_SETS, unpack_shared
+from utils.cli import run_cli
+
+
+def optional_count(text):
+    """'' (unset environment variable) -> None, i.e. every image."""
+    if text == "":
+        return None
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of images per class or '', got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", required=True, help="folder with the shared archives (cifar10.tar, ...)")
+    parser.add_argument("--out", required=True, help="where the ImageFolder sets are unpacked")
+    parser.add_argument("--ood", nargs="*", default=list(OOD_SETS), help="OOD sets (default: all; none: CIFAR-10 only)")
+    for split in ("train", "test", "ood"):
+        parser.add_argument(f"--{split}_per_class", type=optional_count, default=None,
+                            help="keep the first N images per class ('' or left out: all)")
+    return parser.parse_args(argv)
+
+
+def unpack(args):
+    splits = unpack_shared(args.shared, args.out, args.ood, args.train_per_class, args.test_per_class,
+                           args.ood_per_class, log=lambda message: print(f"[data] {message}", file=sys.stderr))
+    print("\n".join(str(split) for split in splits))
+
+
+def main(argv=None):
+    run_cli(unpack, parse_args(argv), "unpack_shared_data.py")
+
+
+if __name__ == "__main__":
+    main()
