@@ -1,6 +1,11 @@
 """Scaffolding shared by the test modules: running a CLI's main() in process, the one-line error
-check of docs/ROBUSTNESS.md, and a dfb checkpoint with random weights."""
+check of docs/ROBUSTNESS.md, and a dfb checkpoint with random weights (alone or with a small
+synthetic benchmark to evaluate it on)."""
+from pathlib import Path
+
 import torch
+
+from datasets.synthetic import generate_benchmark
 
 from models.resnetv2 import create_model
 from utils.checkpoint import save_checkpoint
@@ -36,3 +41,12 @@ def random_dfb_checkpoint(path, classes, seed):
     save_checkpoint(path, model_state=model.state_dict(), optim_state={}, step=0, args={}, task="dfb",
                     model_name="ResNetV2-Tiny", classes=classes, resolution=32, finished=True)
     return path
+
+
+def synthetic_world(root):
+    """(sets, classes, checkpoint): a small synthetic benchmark under root/data (6 classes x 12
+    training and 4 test images, 16 images per OOD set, 32 px) and a random dfb checkpoint for it."""
+    sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
+                              n_ood=16, progress=False)
+    classes = sorted(p.name for p in Path(sets["id_train"]).iterdir() if p.is_dir())
+    return sets, classes, random_dfb_checkpoint(root / "dfb.pth.tar", classes, seed=0)

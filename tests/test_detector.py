@@ -20,13 +20,12 @@ import eval as eval_cli
 import score as score_cli
 from datasets.batch_augment import test_resize
 from datasets.folder import list_samples
-from datasets.synthetic import generate_benchmark
 from models.resnetv2 import create_model
 from utils.checkpoint import save_checkpoint
 from utils.detector import (CSV_COLUMNS, Detector, keep_threshold, read_detector, state_from_plain,
                             state_to_plain)
 from utils.scores import IDTrainStats, make_scores
-from tests.helpers import assert_input_error, random_dfb_checkpoint, run_cli
+from tests.helpers import assert_input_error, random_dfb_checkpoint, run_cli, synthetic_world
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("synthetic_test", "SynthNewBackgrounds")
@@ -35,10 +34,7 @@ SETS = ("synthetic_test", "SynthNewBackgrounds")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("detector")
-    sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
-                              n_ood=16, progress=False)
-    classes = sorted(p.name for p in Path(sets["id_train"]).iterdir() if p.is_dir())
-    checkpoint = random_dfb_checkpoint(root / "dfb.pth.tar", classes, seed=0)
+    sets, classes, checkpoint = synthetic_world(root)
     folders = {"synthetic_test": Path(sets["id_test"]), "SynthNewBackgrounds": Path(sets["ood"]["SynthNewBackgrounds"])}
     logdir = root / "eval"
     eval_cli.main(["--model_path", str(checkpoint), "--id_train_path", str(sets["id_train"]),
@@ -94,10 +90,13 @@ def test_threshold_keeps_95_percent_of_the_held_out_id_images_and_no_more_than_n
     assert spec["threshold"]["images"]["digest"] == selection["digest"]
     held_out = [Path(world["sets"]["id_train"]) / path for path in selection["images"]]
     scores = np.array([row["score"] for row in detector.score_paths(held_out, batch=16)])
-    kept = scores >= detector.threshold
+    # The threshold is one of these images' scores as eval.py computed them (other batch size, so
+    # other convolution blocking): scored again they may differ in the last bits, e.g. with one thread.
+    rounding = 1e-5 * max(1.0, abs(detector.threshold))
+    kept = scores >= detector.threshold - rounding
     assert kept.mean() >= 0.95
     # the tightest such threshold: one score more below it would keep fewer than 95 %
-    assert (scores > detector.threshold).mean() < 0.95 or (scores < detector.threshold).sum() == 0
+    assert (scores > detector.threshold + rounding).mean() < 0.95 or (scores < detector.threshold - rounding).sum() == 0
     assert spec["threshold"]["kept_fraction"] == pytest.approx(kept.mean())
 
 

@@ -16,8 +16,7 @@ import utils.distributed
 import utils.main_eval
 import utils.runtime
 from datasets.folder import list_samples
-from datasets.synthetic import generate_benchmark
-from tests.helpers import random_dfb_checkpoint
+from tests.helpers import synthetic_world
 
 # every test runs eval.py on a dfb network (pytest -m "not slow" leaves them out)
 pytestmark = pytest.mark.slow
@@ -28,10 +27,7 @@ NUM_TRAIN = 72  # 6 classes x 12
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocol")
-    sets = generate_benchmark(root / "data", seed=0, size=32, n_train_per_class=12, n_test_per_class=4,
-                              n_ood=16, progress=False)
-    classes = sorted(p.name for p in Path(sets["id_train"]).iterdir() if p.is_dir())
-    checkpoint = random_dfb_checkpoint(root / "dfb.pth.tar", classes, seed=0)
+    sets, classes, checkpoint = synthetic_world(root)
     # the ID test set with every other image of each class left out
     half = root / "half_test"
     for path, _ in list_samples(sets["id_test"])[::2]:
