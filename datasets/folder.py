@@ -20,7 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets.masks import IGNORE_INDEX, MASK_FORMATS, invalid_values, mask_path, mask_root_for, named_path
+from datasets.masks import (IGNORE_INDEX, MASK_FORMATS, expected_values, invalid_values, mask_path,
+                            mask_root_for, named_path)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
@@ -290,11 +291,8 @@ class ImageFolderDataset(Dataset):
         # both formats use the values 0..K and 255
         bad = invalid_values(values, self.num_classes)
         if bad.any():
-            expected = (f"0 (background), 1..{self.num_classes} (class + 1; --mask_format official)"
-                        if self.mask_format == "official" else
-                        f"0..{self.num_classes - 1} (foreground class), {self.num_classes} (background)")
-            raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected {expected} "
-                             f"or {IGNORE_INDEX} (ignore)")
+            raise ValueError(f"mask {path} holds value {int(values[bad][0])}; "
+                             f"expected {expected_values(self.num_classes, self.mask_format)}")
         if self.mask_format == "official":
             values = torch.where(values == 0, self.num_classes,
                                  torch.where(values == IGNORE_INDEX, IGNORE_INDEX, values - 1)).to(torch.uint8)

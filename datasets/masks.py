@@ -27,6 +27,14 @@ def invalid_values(masks, num_classes: int):
     return (masks < 0) | ((masks > num_classes) & (masks != IGNORE_INDEX))
 
 
+def expected_values(num_classes: int, mask_format: str = "ours") -> str:
+    """The values a mask file of `mask_format` may hold, as error messages state them."""
+    if mask_format == "official":
+        return (f"0 (background), 1..{num_classes} (class + 1; --mask_format official) "
+                f"or {IGNORE_INDEX} (ignore)")
+    return f"0..{num_classes - 1} (foreground class), {num_classes} (background) or {IGNORE_INDEX} (ignore)"
+
+
 def named_path(path) -> Path:
     """`path` with a real last component ('.' or '..' resolved), so that .name / .parent mean folders
     (the mask folder beside a split and the dataset names of docs/CONTRACTS.md §1 are built from them)."""

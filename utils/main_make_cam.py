@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.masks import (IGNORE_INDEX, PROVENANCE, invalid_values, mask_path, mask_root_for,
+from datasets.masks import (PROVENANCE, expected_values, invalid_values, mask_path, mask_root_for,
                             overlap_counts, overlap_scores, read_provenance, write_provenance,
                             zero_overlap_counts)
 from datasets.sources import eval_batches, open_split
@@ -196,8 +196,7 @@ def _read_checked_mask(path, num_classes, size=None):
         raise ValueError(f"mask {path} has {values.shape[-1]} channels; expected one 8-bit channel")
     bad = invalid_values(values, num_classes)
     if bad.any():
-        raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected 0..{num_classes - 1} "
-                         f"(foreground class), {num_classes} (background) or {IGNORE_INDEX} (ignore)")
+        raise ValueError(f"mask {path} holds value {int(values[bad][0])}; expected {expected_values(num_classes)}")
     return values
 
 

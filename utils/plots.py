@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from datasets.masks import IGNORE_INDEX, invalid_values
+from datasets.masks import IGNORE_INDEX, expected_values, invalid_values
 from utils.io import atomic_path
 from utils.metrics import auroc, roc_curve
 
@@ -141,8 +141,8 @@ def _masks(masks, num_classes, name, count=None):
         raise ValueError(f"{name}: expected {count} masks, got {masks.shape[0]}")
     bad = invalid_values(masks, num_classes)
     if bad.any():
-        raise ValueError(f"{name}: values must be class indices 0..{num_classes - 1}, {num_classes} "
-                         f"(background) or {IGNORE_INDEX} (ignore); found {np.unique(masks[bad])[:10].tolist()}")
+        raise ValueError(f"{name}: values must be {expected_values(num_classes)}; "
+                         f"found {np.unique(masks[bad])[:10].tolist()}")
     return masks
 
 
