@@ -17,6 +17,8 @@ ID_NAME = "cifar10"
 ID_ARCHIVE = "cifar10.tar"
 # OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for)
 OOD_SETS = {
+    "SVHN": ("svhn.tar", "SVHN cropped digits, the first 10,000 of the 26,032 test images, 32x32",
+             "SVHN (the paper's set is the whole test split, 26,032 images)"),
     "Textures": ("textures.tar", "DTD, 10 of its 47 classes (1,200 of 5,640 images), 64x64",
                  "Textures (DTD), but not the published set"),
     "MNIST": ("mnist.tar", "MNIST digits, 3,000 test images, 28x28 grayscale",

@@ -29,7 +29,8 @@ from utils.fusion import DEFAULT_FUSION, FUSIONS
 from utils.io import atomic_path, write_text_atomic
 from utils.metrics import auroc
 
-STAGES = {"data": "unpack the shared archives", "train_cls": "classifier (train.py --task cls)",
+STAGES = {"data": "unpack the shared archives", "from_run": "classifier and masks copied from FROM_RUN",
+          "train_cls": "classifier (train.py --task cls)",
           "make_cam": "pseudo masks (make_cam.py)", "eval_cls": "OOD evaluation, classifier (eval.py)",
           "train_dfb": "DFB network (train.py --task dfb)", "eval_dfb": "OOD evaluation, DFB network (eval.py)"}
 MASK_DIR = Path("masks") / "train"
@@ -57,8 +58,9 @@ def caveat(settings):
             f"at 128 px for 10,000 steps (the release initialises it from BiT-M-R50x1-ILSVRC2012.npz), and its "
             f"numbers assume pretrained weights. {start}, with "
             "the model, schedule and resolution of the settings below. The OOD sets are what the shared "
-            "data folder holds: Textures is 10 of DTD's 47 classes, and MNIST, Scene15 and IntelScenes are "
-            "stand-ins for SVHN and Places, not those sets. The CIFAR-10 images are JPEG re-encodings of the "
+            "data folder holds: SVHN is the first 10,000 of the 26,032 images of its test split (the paper "
+            "uses all of them), Textures is 10 of DTD's 47 classes, MNIST is a second digit set, and Scene15 "
+            "and IntelScenes are stand-ins for Places, not that set. The CIFAR-10 images are JPEG re-encodings of the "
             "originals. Read the tables as a comparison of DFB with its base scores under the same conditions, "
             "not as a reproduction of the published figures.")
     return "> " + text
@@ -214,7 +216,7 @@ def stage_description(stage):
 
 
 def times_section(times):
-    order = ["data", "train_cls", "make_cam", "eval_cls"]
+    order = ["data", "from_run", "train_cls", "make_cam", "eval_cls"]
     stages = [s for s in order if s in times] + [s for s in times if s not in order]
     rows = [(stage, stage_description(stage), f"{times[stage]:.1f}", f"{times[stage] / 60:.2f}") for stage in stages]
     rows.append(("**total**", "", f"**{sum(times.values()):.1f}**", f"**{sum(times.values()) / 60:.2f}**"))

@@ -33,10 +33,14 @@
 #   SHARED_DATA      the shared archives, .tar or .tar.gz [../shared/data beside the checkout, else /work/shared/data]
 #   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
 #   OUT              run folder [runs/reproduce_small]    DATA_DIR  unpacked sets [dataset/reproduce_small/<sizes>]
-#   OOD_SETS         ["Textures MNIST Scene15 IntelScenes"], those whose archive exists
+#   OOD_SETS         ["SVHN Textures MNIST Scene15 IntelScenes"], those whose archive exists
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
 #   SEED             seed of the classifier and its evaluation [0]
 #   SEEDS            seeds of the DFB stage, space-separated [$SEED]; classifier and masks are shared
+#   FROM_RUN         start at the DFB stage with the classifier and pseudo masks of an earlier run: its
+#                    OUT folder, or an archive of one (e.g. ../shared/runs/cifar10_cpu_classifier_and_masks.tar.gz,
+#                    any folder depth inside). They are copied into $OUT, train_cls and make_cam are marked
+#                    done, and the run's data must be the images that classifier trained on [empty]
 #   FUSION [logit]  KNN_K [50]
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
@@ -72,7 +76,7 @@ default_shared() {
 }
 SHARED_DATA=${SHARED_DATA:-$(default_shared)}
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
-OOD_SETS=${OOD_SETS:-Textures MNIST Scene15 IntelScenes}
+OOD_SETS=${OOD_SETS:-SVHN Textures MNIST Scene15 IntelScenes}
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}
 TEST_PER_CLASS=${TEST_PER_CLASS:-}
 OOD_PER_CLASS=${OOD_PER_CLASS:-}
@@ -83,7 +87,8 @@ SEED=${SEED:-0}
 SEEDS=${SEEDS:-$SEED}
 FUSION=${FUSION:-logit}
 KNN_K=${KNN_K:-50}
-SETTINGS=(PRESET SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
+FROM_RUN=${FROM_RUN:-}
+SETTINGS=(PRESET FROM_RUN SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
           RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
           FUSION KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
@@ -164,6 +169,29 @@ dfb_variant() {  # dfb_variant <suffix> <seed> <extra flags>: train, evaluate an
   report
 }
 
+import_stages() {  # the classifier and masks of FROM_RUN, copied into $OUT in place of train_cls and make_cam
+  local source=$FROM_RUN unpacked="$OUT/.from_run" found
+  if [ -f "$source" ]; then
+    rm -rf "$unpacked" && mkdir -p "$unpacked" && tar -xzf "$source" -C "$unpacked" || {
+      echo "[error] FROM_RUN=$source: not a readable .tar.gz archive of a run" >&2; return 2; }
+    source=$unpacked
+  fi
+  found=$(find "$source" -path "*/cls_pretrained_models/classifier.pth.tar" 2>/dev/null | head -n 1)
+  if [ -z "$found" ] || [ ! -f "$(dirname "$(dirname "$found")")/masks/train/provenance.json" ]; then
+    echo "[error] FROM_RUN=$FROM_RUN: expected an earlier OUT folder of this script (or an archive of one) with" \
+         "cls_pretrained_models/classifier.pth.tar and a finished masks/train/ (provenance.json)" >&2
+    return 2
+  fi
+  source=$(dirname "$(dirname "$found")")
+  mkdir -p "$OUT/cls_pretrained_models" "$OUT/masks" "$OUT/runs/cls"
+  cp "$found" "$CLS_CKPT.tmp" && mv "$CLS_CKPT.tmp" "$CLS_CKPT"
+  rm -rf "$MASKS" "$MASKS.tmp" && cp -r "$source/masks/train" "$MASKS.tmp" && mv "$MASKS.tmp" "$MASKS"
+  if [ -f "$source/runs/cls/final_metrics.json" ]; then cp "$source/runs/cls/final_metrics.json" "$OUT/runs/cls/"; fi
+  rm -rf "$unpacked"
+  touch "$OUT/.stages/train_cls.done" "$OUT/.stages/make_cam.done"
+  echo "[from_run] classifier and masks of $source copied into $OUT"
+}
+
 start=$(date +%s)
 settings=()
 for name in "${SETTINGS[@]}"; do settings+=(--setting "$name=${!name}"); done
@@ -171,6 +199,7 @@ $PY -m reporting.run_record info --file "$OUT/run_info.json" --device "$DEVICE" 
 # Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
 timed data unpack_data
 
+if [ -n "$FROM_RUN" ]; then run_stage from_run import_stages; fi
 read -r -a cls_flags <<< "$CLS_FLAGS"
 read -r -a cam_flags <<< "$CAM_FLAGS"
 run_stage train_cls $PY train.py --task cls --name cls --steps "$STEPS_CLS" --export "$CLS_CKPT" --seed "$SEED" \

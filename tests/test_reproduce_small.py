@@ -19,7 +19,7 @@ from reporting import results_report, run_record
 from utils.fusion import FUSIONS
 
 REPO = Path(__file__).resolve().parents[1]
-OOD_NAMES = ("Textures", "MNIST", "Scene15", "IntelScenes")
+OOD_NAMES = ("SVHN", "Textures", "MNIST", "Scene15", "IntelScenes")
 
 
 def write_tar(path, names):
@@ -87,7 +87,7 @@ def test_prepare_skips_missing_ood_archives_and_writes_the_manifest(tmp_path):
     assert manifest["id"]["cifar10"]["images"] == {"train": 4, "test": 6}
     assert list(manifest["ood"]) == ["Textures"] and manifest["ood"]["Textures"]["images"] == {"test": 3}
     with pytest.raises(ValueError, match="unknown OOD set"):
-        shared_archives.unpack_shared(shared, tmp_path / "data", ["SVHN"])
+        shared_archives.unpack_shared(shared, tmp_path / "data", ["Places"])
     with pytest.raises(FileNotFoundError, match="cifar10.tar"):
         shared_archives.unpack_shared(tmp_path, tmp_path / "data", ["Textures"])
 

@@ -127,8 +127,14 @@ def open_training_data(args, resume: dict | None, ckpt_file: Path) -> TrainingDa
     fingerprint = data_fingerprint(dataset)
     if resume is not None:
         check_same_data(resume, fingerprint, ckpt_file, args.datadir)
-    train_indices, holdout_indices = holdout_split(len(dataset), args.holdout, args.seed)
-    holdout_samples = [Path(dataset.samples[i][0]).relative_to(dataset.root).as_posix() for i in holdout_indices]
+    relative = [Path(path).relative_to(dataset.root).as_posix() for path, _ in dataset.samples]
+    inherited = inherited_holdout(args, relative)
+    if inherited is not None:
+        holdout_indices = inherited
+        train_indices = np.setdiff1d(np.arange(len(dataset)), holdout_indices)
+    else:
+        train_indices, holdout_indices = holdout_split(len(dataset), args.holdout, args.seed)
+    holdout_samples = [relative[i] for i in holdout_indices]
     return TrainingData(classes, dataset, fingerprint, train_indices, holdout_indices, holdout_samples, train_size)
 
 
@@ -146,6 +152,27 @@ def find_masks(args, num_classes: int) -> tuple[Path | None, str | None]:
             f"--dataset={args.datadir} --model_path=cls_pretrained_models/<dataset>.pth.tar "
             f"--head_size={num_classes}` (or pass --mask_dir)")
     return mask_root, mask_format_of(mask_root, args.mask_format)
+
+
+def inherited_holdout(args, relative_paths: list[str]) -> np.ndarray | None:
+    """dfb --init_from: the classifier's held-out images (sorted indices into the split), so that
+    the dense network's val metrics and eval.py's fusion choice use images that neither network
+    ever trained on (a holdout of its own would hold out images the classifier learnt). None when
+    there is no --init_from or the classifier held nothing out (then --holdout applies)."""
+    if args.task != "dfb" or not args.init_from:
+        return None
+    held_out = set(load_checkpoint(args.init_from, expect_task="cls").get("holdout_samples") or ())
+    if not held_out:
+        print(f"[train] --init_from {args.init_from} held no images out: holding out --holdout {args.holdout} "
+              f"of the split, some of which the classifier trained on")
+        return None
+    indices = np.array([i for i, path in enumerate(relative_paths) if path in held_out], dtype=np.int64)
+    if len(indices) < len(held_out):
+        raise ValueError(f"--init_from {args.init_from} held out {len(held_out)} images, of which only {len(indices)} "
+                         f"are in --datadir {args.datadir}: train the dense network on the classifier's split")
+    print(f"[train] holding out the {len(indices)} images that --init_from {args.init_from} held out "
+          f"(--holdout {args.holdout} is not used)")
+    return indices
 
 
 def holdout_split(num_items, fraction, seed):
