@@ -67,6 +67,11 @@ def build_parser():
     defines_run(parser.add_argument("--train_resize", type=int, default=None,
                                     help="training images are resized to this, then randomly cropped to --resolution "
                                          "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)"))
+    defines_run(parser.add_argument("--scale_range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                                    help="random scale s ~ U(LO, HI) of the resized image and its mask before the "
+                                         "crop, padding black / ignore where the scaled image is smaller than the "
+                                         "crop (the release's DeepLab-style ExtRandomScale + ExtRandomCrop; e.g. "
+                                         "0.5 2.0); default: the plain resize -> crop"))
     defines_run(parser.add_argument("--pretrained", default=None,
                                     help="BiT .npz weights (default pretrained/<model>.npz), or 'none' to start "
                                          "from scratch"))
@@ -104,6 +109,8 @@ def parse_args(argv=None):
         args.holdout = 0.01 if args.task == "dfb" else 0.0
     if not 0 <= args.holdout < 1:
         parser.error("--holdout must be in [0, 1)")
+    if args.scale_range is not None and not 0 < args.scale_range[0] <= args.scale_range[1]:
+        parser.error(f"--scale_range LO HI must satisfy 0 < LO <= HI, got {args.scale_range}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         parser.error("--warmup_steps must be at least 0")
     if args.weight_decay < 0:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import betaincinv
 
+from datasets.scale_crop import sample_scaled_crops, scaled_crop_and_flip
 from datasets.transforms import check_sizes, check_uint8, normalize_float
 
 
@@ -56,12 +57,14 @@ def crop_and_flip(tensor, tops, lefts, flips, resolution):
     return picked.movedim((1, 2), (-2, -1)).contiguous()
 
 
-def train_augment(images, masks, resolution, train_size=None, generator=None, crops=None):
+def train_augment(images, masks, resolution, train_size=None, generator=None, crops=None, scale_range=None):
     """(uint8 [B,3,h,w], uint8 [B,hm,wm] or None) -> (float normalised [B,3,r,r], uint8 [B,r,r] or None).
 
     Resize to train_size (default round(r * 160 / 128)), then per-sample random crop r and
     h-flip (p = 0.5), the same for an image and its mask. `crops` = (tops, lefts, flips) from
     `sample_crops` replaces the draw, e.g. a slice of the draw for a whole global batch.
+    With scale_range = (lo, hi), a random scale + crop + flip (datasets.scale_crop) replaces the
+    crop; `crops` are then (scales, tops, lefts, flips) from `sample_scaled_crops`.
     """
     resolution, train_size = check_sizes(resolution, train_size)
     check_uint8(images, "images", ("B", "3", "h", "w"))
@@ -70,6 +73,12 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
         if masks.shape[0] != images.shape[0] or masks.device != images.device:
             raise ValueError(f"masks {tuple(masks.shape)} on {masks.device} do not match images "
                              f"{tuple(images.shape)} on {images.device}")
+    if scale_range is not None:
+        if crops is None:
+            crops = sample_scaled_crops(images.shape[0], train_size, resolution, scale_range, images.device, generator)
+        masks = resize_masks(masks, train_size) if masks is not None else None
+        pixels, masks = scaled_crop_and_flip(resize_float(images, train_size), masks, crops, resolution)
+        return normalize_float(pixels), masks
     if crops is None:
         crops = sample_crops(images.shape[0], train_size, resolution, images.device, generator)
     tops, lefts, flips = (c.to(images.device) for c in crops)

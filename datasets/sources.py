@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.batch_augment import sample_crops, test_resize, train_augment
+from datasets.scale_crop import sample_scaled_crops
 from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
 from utils.runtime import mixed_seed
@@ -64,7 +65,8 @@ def step_generator(seed, step, device):
 class InMemoryBatches:
     """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`."""
 
-    def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None):
+    def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None, scale_range=None):
+        self.scale_range = scale_range
         self.images = decoded["images"].to(device)
         self.labels = decoded["labels"].to(device)
         self.masks = decoded["masks"].to(device) if "masks" in decoded else None
@@ -76,10 +78,15 @@ class InMemoryBatches:
             index = index.to(self.device)
             masks = self.masks[index] if self.masks is not None else None
             generator = step_generator(self.seed, step, self.device)
-            crops = sample_crops(self.indices.global_batch, self.train_size, self.resolution, self.device, generator)
+            if self.scale_range is None:
+                crops = sample_crops(self.indices.global_batch, self.train_size, self.resolution, self.device,
+                                     generator)
+            else:
+                crops = sample_scaled_crops(self.indices.global_batch, self.train_size, self.resolution,
+                                            self.scale_range, self.device, generator)
             mine = slice(self.indices.rank * len(index), (self.indices.rank + 1) * len(index))
             images, masks = train_augment(self.images[index], masks, self.resolution, self.train_size,
-                                          crops=[c[mine] for c in crops])
+                                          crops=[c[mine] for c in crops], scale_range=self.scale_range)
             yield images, self.labels[index], masks
 
 
@@ -102,8 +109,8 @@ class _Augmented(Dataset):
 class LoaderBatches:
     """Same interface as InMemoryBatches; workers decode and augment every image."""
 
-    def __init__(self, dataset, indices, resolution, device, workers=4, train_size=None):
-        self.loader = DataLoader(_Augmented(dataset, TrainJointTransform(resolution, train_size)),
+    def __init__(self, dataset, indices, resolution, device, workers=4, train_size=None, scale_range=None):
+        self.loader = DataLoader(_Augmented(dataset, TrainJointTransform(resolution, train_size, scale_range)),
                                  batch_sampler=indices, num_workers=workers,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
         self.device = device

@@ -12,6 +12,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from datasets.scale_crop import check_scale_range, sample_scaled_crops, scaled_crop_and_flip
+
 
 def default_train_size(resolution):
     """BiT resize-before-crop size: 160 for 128, 40 for 32."""
@@ -70,10 +72,13 @@ def _crop_and_flip(tensor, top, left, size, flip):
 
 
 class TrainJointTransform:
-    """(image uint8 [3,H,W], mask uint8 [Hm,Wm] or None) -> (image uint8 [3,r,r], mask uint8 [r,r] or None)."""
+    """(image uint8 [3,H,W], mask uint8 [Hm,Wm] or None) -> (image uint8 [3,r,r], mask uint8 [r,r] or None).
 
-    def __init__(self, resolution, train_size=None):
+    scale_range = (lo, hi): random scale + crop + flip of datasets.scale_crop instead of the crop."""
+
+    def __init__(self, resolution, train_size=None, scale_range=None):
         self.resolution, self.train_size = check_sizes(resolution, train_size)
+        self.scale_range = check_scale_range(scale_range) if scale_range is not None else None
 
     def __call__(self, image, mask=None, generator=None):
         check_uint8(image, "image", ("3", "H", "W"))
@@ -81,6 +86,12 @@ class TrainJointTransform:
         if mask is not None:
             check_uint8(mask, "mask", ("Hm", "Wm"))
             mask = _resize_mask(mask, self.train_size)
+        if self.scale_range is not None:
+            crops = sample_scaled_crops(1, self.train_size, self.resolution, self.scale_range, image.device, generator)
+            pixels, masks = scaled_crop_and_flip(image[None].float(), mask[None] if mask is not None else None,
+                                                 crops, self.resolution)
+            image = pixels[0].round().clamp(0, 255).to(torch.uint8)
+            return image, (masks[0] if masks is not None else None)
         top, left, flip = sample_crop_and_flip(self.train_size, self.resolution, generator)
         image = _crop_and_flip(image, top, left, self.resolution, flip)
         if mask is not None:
@@ -88,4 +99,5 @@ class TrainJointTransform:
         return image, mask
 
     def __repr__(self):
-        return f"TrainJointTransform(resolution={self.resolution}, train_size={self.train_size})"
+        return (f"TrainJointTransform(resolution={self.resolution}, train_size={self.train_size}, "
+                f"scale_range={self.scale_range})")

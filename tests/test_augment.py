@@ -325,3 +325,83 @@ def test_patch_shuffle_permutes_tiles_per_image(device):
 def test_patch_shuffle_rejects_a_grid_that_does_not_divide():
     with pytest.raises(ValueError, match="grid"):
         batch_augment.patch_shuffle(torch.zeros(1, 3, 30, 32, dtype=torch.uint8), grid=4)
+
+
+# ----------------------------------------------------------------------------- random scale + crop (--scale_range)
+
+def _coordinate_batch(batch, size):
+    """Images whose channels hold their own row index, column index and 255 (inside the image),
+    and masks holding the row index: after any geometry, each output pixel says where it came from."""
+    steps = torch.arange(size, dtype=torch.uint8)
+    images = torch.stack([steps[:, None].expand(size, size), steps[None, :].expand(size, size),
+                          torch.full((size, size), 255, dtype=torch.uint8)])
+    return images.expand(batch, -1, -1, -1).clone(), steps[:, None].expand(batch, size, size).clone()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scaled_crop_moves_image_and_mask_alike_pixel_for_pixel(device):
+    images, row_masks = _coordinate_batch(64, TRAIN_SIZE)
+    col_masks = row_masks.transpose(1, 2).contiguous()
+    generator = torch.Generator().manual_seed(3)
+    crops = batch_augment.sample_scaled_crops(64, TRAIN_SIZE, RESOLUTION, (0.5, 2.0), "cpu", generator)
+    out, rows = batch_augment.train_augment(images.to(device), row_masks.to(device), RESOLUTION, TRAIN_SIZE,
+                                            crops=crops, scale_range=(0.5, 2.0))
+    _, cols = batch_augment.train_augment(images.to(device), col_masks.to(device), RESOLUTION, TRAIN_SIZE,
+                                          crops=crops, scale_range=(0.5, 2.0))
+    pixels, rows, cols = _to_pixels(out).cpu(), rows.cpu().float(), cols.cpu().float()
+    # Channel 2 is 255 on the scaled image and 0 on its black padding (blended across the edge pixels)
+    inside, outside = pixels[:, 2] > 254.9, pixels[:, 2] < 0.1
+    assert ((rows != 255) & (cols != 255))[inside].all() and ((rows == 255) & (cols == 255))[outside].all()
+    assert (inside | outside).float().mean() > 0.9 and outside.any()
+    # Bilinear of a ramp = the exact source coordinate; nearest rounds it: at most half a pixel apart
+    # (away from the last row / column, where the bilinear sample blends with the padding)
+    interior = inside & (rows < TRAIN_SIZE - 1) & (cols < TRAIN_SIZE - 1)
+    assert (pixels[:, 0] - rows)[interior].abs().max() <= 0.5 + 1e-3
+    assert (pixels[:, 1] - cols)[interior].abs().max() <= 0.5 + 1e-3
+    assert interior.float().mean() > 0.5
+
+
+def test_scaled_crops_follow_the_scale_range_and_pad_small_images_centred():
+    scales, tops, lefts, flips = batch_augment.sample_scaled_crops(4000, TRAIN_SIZE, RESOLUTION, (0.5, 1.5), "cpu",
+                                                                   torch.Generator().manual_seed(0))
+    assert scales.min() >= 0.5 and scales.max() <= 1.5
+    assert stats.kstest(((scales - 0.5) / 1.0).numpy(), "uniform").pvalue > 1e-3
+    room = scales * TRAIN_SIZE - RESOLUTION
+    big = room >= 0
+    assert ((tops[big] >= 0) & (tops[big] <= room[big]) & (lefts[big] >= 0) & (lefts[big] <= room[big])).all()
+    assert torch.equal(tops[~big], room[~big] / 2) and torch.equal(lefts[~big], room[~big] / 2)
+    assert 0.45 < flips.float().mean() < 0.55
+
+
+def test_scaled_crop_at_scale_one_and_whole_pixel_offsets_is_the_plain_crop():
+    images = torch.randint(0, 256, (3, 3, TRAIN_SIZE, TRAIN_SIZE), dtype=torch.uint8)
+    masks = torch.randint(0, 10, (3, TRAIN_SIZE, TRAIN_SIZE), dtype=torch.uint8)
+    tops, lefts, flips = torch.tensor([0, 3, 8]), torch.tensor([8, 1, 0]), torch.tensor([False, True, True])
+    plain, plain_masks = batch_augment.train_augment(images, masks, RESOLUTION, TRAIN_SIZE, crops=(tops, lefts, flips))
+    scaled, scaled_masks = batch_augment.train_augment(images, masks, RESOLUTION, TRAIN_SIZE, scale_range=(1, 1),
+                                                       crops=(torch.ones(3, dtype=torch.float64), tops.double(),
+                                                              lefts.double(), flips))
+    torch.testing.assert_close(scaled, plain, atol=1e-4, rtol=0)
+    assert torch.equal(scaled_masks, plain_masks)
+
+
+def test_per_sample_scaled_crop_equals_the_batched_one():
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    masks = torch.randint(0, 10, (1, 32, 32), dtype=torch.uint8)
+    transform = transforms.TrainJointTransform(RESOLUTION, TRAIN_SIZE, scale_range=(0.5, 2.0))
+    for seed in range(5):
+        image, mask = transform(images[0], masks[0], generator=torch.Generator().manual_seed(seed))
+        batched, batched_masks = batch_augment.train_augment(images, masks, RESOLUTION, TRAIN_SIZE,
+                                                             generator=torch.Generator().manual_seed(seed),
+                                                             scale_range=(0.5, 2.0))
+        assert image.dtype == torch.uint8 and image.shape == (3, RESOLUTION, RESOLUTION)
+        # the per-sample path resizes in uint8 (torchvision) and rounds: within two grey levels
+        assert (image.float() - _to_pixels(batched[0])).abs().max() <= 2.0
+        assert torch.equal(mask, batched_masks[0])
+
+
+def test_scale_range_is_checked():
+    with pytest.raises(ValueError, match="scale_range"):
+        transforms.TrainJointTransform(RESOLUTION, scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="scale_range"):
+        batch_augment.train_augment(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), None, 8, scale_range=(0, 1))

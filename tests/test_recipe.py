@@ -34,6 +34,7 @@ def test_holdout_default_depends_on_the_task_and_bad_flags_are_refused(capsys):
     assert train.parse_args(["--task", "dfb", *base]).holdout == 0.01
     assert train.parse_args(["--task", "cls", "--holdout", "0.1", *base]).holdout == 0.1
     for bad, message in ((["--task", "cls", "--init_from", "x"], "--task dfb"),
+                         (["--task", "dfb", "--scale_range", "2", "1"], "--scale_range"),
                          (["--task", "cls", "--image_loss_weight", "1"], "--task dfb"),
                          (["--task", "cls", "--label_smoothing", "1"], "--label_smoothing"),
                          (["--task", "cls", "--weight_decay", "-1"], "--weight_decay"),
@@ -124,10 +125,37 @@ def test_recipe_runs_hold_out_images_and_report_val_top1(sets, tmp_path):
 
     dfb_metrics = train.run(train.parse_args([
         "--task", "dfb", "--datadir", str(train_dir), "--mask_dir", str(train_dir.parent / "train_gtmask"),
-        "--mask_format", "ours", "--logdir", str(tmp_path), "--name", "dfb", "--steps", "5", "--holdout", "0.25",
-        "--init_from", str(tmp_path / "cls.pth.tar"), "--image_loss_weight", "0.5", *TINY]))
+        "--mask_format", "ours", "--logdir", str(tmp_path), "--name", "dfb", "--steps", "5", "--holdout", "0.1",
+        "--seed", "1", "--init_from", str(tmp_path / "cls.pth.tar"), "--image_loss_weight", "0.5",
+        "--scale_range", "0.5", "2.0", *TINY]))
     assert {"val_top1", "pixel_accuracy"} <= set(dfb_metrics)
+    # another --holdout and --seed, yet the classifier's held-out images: neither network trained on them
     assert torch.load(tmp_path / "dfb" / "checkpoint.pth.tar", weights_only=False)["holdout_samples"] == held_out
+
+    train.run(train.parse_args([
+        "--task", "cls", "--datadir", str(train_dir), "--logdir", str(tmp_path), "--name", "cls_all", "--steps", "5",
+        "--export", str(tmp_path / "cls_all.pth.tar"), *TINY]))
+    train.run(train.parse_args([
+        "--task", "dfb", "--datadir", str(train_dir), "--mask_dir", str(train_dir.parent / "train_gtmask"),
+        "--mask_format", "ours", "--logdir", str(tmp_path), "--name", "dfb_all", "--steps", "5", "--holdout", "0.25",
+        "--init_from", str(tmp_path / "cls_all.pth.tar"), *TINY]))
+    own = torch.load(tmp_path / "dfb_all" / "checkpoint.pth.tar", weights_only=False)["holdout_samples"]
+    assert len(own) == 12  # the classifier held nothing out: the dense run's own --holdout
+
+
+def test_dense_run_refuses_a_classifier_whose_held_out_images_are_not_in_its_split(sets, tmp_path):
+    train_dir = sets["id_train"]
+    train.run(train.parse_args([
+        "--task", "cls", "--datadir", str(train_dir), "--logdir", str(tmp_path), "--name", "cls", "--steps", "5",
+        "--holdout", "0.25", "--export", str(tmp_path / "cls.pth.tar"), *TINY]))
+    checkpoint = torch.load(tmp_path / "cls.pth.tar", weights_only=False)
+    checkpoint["holdout_samples"] = checkpoint["holdout_samples"] + ["a/not_in_the_split.png"]
+    torch.save(checkpoint, tmp_path / "cls.pth.tar")
+    with pytest.raises(ValueError, match="only 12 are in --datadir"):
+        train.run(train.parse_args([
+            "--task", "dfb", "--datadir", str(train_dir), "--mask_dir", str(train_dir.parent / "train_gtmask"),
+            "--mask_format", "ours", "--logdir", str(tmp_path), "--name", "dfb", "--steps", "5",
+            "--init_from", str(tmp_path / "cls.pth.tar"), *TINY]))
 
 
 def test_dense_batch_sources_deliver_the_image_labels(sets):
@@ -137,7 +165,11 @@ def test_dense_batch_sources_deliver_the_image_labels(sets):
     truth = torch.tensor([label for _, label in dataset.samples])
     device = torch.device("cpu")
     sources = (InMemoryBatches(decode_all(dataset, workers=0), GlobalBatchIndices(len(dataset), 8), 32, device),
-               LoaderBatches(dataset, GlobalBatchIndices(len(dataset), 8), 32, device, workers=0))
+               LoaderBatches(dataset, GlobalBatchIndices(len(dataset), 8), 32, device, workers=0),
+               InMemoryBatches(decode_all(dataset, workers=0), GlobalBatchIndices(len(dataset), 8), 32, device,
+                               scale_range=(0.5, 2.0)),
+               LoaderBatches(dataset, GlobalBatchIndices(len(dataset), 8), 32, device, workers=0,
+                             scale_range=(0.5, 2.0)))
     for source in sources:
         order = GlobalBatchIndices(len(dataset), 8)
         for (_, labels, masks), index in zip(source, order):

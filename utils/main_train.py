@@ -312,9 +312,9 @@ def build_batches(args, data: TrainingData, start_step: int, ctx: RunContext):
     if in_memory:
         decoded = decode_all(train_set, workers=args.workers, desc=f"decode {Path(args.datadir).name}")
         return InMemoryBatches(decoded, indices, args.resolution, ctx.device, seed=args.seed,
-                               train_size=data.train_size), True
+                               train_size=data.train_size, scale_range=args.scale_range), True
     return LoaderBatches(train_set, indices, args.resolution, ctx.device, workers=args.workers,
-                         train_size=data.train_size), False
+                         train_size=data.train_size, scale_range=args.scale_range), False
 
 
 def open_log(run_dir: Path, ctx: RunContext):
@@ -336,7 +336,8 @@ def describe_run(args, data: TrainingData, head_size: int, schedule, mixup_alpha
     rule = "warm-up, x0.1 steps, stop" if args.schedule == "bit" else "warm-up, cosine to 0 at stop"
     print(f"[train] schedule {schedule} ({rule}), base lr {args.base_lr}, weight decay {args.weight_decay}, "
           f"nesterov {args.nesterov}, label smoothing {args.label_smoothing}, batch {args.batch}, "
-          f"mixup {mixup_alpha}, resize {data.train_size} -> crop {args.resolution}, "
+          f"mixup {mixup_alpha}, resize {data.train_size} -> "
+          + (f"scale U{tuple(args.scale_range)} -> " if args.scale_range else "") + f"crop {args.resolution}, "
           + (f"image loss weight {args.image_loss_weight}, " if dfb else "")
           + (f"initialised from {args.init_from}, " if dfb and args.init_from and resumed_from is None else "")
           + (f"resuming at step {start_step} from {resumed_from}" if resumed_from is not None else "fresh start"))

@@ -13,7 +13,8 @@ from utils.checkpoint import load_checkpoint
 
 # Checkpoints written before these flags existed trained as their defaults do now.
 BEFORE_RECIPE_FLAGS = {"schedule": "bit", "warmup_steps": None, "weight_decay": 0.0, "nesterov": False,
-                       "label_smoothing": 0.0, "init_from": None, "image_loss_weight": 0.0}
+                       "label_smoothing": 0.0, "init_from": None, "image_loss_weight": 0.0,
+                       "scale_range": None}
 
 
 def checkpoint_path(run_dir) -> Path:
