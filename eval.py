@@ -5,7 +5,8 @@
       --ood_path dataset/SVHN/test dataset/Places/test dataset/Textures/test --logdir results/cifar10_dfb
 
 Writes <logdir>/results.csv (one row per method and OOD set), results.md, accuracy.json,
-fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/;
+fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/
+(--fusion_val_ood DIR: choose the DFB fusions on a real OOD folder kept apart from the test sets);
 with --save_detector, detector.pt, which score.py applies to new images (docs/SCORE.md).
 Logits and features are computed in fp32 unless --amp bf16 is given.
 """
@@ -14,7 +15,7 @@ import argparse
 from utils.cli import run_cli
 from utils.detector import DEFAULT_METHOD
 from utils.fusion import FUSIONS, DEFAULT_FUSION
-from utils.main_eval import run
+from utils.main_eval import BEST_DETECTOR, run
 from utils.scores import SCORE_CLASSES
 
 
@@ -42,16 +43,25 @@ def parse_args(argv=None):
                         help="dfb: held-out ID training images that choose the fusions' sign and T (the checkpoint's "
                              "holdout_samples if it has enough, else a slice of --id_train_path drawn with --seed); "
                              "they are left out of the fitted scores")
+    parser.add_argument("--fusion_val_ood", default=None, metavar="DIR",
+                        help="dfb: a real OOD folder (ImageFolder split) to choose every fusion's sign and T and the "
+                             "background's direction on, against the held-out ID images, instead of their "
+                             "patch-shuffled copies (as OpenOOD uses Tiny ImageNet val for CIFAR); it must not be an "
+                             "--ood_path nor share images with an evaluated set, and is never reported")
     parser.add_argument("--save_detector", nargs="?", const=DEFAULT_METHOD, default=None, metavar="METHOD",
-                        choices=sorted(SCORE_CLASSES),
+                        choices=sorted(SCORE_CLASSES) + [BEST_DETECTOR],
                         help=f"dfb: write <logdir>/detector.pt, the fitted detector DFB-METHOD (fusion mode --fusion, "
                              f"threshold keeping 95 %% of the held-out ID images) for score.py; METHOD defaults to "
-                             f"{DEFAULT_METHOD} when the flag is given alone")
+                             f"{DEFAULT_METHOD} when the flag is given alone; '{BEST_DETECTOR}': the DFB-METHOD with the "
+                             f"highest validation AUROC in fusion_selection.json")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense_maps", type=int, default=4,
                         help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
+    parser.add_argument("--layout_images", type=int, default=1000,
+                        help="dfb: images per set (seeded subset) for dense_layout.json, how much the dense "
+                             "network's foregrounds are one shared blob (0: skip)")
     parser.add_argument("--odin_temperature", type=float, default=2.0,
                         help="ODIN temperature (default 2, as the official DFB evaluation; the original ODIN uses 1000)")
     parser.add_argument("--odin_epsilon", type=float, default=0.0,
@@ -65,6 +75,8 @@ def parse_args(argv=None):
         parser.error("--odin_epsilon must be >= 0")
     if args.fusion_images < 1:
         parser.error("--fusion_images must be >= 1")
+    if args.fusion_val_ood is not None and args.task == "cls":
+        parser.error("--fusion_val_ood is for dfb checkpoints (it chooses the DFB fusions)")
     if args.save_detector == "ODIN" and args.odin_epsilon > 0:
         parser.error("--save_detector ODIN needs --odin_epsilon 0: score.py does not perturb its input images")
     return args

@@ -38,7 +38,7 @@ def range_table(run_dirs):
     ood_sets = list(dict.fromkeys(ood for _, ood in results["results_cls"][0]))
     rows = [(label.format(m=method), folder, key.format(m=method)) for method in METHODS
             for folder, label, key in NETWORKS]
-    rows.append(("Background alone (−z_bg)", "results_dfb", "Background"))
+    rows.append(("Background alone (direction chosen on validation data)", "results_dfb", "Background"))
     lines = ["| score | " + " | ".join(f"{ood} FPR95↓ / AUROC↑" for ood in ood_sets) + " |",
              "|---|" + "---|" * len(ood_sets)]
     for label, folder, key in rows:

@@ -35,7 +35,9 @@ STAGES = {"data": "unpack the shared archives", "from_run": "classifier and mask
           "train_dfb": "DFB network (train.py --task dfb)", "eval_dfb": "OOD evaluation, DFB network (eval.py)"}
 MASK_DIR = Path("masks") / "train"
 METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr_in", "AUPR-In↑"), ("aupr_out", "AUPR-Out↑"))
-BACKGROUND = "Background"
+BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"  # eval.py's names
+BACKGROUND_LABEL = "Background (direction chosen on validation data)"
+BACKGROUND_FIXED_LABEL = "Background[−z_bg] (one fixed direction, diagnostic)"
 DASH = "–"
 PM = "±"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
@@ -160,6 +162,14 @@ class Run:
             raise ValueError(f"results_dfb_{suffix}/results.csv lacks the rows {missing}: is it the evaluation of "
                              f"a DFB checkpoint?")
 
+    def background_rows(self):
+        """(method, label) of the background scores every seed has: the validated direction, and the
+        fixed −z_bg diagnostic where eval.py wrote it (evaluations before it existed had only −z_bg,
+        then named Background)."""
+        if not all(BACKGROUND_FIXED in self.dfb[s][1] for s in self.seeds):
+            return [(BACKGROUND, "Background (−z_bg)")]
+        return [(BACKGROUND, BACKGROUND_LABEL), (BACKGROUND_FIXED, BACKGROUND_FIXED_LABEL)]
+
     def dfb_values(self, method, ood, key):
         """One value per finished seed."""
         return [self.dfb[s][0][method, ood][key] for s in self.seeds]
@@ -272,7 +282,8 @@ def ood_table(run, ood):
         rows.append([f"{method} · classifier"] + [pct(run.cls_value(method, ood, key)) for key, _ in METRICS])
         rows.append([f"{method} · DFB net"] + [pct_spread(run.dfb_values(method, ood, key)) for key, _ in METRICS])
         rows.append([f"DFB-{method}"] + [pct_spread(run.dfb_values(f"DFB-{method}", ood, key)) for key, _ in METRICS])
-    rows.append(["Background (−z_bg)"] + [pct_spread(run.dfb_values(BACKGROUND, ood, key)) for key, _ in METRICS])
+    for method, label in run.background_rows():
+        rows.append([label] + [pct_spread(run.dfb_values(method, ood, key)) for key, _ in METRICS])
     return [f"### {ood}", ""] + markdown_table(["score"] + [name for _, name in METRICS], rows) + [""]
 
 
@@ -282,7 +293,8 @@ def average_table(run):
         rows.append([f"{method} · classifier"] + [pct(run.cls_average(method, key)) for key, _ in METRICS])
         rows.append([f"{method} · DFB net"] + [pct_spread(run.dfb_average(method, key)) for key, _ in METRICS])
         rows.append([f"DFB-{method}"] + [pct_spread(run.dfb_average(f"DFB-{method}", key)) for key, _ in METRICS])
-    rows.append(["Background (−z_bg)"] + [pct_spread(run.dfb_average(BACKGROUND, key)) for key, _ in METRICS])
+    for method, label in run.background_rows():
+        rows.append([label] + [pct_spread(run.dfb_average(method, key)) for key, _ in METRICS])
     return [f"### Average over the {len(run.ood_names)} OOD sets", "",
             "Each seed's average over the sets, then mean ± std of those over seeds.", ""] + \
         markdown_table(["score"] + [name for _, name in METRICS], rows) + [""]
@@ -297,10 +309,10 @@ def ood_section(run, fusion):
              f"logits and features of the (K+1)-class DFB network, without the background term; *DFB-x* = x on "
              f"the DFB network fused with its background logit (`{fusion}` mode, `utils/fusion.py`). DFB rows: "
              f"{seeds}. Every fusion mode is in `results_dfb_seed<s>/results.md`.", "",
-             "### Background alone (−z_bg), AUROC↑ per OOD set", ""]
+             "### Background alone, AUROC↑ per OOD set", ""]
     lines += markdown_table(["score"] + list(run.ood_names),
-                            [["Background alone (−z_bg)"] + [pct_spread(run.dfb_values(BACKGROUND, ood, "auroc"))
-                                                             for ood in run.ood_names]]) + [""]
+                            [[label] + [pct_spread(run.dfb_values(method, ood, "auroc")) for ood in run.ood_names]
+                             for method, label in run.background_rows()]) + [""]
     for ood in run.ood_names:
         lines += ood_table(run, ood)
     return lines + average_table(run)
@@ -366,10 +378,14 @@ def fusion_section(run, selections, fusion):
             cells.append(f"{choice['sign']:+d}, {choice['temperature']:.4g}" +
                          (f" ({pct(value)})" if isinstance(value, (int, float)) else ""))
         rows.append(cells)
+    if all(BACKGROUND in selections[s] for s in run.seeds):
+        rows.append(["Background alone (s only)"] + [f"{selections[s][BACKGROUND]['sign']:+d} "
+                                                     f"({pct(selections[s][BACKGROUND]['validation_auroc'])})"
+                                                     for s in run.seeds])
     # What eval.py records beside the choices (e.g. which images the choice was validated on)
     recorded = []
     for s in run.seeds:
-        extra = {key: value for key, value in selections[s].items() if not is_choice(value)}
+        extra = {key: value for key, value in selections[s].items() if not is_choice(value) and key != BACKGROUND}
         fields = sorted({field for value in selections[s].values() if is_choice(value) for field in value}
                         - {"sign", "temperature", "validation_auroc"})
         if extra or fields:
@@ -378,7 +394,9 @@ def fusion_section(run, selections, fusion):
     lines = ["## Fusion parameters", "",
              f"Sign s and temperature T of each DFB-x (`{fusion}` mode: {FORMULAS[fusion]}), per seed, read from "
              "`results_dfb_seed<s>/fusion_selection.json`. eval.py chooses them on validation data, **never on any "
-             "of the OOD sets above**. s = +1 means \"more background, more OOD\".", ""]
+             "of the OOD sets above**. s = +1 counts a large background logit as evidence of OOD, s = −1 as "
+             "evidence of ID; neither direction is assumed (the paper says only that the (K+1)-th class captures "
+             "the ID background and gives a background OOD score).", ""]
     lines += markdown_table(header, rows) + [""]
     if recorded:
         lines += ["What `fusion_selection.json` records besides the choices:", ""] + recorded + [""]

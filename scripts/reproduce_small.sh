@@ -42,6 +42,9 @@
 #                    any folder depth inside). They are copied into $OUT, train_cls and make_cam are marked
 #                    done, and the run's data must be the images that classifier trained on [empty]
 #   FUSION [logit]  KNN_K [50]
+#   FUSION_VAL_OOD   one set of OOD_SETS kept as the validation OOD set (eval.py --fusion_val_ood): the DFB
+#                    fusions and the background's direction are chosen on it instead of on patch-shuffled
+#                    held-out images, and it is left out of every evaluation and table [empty]
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
 #   CLS_FLAGS        extra train.py flags of the classifier [preset]
@@ -87,10 +90,15 @@ SEED=${SEED:-0}
 SEEDS=${SEEDS:-$SEED}
 FUSION=${FUSION:-logit}
 KNN_K=${KNN_K:-50}
+FUSION_VAL_OOD=${FUSION_VAL_OOD:-}
+if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; then
+  echo "[error] FUSION_VAL_OOD=$FUSION_VAL_OOD is not one of OOD_SETS ($OOD_SETS)" >&2
+  exit 2
+fi
 FROM_RUN=${FROM_RUN:-}
 SETTINGS=(PRESET FROM_RUN SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
           RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
-          FUSION KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
+          FUSION FUSION_VAL_OOD KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
 read -r -a SEED_LIST <<< "$SEEDS"
 [ "${#SEED_LIST[@]}" -gt 0 ] || { echo "[error] SEEDS is empty" >&2; exit 2; }
@@ -146,12 +154,19 @@ TRAIN_FLAGS=(--datadir "$ID/train" --test_datadir "$ID/test" --model "$MODEL" --
              --base_lr "$BASE_LR" --resolution "$RESOLUTION" --train_resize "$TRAIN_RESIZE" --batch "$BATCH"
              --device "$DEVICE" --workers "$WORKERS" --logdir "$OUT/runs" --eval_every 0)
 
-evaluate() {  # evaluate <checkpoint> <result folder> <seed>
-  local ood
-  mapfile -t ood < "$OUT/ood_splits.txt" || return
+evaluate() {  # evaluate <checkpoint> <result folder> <seed> [dfb]
+  local split splits ood=() validation=()
+  mapfile -t splits < "$OUT/ood_splits.txt" || return
+  for split in "${splits[@]}"; do
+    if [ -n "$FUSION_VAL_OOD" ] && [ "$(basename "$(dirname "$split")")" = "$FUSION_VAL_OOD" ]; then
+      [ "${4:-}" = dfb ] && validation=(--fusion_val_ood "$split")
+    else
+      ood+=("$split")
+    fi
+  done
   $PY eval.py --model_path "$1" --id_train_path "$ID/train" --id_test_path "$ID/test" --ood_path "${ood[@]}" \
     --logdir "$2" --device "$DEVICE" --workers "$WORKERS" --batch "$EVAL_BATCH" --fusion "$FUSION" \
-    --knn_k "$KNN_K" --seed "$3"
+    --knn_k "$KNN_K" --seed "$3" "${validation[@]}"
 }
 
 report() {
@@ -165,7 +180,7 @@ dfb_variant() {  # dfb_variant <suffix> <seed> <extra flags>: train, evaluate an
   read -r -a flags <<< "${3//@CLS_CKPT/$CLS_CKPT}"
   run_stage "train_dfb_$suffix" $PY train.py --task dfb --name "dfb_$suffix" --steps "$STEPS_DFB" \
     --mask_dir "$MASKS" --seed "$seed" "${TRAIN_FLAGS[@]}" "${flags[@]}"
-  run_stage "eval_dfb_$suffix" evaluate "$OUT/runs/dfb_$suffix/checkpoint.pth.tar" "$OUT/results_dfb_$suffix" "$seed"
+  run_stage "eval_dfb_$suffix" evaluate "$OUT/runs/dfb_$suffix/checkpoint.pth.tar" "$OUT/results_dfb_$suffix" "$seed" dfb
   report
 }
 

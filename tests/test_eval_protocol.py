@@ -65,7 +65,8 @@ def test_fusion_choice_ignores_the_test_sets_and_records_its_images(world, tmp_p
     assert images["images"] == [train_relative_paths(world)[i] for i in expected]
     assert images["fitted_images"] == NUM_TRAIN - 36 and images["seed"] == 0 and images["shuffle_grid"] == 4
     notes = (tmp_path / "a" / "results.md").read_text()
-    assert "DFB sign and T chosen on 36 held-out ID training images (seeded slice of --id_train_path)" in notes
+    assert ("DFB sign and T, and the direction of Background, chosen on 36 held-out ID training images "
+            "(seeded slice of --id_train_path) against their 4x4 patch-shuffled copies") in notes
 
 
 def test_held_out_images_never_enter_the_fitted_statistics(world, tmp_path, monkeypatch):
@@ -122,3 +123,54 @@ def test_default_precision_is_fp32_even_where_bf16_is_the_device_default(world, 
     # CPU autocast emulates the bf16 path: it does move the logits, which is why it is not the default
     assert np.abs(logits["bf16"] - logits["fp32"]).max() > 1e-3
     assert "Logits and features in bf16" in (tmp_path / "bf16" / "results.md").read_text()
+
+
+def test_a_validation_ood_folder_chooses_the_fusions_and_is_kept_apart_from_the_test_sets(world, tmp_path):
+    ood = world["sets"]["ood"]
+    validation, tested = ood["SynthNewBackgrounds"], [ood["SynthNewObjects"], ood["SynthClutter"]]
+    result = run_eval(world, tmp_path / "val", ood=tested, extra=["--fusion_val_ood", str(validation)])
+    selection = result["selection"]
+    recorded = selection["validation_images"]["validation_ood"]
+    assert recorded["source"] == "--fusion_val_ood" and recorded["path"] == str(validation)
+    assert recorded["count"] == len(list_samples(validation))
+    # never reported: no row, no score file of the validation folder
+    assert {row["ood_dataset"] for row in result["rows"]} == {"SynthNewObjects", "SynthClutter"}
+    assert not list((tmp_path / "val" / "scores").glob("*/SynthNewBackgrounds.npy"))
+    # the recorded choices are those of the fusion rule on the held-out images vs that folder
+    from utils.fusion import select_background_sign, select_fusion
+    from utils.main_eval import FUSION_ID, VALIDATION_OOD
+    cached = {name: next((tmp_path / "val" / "cache").glob(f"{name}-*.npz")) for name in (FUSION_ID, VALIDATION_OOD)}
+    logits = {name: np.load(path)["logits"] for name, path in cached.items()}
+    assert selection["Background"]["sign"] == select_background_sign(logits[FUSION_ID], logits[VALIDATION_OOD]).sign
+    from utils.scores import max_logit
+    choice = select_fusion(max_logit(logits[FUSION_ID][:, :-1]), logits[FUSION_ID],
+                           max_logit(logits[VALIDATION_OOD][:, :-1]), logits[VALIDATION_OOD], "logit")
+    assert selection["DFB-MaxLogit[logit]"]["sign"] == choice.sign
+    assert selection["DFB-MaxLogit[logit]"]["temperature"] == pytest.approx(choice.temperature)
+    # Background follows the chosen direction; the fixed -z_bg stays as a labelled diagnostic
+    test_logits = np.load(tmp_path / "val" / "logits" / "synthetic_test.npy")
+    sign = selection["Background"]["sign"]
+    np.testing.assert_allclose(np.load(tmp_path / "val" / "scores" / "Background" / "synthetic_test.npy"),
+                               -sign * test_logits[:, -1], rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "val" / "scores" / "Background[-z_bg]" / "synthetic_test.npy"),
+                               -test_logits[:, -1], rtol=1e-6)
+
+    layout = json.loads((tmp_path / "val" / "dense_layout.json").read_text())
+    assert set(layout) == {"synthetic_test", "SynthNewObjects", "SynthClutter"}
+    assert layout["SynthClutter"]["images"] == len(list_samples(tested[1]))
+    with pytest.raises(ValueError, match="also an --ood_path"):
+        run_eval(world, tmp_path / "refused", ood=tested, extra=["--fusion_val_ood", str(tested[0])])
+    copy = tmp_path / "copy_of_test_set"
+    shutil.copytree(tested[1], copy)
+    with pytest.raises(ValueError, match="shares .* byte-identical images with the test set SynthClutter"):
+        run_eval(world, tmp_path / "refused", ood=tested, extra=["--fusion_val_ood", str(copy)])
+
+
+def test_save_detector_best_takes_the_fusion_with_the_highest_validation_auroc(world, tmp_path):
+    result = run_eval(world, tmp_path, ood=[world["sets"]["ood"]["SynthClutter"]], extra=["--save_detector", "best"])
+    selection = result["selection"]
+    fused = {key: value["validation_auroc"] for key, value in selection.items()
+             if key.startswith("DFB-") and key.endswith("[logit]")}
+    best = max(fused, key=fused.get)
+    method = torch.load(tmp_path / "detector.pt", weights_only=False)["score"]["method"]
+    assert fused[f"DFB-{method}[logit]"] == fused[best]

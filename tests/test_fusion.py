@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from utils.fusion import (DEFAULT_FUSION, FUSIONS, apply_fusions, background_score, balanced_temperature,
-                          fusion_name, select_all_fusions, select_fusion, split_logits)
+                          fusion_name, select_all_fusions, select_background_sign, select_fusion, split_logits)
 from utils.metrics import auroc
 
 # 49 temperatures, 4 per decade from 1e-6 to 1e6, shared by every mode. A foreground
@@ -121,16 +121,33 @@ def test_selection_finds_planted_sign_and_temperature(mode, background_is_ood):
 
 @pytest.mark.parametrize("mode, weakest", [("logit", ABSOLUTE_GRID.max()), ("prob", ABSOLUTE_GRID.min()),
                                            ("logprob", ABSOLUTE_GRID.min())])
-def test_ties_go_to_positive_sign_and_weakest_background_term(mode, weakest):
-    # foreground separates perfectly and the background is noise: every weak enough fusion
-    # of either sign reaches AUROC 1
+@pytest.mark.parametrize("background_is_ood", [True, False])
+def test_ties_go_to_the_background_alone_sign_and_weakest_background_term(mode, weakest, background_is_ood):
+    # foreground separates perfectly: every weak enough fusion of either sign reaches AUROC 1.
+    # The background logit alone leans one way on the same validation data: that sign wins the tie
     rng = np.random.default_rng(3)
     id_logits, ood_logits = rng.normal(size=(50, 3)), rng.normal(size=(60, 3))
+    ood_logits[:, -1] += 0.5 if background_is_ood else -0.5
+    expected_sign = 1 if background_is_ood else -1
+    assert select_background_sign(id_logits, ood_logits).sign == expected_sign
     choice = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, ABSOLUTE_GRID)
-    assert choice == (1, weakest, 1.0)
-    only_negative = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, ABSOLUTE_GRID,
-                                  signs=(-1,))
-    assert only_negative.sign == -1
+    assert choice == (expected_sign, weakest, 1.0)
+    only_other = select_fusion(np.full(50, 10.0), id_logits, np.zeros(60), ood_logits, mode, ABSOLUTE_GRID,
+                               signs=(-expected_sign,))
+    assert only_other.sign == -expected_sign
+
+
+def test_background_sign_is_read_off_the_validation_data():
+    rng = np.random.default_rng(5)
+    id_logits, ood_logits = rng.normal(size=(80, 3)), rng.normal(size=(90, 3))
+    ood_logits[:, -1] -= 2.0  # OOD has the SMALLER background logit here
+    choice = select_background_sign(id_logits, ood_logits)
+    assert choice.sign == -1
+    assert choice.auroc == pytest.approx(auroc(background_score(id_logits, -1), background_score(ood_logits, -1)))
+    assert choice.auroc > 0.85
+    np.testing.assert_array_equal(background_score(id_logits, -1), id_logits[:, -1].astype(np.float32))
+    with pytest.raises(ValueError, match="sign"):
+        background_score(id_logits, 0)
 
 
 def test_select_all_and_apply_fusions_names_and_values():

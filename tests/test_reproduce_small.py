@@ -169,7 +169,7 @@ def write_json(path, value):
     path.write_text(json.dumps(value))
 
 
-def synthetic_run(run_dir, seeds=("0", "1")):
+def synthetic_run(run_dir, seeds=("0", "1"), legacy_background=False):
     """A run folder as scripts/reproduce_small.sh leaves it, with made-up numbers: two base scores,
     two OOD sets, DFB seeds `seeds`; metric j of method m on set o is (10 m + 3 o + j) / 100 on the
     classifier, + 0.05 for x on the DFB net, + 0.2 + 0.01 * seed for DFB-m."""
@@ -182,11 +182,13 @@ def synthetic_run(run_dir, seeds=("0", "1")):
         write_csv(run_dir / f"results_dfb_seed{s}" / "results.csv",
                   [row(b, m, o, 0.05) for m, b in enumerate(base) for o in range(2)]
                   + [row(f"DFB-{b}", m, o, 0.2 + 0.01 * int(s)) for m, b in enumerate(base) for o in range(2)]
-                  + [row("Background", 7, o) for o in range(2)])
+                  + [row("Background", 7, o) for o in range(2)]
+                  + ([] if legacy_background else [row("Background[-z_bg]", 8, o) for o in range(2)]))
         write_json(run_dir / f"results_dfb_seed{s}" / "accuracy.json",
                    {"id_dataset": "cifar10_test", "top1": 0.79 + 0.01 * int(s), "images": 100})
         write_json(run_dir / f"results_dfb_seed{s}" / "fusion_selection.json",
                    {"validation": "held-out training images",
+                    **({} if legacy_background else {"Background": {"sign": -1, "validation_auroc": 0.6}}),
                     **{f"DFB-{b}[{mode}]": {"sign": 1 if b == "MSP" else -1, "temperature": 0.5,
                                             "validation_auroc": 0.7} for b in base for mode in FUSIONS}})
         write_json(run_dir / "runs" / f"dfb_seed{s}" / "final_metrics.json",
@@ -231,14 +233,16 @@ def test_report_of_a_synthetic_run(tmp_path):
     assert set_b["Energy · classifier"] == ["13.00", "14.00", "15.00", "16.00"]
     assert set_b["Energy · DFB net"] == ["18.00 ± 0.00", "19.00 ± 0.00", "20.00 ± 0.00", "21.00 ± 0.00"]
     assert set_b["DFB-Energy"][1] == "34.50 ± 0.71"  # mean of 34, 35; sample std 0.707
-    assert set_b["Background (−z_bg)"][1] == "74.00 ± 0.00"
-    assert table_rows(report, "### Background alone (−z_bg), AUROC↑ per OOD set")["Background alone (−z_bg)"] == \
-        ["71.00 ± 0.00", "74.00 ± 0.00"]
+    assert set_b["Background (direction chosen on validation data)"][1] == "74.00 ± 0.00"
+    background = table_rows(report, "### Background alone, AUROC↑ per OOD set")
+    assert background["Background (direction chosen on validation data)"] == ["71.00 ± 0.00", "74.00 ± 0.00"]
+    assert background["Background[−z_bg] (one fixed direction, diagnostic)"] == ["81.00 ± 0.00", "84.00 ± 0.00"]
     average = table_rows(report, "### Average over the 2 OOD sets")
     assert average["MSP · classifier"][:2] == ["1.50", "2.50"]
     assert average["DFB-MSP"][1] == "23.00 ± 0.71"
     fusion = table_rows(report, "## Fusion parameters")
     assert fusion["DFB-Energy"] == ["-1, 0.5 (70.00)", "-1, 0.5 (70.00)"]
+    assert fusion["Background alone (s only)"] == ["-1 (60.00)", "-1 (60.00)"]
     assert '`validation` = `"held-out training images"`' in report
     beats = table_rows(report, "## Does DFB-x beat x?")
     # +20.5 points over the classifier, std 0.71: beyond the 2-std rule for both scores
@@ -253,6 +257,14 @@ def test_report_of_a_synthetic_run(tmp_path):
     dense = table_rows(report, "## ID accuracy (cifar10_test) and dense quality")
     assert dense["mask pixel accuracy"] == ["75.00", "76.00", "75.50 ± 0.71"]
     assert dense["val top-1 (held-out training images)"] == ["80.00", "runs/cls/final_metrics.json"]
+
+
+def test_report_of_an_evaluation_from_before_the_validated_background(tmp_path):
+    synthetic_run(tmp_path, legacy_background=True)  # only "Background" = -z_bg, no direction recorded
+    report = results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False)
+    assert table_rows(report, "### Background alone, AUROC↑ per OOD set")["Background (−z_bg)"] == \
+        ["71.00 ± 0.00", "74.00 ± 0.00"]
+    assert "Background alone (s only)" not in table_rows(report, "## Fusion parameters")
 
 
 def test_report_publishes_figures_beside_the_report(tmp_path):
@@ -340,7 +352,7 @@ def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     report = (out / "RESULTS.md").read_text()
     for ood in OOD_NAMES:
         table = table_rows(report, f"### {ood}")
-        assert set(table) >= {"MSP · classifier", "DFB-Energy", "Mahalanobis · DFB net", "Background (−z_bg)"}
+        assert set(table) >= {"MSP · classifier", "DFB-Energy", "Mahalanobis · DFB net", "Background (direction chosen on validation data)"}
         assert table["MSP · classifier"][1] == f"{auroc_of(out / 'results_cls', 'MSP', ood):.2f}"
         # mean and sample std over the two seeds, computed here from each seed's results.csv
         a, b = (auroc_of(out / f"results_dfb_seed{s}", "DFB-MSP", ood) for s in (0, 1))

@@ -93,14 +93,15 @@ def keep_threshold(id_scores, keep=KEEP_ID):
 
 
 def save_detector(path, *, model_path, checkpoint_digest, model, resolution, half_stride, classes, amp,
-                  score, fitted, fitted_images, mode, choice, heldout_fused, heldout_images):
+                  score, fitted, fitted_images, mode, choice, heldout_fused, heldout_images, background_sign=1):
     """Write the detector file (atomically).
 
     model: the network (its name and head size are stored); score: the utils.scores Score object
     and fitted: its state from score.fit on the ID training rows; mode / choice: the fusion mode and
     its (sign, temperature, validation AUROC) as eval.py chose them; heldout_fused: the fused scores
     of the held-out ID images that chose it (float32, as eval.py computed them), which set the
-    threshold; heldout_images: fusion_selection.json's record of those images.
+    threshold; heldout_images: fusion_selection.json's record of those images; background_sign: the
+    direction of the background score (bg_score) that eval.py chose on validation data.
     """
     threshold = keep_threshold(heldout_fused)
     spec = {
@@ -112,7 +113,8 @@ def save_detector(path, *, model_path, checkpoint_digest, model, resolution, hal
         "score": {"method": score.name, "hyperparameters": score.hyperparameters(),
                   "fitted": state_to_plain(fitted), "fitted_images": int(fitted_images)},
         "fusion": {"name": fusion_name(score.name), "mode": mode, "sign": int(choice[0]),
-                   "temperature": float(choice[1]), "validation_auroc": float(choice[2])},
+                   "temperature": float(choice[1]), "validation_auroc": float(choice[2]),
+                   "background_sign": int(background_sign)},
         "threshold": {"value": threshold, "keep_id": KEEP_ID,
                       "kept_fraction": float(np.mean(np.asarray(heldout_fused) >= threshold)),
                       "images": {key: heldout_images[key] for key in ("source", "split", "count", "digest")}},
@@ -299,7 +301,9 @@ class Detector:
         fused = FUSIONS[self.fusion["mode"]](fg, logits, self.fusion["temperature"], self.fusion["sign"])
         fused = fused.astype(np.float32)  # as eval.py stores it, so the threshold compares like for like
         prob, pred = torch.from_numpy(logits[:, :k]).softmax(dim=1).max(dim=1)
-        out = {"score": fused, "fg_score": fg, "bg_score": background_score(logits),
+        # detectors written before the background's direction was chosen on validation data used -z_bg
+        background = background_score(logits, self.fusion.get("background_sign", 1))
+        out = {"score": fused, "fg_score": fg, "bg_score": background,
                "is_ood": fused < self.threshold, "pred_class": np.array([self.classes[i] for i in pred.tolist()]),
                "pred_prob": prob.numpy(),
                "bg_fraction": (dense.argmax(dim=1) == k).float().mean(dim=(1, 2)).cpu().numpy()}

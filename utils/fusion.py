@@ -2,8 +2,10 @@
 
 A DFB network outputs K+1 image-level logits z, background LAST. The K foreground
 logits (and the pooled feature) feed any existing post-hoc score S_fg
-(`utils.scores`); the background logit z_bg says how much the image looks like
-background, i.e. like OOD. Higher scores mean more in-distribution throughout.
+(`utils.scores`). What the paper states of the (K+1)-th class is that it captures the
+ID background features and that its prediction gives a background OOD score; it does
+not say in which direction. So the direction is chosen on validation data, like T.
+Higher scores mean more in-distribution throughout.
 
 The paper's exact fusion formula was not available, so this module implements a
 small, explicit family (README, "Scores and the DFB fusion"), every member reported:
@@ -12,11 +14,11 @@ small, explicit family (README, "Scores and the DFB fusion"), every member repor
     'prob'    : S = S_fg - sign * T * p_bg
     'logprob' : S = S_fg + sign * T * log(1 - p_bg)
 
-with p = softmax over all K+1 logits. sign = +1 reads the background logit as "looks
-like background, so OOD"; sign = -1 reads it as "has the familiar ID background, so ID".
-Which one holds depends on the data, so the sign and T of each (method, mode) are
-picked by `select_fusion` on ID data and a VALIDATION pseudo-OOD set, never on a test
-OOD set. By default T is searched within a factor of 10 of the balanced temperature,
+with p = softmax over all K+1 logits. sign = +1 treats a large background logit as
+evidence of OOD, sign = -1 as evidence of ID (the familiar ID background). Neither is
+assumed: the sign and T of each (method, mode) are picked by `select_fusion` on ID data
+and a VALIDATION OOD set (patch-shuffled held-out ID images, or a real folder kept apart
+from the test sets), never on a test OOD set. By default T is searched within a factor of 10 of the balanced temperature,
 at which the background term varies as much over the ID images as the foreground score:
 the validation set can tilt the balance but not hand the score to one term alone.
 """
@@ -38,6 +40,11 @@ RELATIVE_GRID = np.logspace(-1, 1, 9)
 _AUROC_TIE = 1e-12
 
 
+class FusionChoiceBackground(NamedTuple):
+    sign: int
+    auroc: float   # validation AUROC of the background score in that direction
+
+
 def split_logits(logits_k1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(foreground logits [N, K], background logit [N]) of (K+1)-class logits, background last."""
     logits = np.asarray(logits_k1, dtype=np.float64)
@@ -49,10 +56,21 @@ def split_logits(logits_k1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return logits[:, :-1], logits[:, -1]
 
 
-def background_score(logits_k1: ArrayLike) -> np.ndarray:
-    """-z_bg: a large background logit means the image looks like background, i.e. OOD."""
+def background_score(logits_k1: ArrayLike, sign: int = 1) -> np.ndarray:
+    """The background logit alone as an OOD score: -sign * z_bg (sign as in the fusions: +1 = a
+    large background logit means OOD, -1 = it means ID)."""
     _, background = split_logits(logits_k1)
-    return (-background).astype(np.float32)
+    if sign not in (1, -1):
+        raise ValueError(f"sign: expected +1 or -1, got {sign}")
+    return (-sign * background).astype(np.float32)
+
+
+def select_background_sign(id_logits: ArrayLike, val_ood_logits: ArrayLike) -> FusionChoiceBackground:
+    """The direction of the background logit alone on validation data: +1 when -z_bg ranks the ID
+    images above the validation OOD ones (AUROC >= 0.5), else -1. An AUROC of exactly 0.5 (the
+    validation data say nothing) keeps +1, a convention: that case is a tie whichever sign is taken."""
+    value = auroc(background_score(id_logits), background_score(val_ood_logits))
+    return FusionChoiceBackground(1, value) if value >= 0.5 else FusionChoiceBackground(-1, 1 - value)
 
 
 def _check_fusion_args(fg_score, logits_k1, temperature, sign):
@@ -145,8 +163,10 @@ def select_fusion(id_fg: ArrayLike, id_logits: ArrayLike, val_ood_fg: ArrayLike,
 
     The caller guarantees that (val_ood_fg, val_ood_logits) is NOT one of the test OOD
     sets (e.g. a held-out or synthetic pseudo-OOD set): choosing on a test set would
-    leak it into the reported results. Ties go to sign = +1 (the method's hypothesis),
-    then to the weaker background term (larger T for 'logit', smaller T otherwise).
+    leak it into the reported results. Ties go to the sign in which the background logit
+    ALONE separates the same validation data (`select_background_sign`), then to the
+    weaker background term (larger T for 'logit', smaller T otherwise): both are read off
+    the validation data, so no direction is assumed.
     """
     _check_mode(mode)
     if temperatures is None:
@@ -160,8 +180,9 @@ def select_fusion(id_fg: ArrayLike, id_logits: ArrayLike, val_ood_fg: ArrayLike,
     weakest_first = np.sort(temperatures)
     if _LARGER_T_IS_WEAKER[mode]:
         weakest_first = weakest_first[::-1]
+    background_sign = select_background_sign(id_logits, val_ood_logits).sign
     best = None
-    for sign in sorted(set(signs), reverse=True):          # +1 first
+    for sign in sorted(set(signs), key=lambda sign: sign != background_sign):  # the background's own sign first
         for temperature in weakest_first:
             value = auroc(fuse(id_fg, id_logits, temperature, sign),
                           fuse(val_ood_fg, val_ood_logits, temperature, sign))

@@ -34,16 +34,20 @@ from utils import distributed
 from utils.checkpoint import file_digest, load_network
 from utils.detector import save_detector
 from utils.distributed import RunContext, start_run
+from utils.dense_eval import foreground_layout
 from utils.engine_eval import extract, top1
-from utils.fusion import apply_fusions, background_score, fusion_name, select_all_fusions
+from utils.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
+                          select_background_sign)
 from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.metrics import ood_metrics
 from utils.runtime import autocast, mixed_seed
 from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
 
 CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
-PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", "Background", "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
-PSEUDO_OOD = "pseudo_ood_patch_shuffled"
+BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"
+BEST_DETECTOR = "best"  # --save_detector best
+PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", BACKGROUND, "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
+VALIDATION_OOD = "fusion_val_ood"  # patch-shuffled held-out ID images, or --fusion_val_ood
 FUSION_ID = "fusion_id_heldout"
 # Below this many held-out images found in --id_train_path (or --fusion_images, if smaller) the
 # checkpoint's holdout is too small to choose sign and T on, and a seeded slice is used instead
@@ -60,6 +64,9 @@ def run(args: argparse.Namespace) -> dict | None:
     model, checkpoint, task, head_size = load_network(args.model_path, task=args.task, head_size=args.head_size,
                                                       model_name=args.model)
     num_classes = head_size - 1 if task == "dfb" else head_size
+    if args.fusion_val_ood and task != "dfb":
+        raise ValueError(f"--fusion_val_ood chooses the DFB fusions of a dfb checkpoint, but {args.model_path} is a "
+                         f"'{task}' checkpoint")
     if args.save_detector and task != "dfb":
         raise ValueError(f"--save_detector needs a dfb checkpoint (the detector fuses its background logit), "
                          f"but {args.model_path} is a '{task}' checkpoint")
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     sets = open_sets(args, resolution, checkpoint, num_classes, ctx)
     if task == "dfb":
-        add_fusion_sets(sets, args, checkpoint)
+        add_fusion_sets(sets, args, checkpoint, resolution)
     outputs = extract_sets(sets, model, checkpoint_key, resolution, num_classes, out_dir, args, ctx)
     distributed.barrier()
     if not ctx.is_main:
@@ -80,6 +87,9 @@ def run(args: argparse.Namespace) -> dict | None:
         return None
 
     results = score_and_report(outputs, sets, task, num_classes, model, out_dir, args, ctx)
+    if task == "dfb" and args.layout_images > 0:
+        results["written"].append(out_dir / "dense_layout.json")
+        write_dense_layout(results["written"][-1], model, sets.shown_sets(), num_classes, resolution, args, ctx)
     if task == "dfb" and args.dense_maps > 0:
         results["written"].append(out_dir / "figures" / "dense_maps.png")
         draw_dense_maps(model, sets.shown_sets(), num_classes, resolution, ctx, args.dense_maps,
@@ -108,7 +118,7 @@ class EvalSets:
 
     def shown_sets(self) -> list[tuple[str, torch.utils.data.Dataset]]:
         """The ID test and OOD sets (what figures/dense_maps.png shows)."""
-        return [(name, dataset) for name, dataset in self.plan[1:] if name not in (FUSION_ID, PSEUDO_OOD)]
+        return [(name, dataset) for name, dataset in self.plan[1:] if name not in (FUSION_ID, VALIDATION_OOD)]
 
 
 def open_sets(args, resolution: int, checkpoint: dict, num_classes: int, ctx: RunContext) -> EvalSets:
@@ -132,20 +142,47 @@ def open_sets(args, resolution: int, checkpoint: dict, num_classes: int, ctx: Ru
     return EvalSets(id_train_name, id_test_name, ood_names, id_train, plan, digests, np.arange(len(id_train)))
 
 
-def add_fusion_sets(sets: EvalSets, args, checkpoint: dict) -> None:
-    """dfb: the held-out ID training images that choose the fusions and their patch-shuffled
-    copies join the plan; the held-out images leave the rows that fit the scores."""
+def add_fusion_sets(sets: EvalSets, args, checkpoint: dict, resolution: int) -> None:
+    """dfb: the held-out ID training images that choose the fusions and the validation OOD set
+    (their patch-shuffled copies, or --fusion_val_ood) join the plan; the held-out images leave
+    the rows that fit the scores."""
     held_out, source = fusion_images(sets.id_train, checkpoint, args.fusion_images, args.seed)
     sets.fit_rows = np.setdiff1d(sets.fit_rows, held_out)  # the held-out images never fit a score
     heldout_dataset = restrict(sets.id_train, held_out)
     sets.digests[FUSION_ID] = [sets.digests[sets.id_train_name][i] for i in held_out]
-    sets.digests[PSEUDO_OOD] = sets.digests[FUSION_ID]
-    sets.plan += [(FUSION_ID, heldout_dataset),
-                  (PSEUDO_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed))]
+    sets.plan.append((FUSION_ID, heldout_dataset))
+    if args.fusion_val_ood:
+        validation = open_split(args.fusion_val_ood, resolution, skip_corrupt=args.skip_corrupt)
+        sets.digests[VALIDATION_OOD] = image_digests(validation)
+        check_validation_ood(args.fusion_val_ood, args.ood_path, sets)
+        sets.plan.append((VALIDATION_OOD, validation))
+        validation_ood = {"source": "--fusion_val_ood", "path": str(args.fusion_val_ood), "count": len(validation),
+                          "digest": dataset_digest(validation, sets.digests[VALIDATION_OOD])}
+    else:
+        sets.digests[VALIDATION_OOD] = sets.digests[FUSION_ID]
+        sets.plan.append((VALIDATION_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed)))
+        validation_ood = {"source": "patch-shuffled copies of the held-out ID images", "shuffle_grid": args.shuffle_grid,
+                          "seed": args.seed}
     sets.selection_images = {"source": source, "split": str(sets.id_train.root), "count": len(held_out),
                              "fitted_images": len(sets.fit_rows), "shuffle_grid": args.shuffle_grid,
                              "seed": args.seed, "digest": dataset_digest(heldout_dataset, sets.digests[FUSION_ID]),
-                             "images": relative_paths(heldout_dataset)}
+                             "images": relative_paths(heldout_dataset), "validation_ood": validation_ood}
+
+
+def check_validation_ood(folder, ood_paths, sets: EvalSets) -> None:
+    """--fusion_val_ood must be kept apart from the test sets: not one of the --ood_path folders,
+    and no image byte-identical to one of theirs or of the ID test set."""
+    resolved = Path(folder).resolve()
+    for path in ood_paths:
+        if Path(path).resolve() == resolved:
+            raise ValueError(f"--fusion_val_ood {folder} is also an --ood_path: the fusions would be chosen on a "
+                             f"test set; give a folder that is not evaluated (e.g. Tiny ImageNet val for CIFAR)")
+    validation = set(sets.digests[VALIDATION_OOD])
+    for name in [sets.id_test_name, *sets.ood_names]:
+        shared = sum(digest in validation for digest in sets.digests[name])
+        if shared:
+            raise ValueError(f"--fusion_val_ood {folder} shares {shared} byte-identical images with the test set "
+                             f"{name}: the validation OOD set must be kept apart from every evaluated set")
 
 
 def extract_sets(sets: EvalSets, model, checkpoint_key: str, resolution: int, num_classes: int, out_dir: Path,
@@ -296,7 +333,7 @@ def score_and_report(outputs, sets: EvalSets, task, num_classes, model, out_dir,
     id_train = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
                             labels=train["labels"][fit_rows], head_weight=weight[:num_classes],
                             head_bias=bias[:num_classes])
-    scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, PSEUDO_OOD] if task == "dfb" else [])
+    scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, VALIDATION_OOD] if task == "dfb" else [])
     test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
     registry = make_scores(**score_overrides(args))
     scores = compute_all_scores(id_train, test_sets, device=ctx.device, scores=registry)
@@ -330,8 +367,11 @@ def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resol
     """detector.pt of DFB-<args.save_detector> in the --fusion mode, from this run's own choices:
     the fitted statistics of the same ID training rows, the sign and T of fusion_selection.json,
     and a threshold set on the held-out ID images that chose them (never a test or OOD set)."""
-    method, mode = args.save_detector, args.fusion
+    mode = args.fusion
     registry, id_train = results["fit"]
+    method = args.save_detector
+    if method == BEST_DETECTOR:
+        method = best_detector_method(results["selection"], registry, mode, args.odin_epsilon)
     score = registry[method]
     # fitting is deterministic: the state the reported scores used, fitted once more to be stored
     fitted = score.fit(id_train, ctx.device)
@@ -341,10 +381,22 @@ def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resol
                          score=score, fitted=fitted, fitted_images=len(id_train.features), mode=mode,
                          choice=(choice["sign"], choice["temperature"], choice["validation_auroc"]),
                          heldout_fused=results["scores"][fusion_name(method)][FUSION_ID],
-                         heldout_images=results["selection"]["validation_images"])
+                         heldout_images=results["selection"]["validation_images"],
+                         background_sign=results["selection"][BACKGROUND]["sign"])
     print(f"[eval] detector {fusion_name(method)} ({mode} fusion, threshold {spec['threshold']['value']:.6g}: keeps "
           f"{100 * spec['threshold']['kept_fraction']:.1f} % of {len(results['scores'][fusion_name(method)][FUSION_ID])} "
           f"held-out ID images): {path}; apply it with score.py --detector {path} --images ...")
+
+
+def best_detector_method(selection, registry, mode, odin_epsilon) -> str:
+    """The base score whose DFB fusion (in `mode`) has the highest validation AUROC; the first in
+    the registry's order on a tie. ODIN with input perturbation is left out (score.py does not
+    perturb images)."""
+    candidates = [m for m in registry if not (m == "ODIN" and odin_epsilon > 0)]
+    method = max(candidates, key=lambda m: selection[fusion_name(m, mode)]["validation_auroc"])
+    print(f"[eval] --save_detector {BEST_DETECTOR}: {fusion_name(method)} has the highest validation AUROC "
+          f"({100 * selection[fusion_name(method, mode)]['validation_auroc']:.2f} %) of the {mode} fusions")
+    return method
 
 
 def remove_stale_outputs(out_dir, written):
@@ -352,7 +404,7 @@ def remove_stale_outputs(out_dir, written):
     task left in `out_dir`, so that every file there comes from this run."""
     written = set(written)
     stale = [path for pattern in ("logits/*.npy", "scores/*/*.npy", "figures/*.png",
-                                                 "fusion_selection.json", "detector.pt")
+                                                 "fusion_selection.json", "detector.pt", "dense_layout.json")
              for path in out_dir.glob(pattern) if path not in written]
     for path in stale:
         path.unlink()
@@ -364,17 +416,22 @@ def remove_stale_outputs(out_dir, written):
 
 
 def add_dfb_scores(scores, outputs, scored_sets, default_mode):
-    """The background score and every DFB fusion of every base score ('DFB-<m>' for the default
-    mode, 'DFB-<m>[<mode>]' for each mode), sign and T chosen on the held-out ID training images
-    against their patch-shuffled copies."""
+    """The background score in the direction chosen on validation data ('Background'; the fixed
+    -z_bg as the diagnostic 'Background[-z_bg]') and every DFB fusion of every base score
+    ('DFB-<m>' for the default mode, 'DFB-<m>[<mode>]' for each mode), sign and T chosen on the
+    held-out ID training images against the validation OOD set."""
     logits = {name: outputs[name]["logits"] for name in scored_sets}
     choices = select_all_fusions({m: per_set[FUSION_ID] for m, per_set in scores.items()}, logits[FUSION_ID],
-                                 {m: per_set[PSEUDO_OOD] for m, per_set in scores.items()}, logits[PSEUDO_OOD])
-    combined = {**scores, "Background": {name: background_score(logits[name]) for name in scored_sets}}
+                                 {m: per_set[VALIDATION_OOD] for m, per_set in scores.items()}, logits[VALIDATION_OOD])
+    background = select_background_sign(logits[FUSION_ID], logits[VALIDATION_OOD])
+    combined = {**scores,
+                BACKGROUND: {name: background_score(logits[name], background.sign) for name in scored_sets},
+                BACKGROUND_FIXED: {name: background_score(logits[name]) for name in scored_sets}}
     combined.update(apply_fusions(scores, logits, choices, default_mode))
-    selection = {fusion_name(method, mode): {"sign": choice.sign, "temperature": choice.temperature,
-                                             "validation_auroc": choice.auroc}
-                 for (method, mode), choice in choices.items()}
+    selection = {BACKGROUND: {"sign": background.sign, "validation_auroc": background.auroc}}
+    selection.update({fusion_name(method, mode): {"sign": choice.sign, "temperature": choice.temperature,
+                                                  "validation_auroc": choice.auroc}
+                      for (method, mode), choice in choices.items()})
     return combined, selection
 
 
@@ -388,9 +445,12 @@ def settings_notes(settings, args, amp, fitted_images, selection_images):
              f"fitted on {fitted_images} ID training images. Logits and features in "
              f"{'fp32' if amp in (None, 'none') else amp}. FPR95: the official rule (ID recall closest to 0.95)."]
     if selection_images is not None:
-        lines.append(f"DFB sign and T chosen on {selection_images['count']} held-out ID training images "
-                     f"({selection_images['source']}) against their {args.shuffle_grid}x{args.shuffle_grid} "
-                     f"patch-shuffled copies (fusion_selection.json), never on the test sets.")
+        against = (f"the validation OOD folder {args.fusion_val_ood} (never evaluated)" if args.fusion_val_ood
+                   else f"their {args.shuffle_grid}x{args.shuffle_grid} patch-shuffled copies")
+        lines.append(f"DFB sign and T, and the direction of Background, chosen on {selection_images['count']} "
+                     f"held-out ID training images ({selection_images['source']}) against {against} "
+                     f"(fusion_selection.json), never on the test sets. Background[-z_bg]: the background logit in "
+                     f"one fixed direction, a diagnostic.")
     return lines
 
 
@@ -424,6 +484,17 @@ def markdown_table(rows, ood_names, accuracy):
 
 
 @torch.no_grad()
+def write_dense_layout(path, model, named_datasets, num_classes, resolution, args, ctx: RunContext):
+    """dense_layout.json: per set, how much the dense network's foregrounds are one shared blob
+    (utils.dense_eval.blob_scores on --layout_images images of each set)."""
+    layout = {name: foreground_layout(model, dataset, resolution, ctx.device, args.batch, ctx.amp, num_classes,
+                                      args.layout_images, args.seed, args.workers)
+              for name, dataset in named_datasets}
+    write_text_atomic(path, json.dumps(layout, indent=2) + "\n")
+    print("[eval] dense layout (blob IoU, foreground fraction): " +
+          ", ".join(f"{name} {v['blob_iou']:.3f} {v['foreground_fraction']:.3f}" for name, v in layout.items()))
+
+
 def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
     """The dense network's view of a few images of every set: predicted mask and background probability."""
     from datasets.batch_augment import test_resize
