@@ -37,7 +37,7 @@ def test_cells_are_min_to_max_over_runs_in_percent(tmp_path, capsys):
     assert rows["MSP, classifier"] == "50.0 / 60.0"  # equal in every run: one value
     assert rows["MSP, DFB network"] == "40.0 / 70.0–75.0"
     assert rows["**DFB-Mahalanobis**"] == "25.0–30.0 / 80.0"
-    assert rows["Background alone (−z_bg)"] == "90.0 / 55.0"
+    assert rows["Background alone (direction chosen on validation data)"] == "90.0 / 55.0"
     assert len(rows) == 5 * 3 + 1
 
 
