@@ -495,6 +495,7 @@ def write_dense_layout(path, model, named_datasets, num_classes, resolution, arg
           ", ".join(f"{name} {v['blob_iou']:.3f} {v['foreground_fraction']:.3f}" for name, v in layout.items()))
 
 
+@torch.no_grad()
 def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
     """The dense network's view of a few images of every set: predicted mask and background probability."""
     from datasets.batch_augment import test_resize
