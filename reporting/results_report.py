@@ -451,31 +451,19 @@ def sign_diagnostic(run, selections, fusion):
     return lines
 
 
-def ablation_section(run, dfb_accuracy, dfb_final):
+def ablation_section(run, fusion):
     first = run.seeds_asked[0]
     if not run.ablations or first not in run.seeds:
         return []
     variants = [(f"full DFB_FLAGS (seed {first})", f"seed{first}")] + [(name, name) for name in run.ablations]
-    rows = []
-    for label, suffix in variants:
-        folder = run.dir / f"results_dfb_{suffix}"
-        accuracy = dfb_accuracy.get(suffix) or read_json(folder / "accuracy.json", "eval.py")
-        final = dfb_final.get(suffix) or read_json(run.dir / "runs" / f"dfb_{suffix}" / "final_metrics.json",
-                                                   "train.py --task dfb", required=False)
-        table = read_results(folder / "results.csv")[0]
-        rows.append([label, pct(accuracy["top1"])] +
-                    [pct(final[key]) if key in final else DASH for key in ("val_top1", "pixel_accuracy")] +
-                    [pct(statistics.fmean(table[f"DFB-{m}", ood]["auroc"] for ood in run.ood_names))
-                     for m in run.base_methods])
     flags = {line.split("|", 1)[0].strip(): line.split("|", 1)[1].strip()
              for line in run.info["settings"].get("DFB_ABLATIONS", "").splitlines() if "|" in line}
     return ["## Ablations of the DFB stage", "",
             f"Each variant is the DFB stage trained with seed {first} and its own train.py flags instead of "
             "DFB_FLAGS (`runs/dfb_<name>`, `results_dfb_<name>`); the first row is the full stage with that seed. "
-            "DFB-x columns: AUROC % averaged over the OOD sets. One seed each: differences smaller than the seed "
-            "spread of the tables above are not evidence.", ""] + \
-        markdown_table(["variant", "ID top-1 %", "val top-1 %", "mask pixel acc. %"] +
-                       [f"DFB-{m}" for m in run.base_methods], rows) + [""] + \
+            "One seed each: differences smaller than the seed spread of the tables above are not evidence "
+            "(`python -m reporting.ablation_table` prints the same tables).", ""] + \
+        variant_tables(run.dir, variants, fusion) + \
         [f"- `{name}`: `{flags.get(name, '')}`" for name in run.ablations] + [""]
 
 
@@ -596,8 +584,7 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
     lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})
     lines += mask_section(summary) + ood_section(run, fusion) + beats_section(run)
     lines += fusion_section(run, selections, fusion) + sign_diagnostic(run, selections, fusion)
-    lines += ablation_section(run, {f"seed{s}": dfb_accuracy[s] for s in run.seeds},
-                              {f"seed{s}": dfb_final[s] for s in run.seeds})
+    lines += ablation_section(run, fusion)
     lines += figures_section(drawn, linked, Path(out).parent)
     return "\n".join(lines)
 

@@ -80,8 +80,9 @@ def check_same_run(previous, settings):
         old, new = GROWABLE[key](previous[key]), GROWABLE[key](value)
         return new[:len(old)] == old
 
+    # a setting the script gained after the earlier invocation ran as its empty default
     changed = {key: (previous.get(key), value) for key, value in settings.items()
-               if key not in FREE_TO_CHANGE and previous.get(key) != value and not grown(key, value)}
+               if key not in FREE_TO_CHANGE and previous.get(key, "") != value and not grown(key, value)}
     if changed:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ValueError(f"the run folder already holds a run made with other settings ({listed}): "
