@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reporting.ablation_table import variant_tables
 from utils.fusion import DEFAULT_FUSION, FUSIONS
 from utils.io import atomic_path, write_text_atomic
 from utils.metrics import auroc

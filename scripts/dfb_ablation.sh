@@ -1,58 +1,51 @@
 #!/usr/bin/env bash
-# Why does the (K+1)-class DFB network classify worse than the K-class classifier, and what closes
-# the gap? One classifier and its pseudo masks, then the DFB stage once per variant; the table
-# compares ID test top-1, val top-1 (held-out training images) and mask pixel accuracy, all from
-# train.py's final metrics (no OOD evaluation: this is about classification).
+# Variants of the DFB stage on ONE classifier and its pseudo masks: each variant is trained with one
+# seed, evaluated on every OOD set, and compared in three tables (reporting/ablation_table.py):
+# classification and validation numbers (ID test / val top-1, mask pixel accuracy and foreground IoU
+# on held-out pseudo masks, mean validation AUROC of DFB-x, the background's validated direction),
+# per OOD set the background-alone AUROC and how many DFB-x beat x, and the dense foregrounds'
+# blob IoU per set. It is scripts/reproduce_small.sh with the first variant as DFB_FLAGS and the
+# others as DFB_ABLATIONS, so it resumes like it and accepts its variables (FROM_RUN among them).
 #
-#   bash scripts/dfb_ablation.sh                         # PRESET=cpu sizes; -> runs/dfb_ablation/ABLATION.md
-#   PRESET=cpu DEVICE=cuda STEPS_CLS=2000 bash scripts/dfb_ablation.sh
+#   bash scripts/dfb_ablation.sh                     # PRESET=cpu; -> runs/dfb_ablation/ABLATION.md
+#   FROM_RUN=../shared/runs/cifar10_cpu_classifier_and_masks.tar.gz bash scripts/dfb_ablation.sh
 #
-# Variants (VARIANTS, one per line "name|DFB train.py flags"; @CLS_CKPT is the classifier): the
-# preset's DFB_FLAGS (initialised from the classifier + image-level loss), and the same without the
-# initialisation, without the image loss, and without both (the DFB stage as the paper trains it:
-# from its own initialisation, dense loss only).
-# Environment: PRESET [cpu], SHARED_DATA [../shared/data], OUT [runs/dfb_ablation], DATA_DIR
-# [dataset/reproduce_small/train<N>_test<N>_oodall, shared with reproduce_small.sh], TRAIN_PER_CLASS /
-# TEST_PER_CLASS (first N images per class, for tiny runs) [all], PYTHON, SEED [0],
-# VARIANTS, and the preset's variables (MODEL, STEPS_CLS, STEPS_DFB, BASE_LR, DEVICE, ...).
+# Variants (VARIANTS, one per line "name|DFB train.py flags"; @CLS_CKPT is the classifier), by default
+# the four of docs/DFB_VARIANTS.md: the preset's DFB_FLAGS (initialised from the classifier, image-level
+# loss, label smoothing), the paper's loss alone (per-pixel cross-entropy), and each with the
+# release's DeepLab-style random scale + crop (--scale_range 0.5 2.0).
+# Environment: PRESET [cpu], OUT [runs/dfb_ablation], SEED [0], VARIANTS, and every variable of
+# scripts/reproduce_small.sh (SHARED_DATA, FROM_RUN, TRAIN_PER_CLASS, STEPS_DFB, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-PRESET=${PRESET:-cpu}
+export PRESET=${PRESET:-cpu}
 # shellcheck source=configs/reproduce_cpu.env
 source "configs/reproduce_$PRESET.env"
-SHARED_DATA=${SHARED_DATA:-$(cd .. && pwd)/shared/data}
-OUT=${OUT:-runs/dfb_ablation}
-TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}  # first N images per class, for tiny test runs
-TEST_PER_CLASS=${TEST_PER_CLASS:-}
-DATA_DIR=${DATA_DIR:-dataset/reproduce_small/train${TRAIN_PER_CLASS:-all}_test${TEST_PER_CLASS:-all}_oodall}
-SEED=${SEED:-0}
-RECIPE_FLAGS=${DFB_FLAGS//--init_from @CLS_CKPT/}
-RECIPE_FLAGS=${RECIPE_FLAGS//--image_loss_weight 1/}
-VARIANTS=${VARIANTS:-"preset|$DFB_FLAGS
-no_init|${DFB_FLAGS//--init_from @CLS_CKPT/}
-no_image_loss|${DFB_FLAGS//--image_loss_weight 1/}
-neither|$RECIPE_FLAGS"}
+export OUT=${OUT:-runs/dfb_ablation}
+export SEEDS=${SEED:-0}
+SCALE="--scale_range 0.5 2.0"
+DENSE_ONLY="--schedule cosine --weight_decay 5e-4 --nesterov --init_from @CLS_CKPT --amp bf16"
+PRESET_DFB=${DFB_FLAGS/ --scale_range 0.5 2.0/}
+VARIANTS=${VARIANTS:-"preset|$PRESET_DFB
+dense_only|$DENSE_ONLY
+dense_only_scale|$DENSE_ONLY $SCALE
+preset_scale|$PRESET_DFB $SCALE"}
 
-ID="$DATA_DIR/cifar10"
-CLS_CKPT="$OUT/runs/cls/checkpoint.pth.tar"
-MASKS="$OUT/masks/train"
-$PY unpack_shared_data.py --shared "$SHARED_DATA" --out "$DATA_DIR" --ood \
-  --train_per_class "$TRAIN_PER_CLASS" --test_per_class "$TEST_PER_CLASS" > /dev/null
-COMMON=(--datadir "$ID/train" --test_datadir "$ID/test" --model "$MODEL" --pretrained "$PRETRAINED"
-        --base_lr "$BASE_LR" --resolution "$RESOLUTION" --train_resize "$TRAIN_RESIZE" --batch "$BATCH"
-        --device "$DEVICE" --workers "$WORKERS" --seed "$SEED" --logdir "$OUT/runs" --eval_every 0)
-read -r -a cls_flags <<< "$CLS_FLAGS"
-$PY train.py --task cls --name cls --steps "$STEPS_CLS" "${COMMON[@]}" "${cls_flags[@]}"
-$PY make_cam.py --dataset="$ID/train" --model_path="$CLS_CKPT" --out "$MASKS" \
-  --head_size="$(find "$ID/train" -mindepth 1 -maxdepth 1 -type d | wc -l | tr -d ' ')" \
-  --batch "$CAM_BATCH" --device "$DEVICE" --workers "$WORKERS"
-names=()
+names=() first_flags="" ablations=""
 while IFS= read -r line; do
   [ -n "${line//[[:space:]]/}" ] || continue
-  name=${line%%|*} flags=${line#*|}
-  read -r -a flags <<< "${flags//@CLS_CKPT/$CLS_CKPT}"
-  $PY train.py --task dfb --name "dfb_$name" --steps "$STEPS_DFB" --mask_dir "$MASKS" "${COMMON[@]}" "${flags[@]}"
-  names+=("$name")
+  if [ ${#names[@]} -eq 0 ]; then
+    first_flags=${line#*|}
+    names+=("seed$SEEDS")
+  else
+    ablations+="$line"$'\n'
+    names+=("$(echo "${line%%|*}" | tr -d '[:space:]')")
+  fi
 done <<< "$VARIANTS"
-$PY -m reporting.ablation_table --run_dir "$OUT" --variants "${names[@]}" --out "$OUT/ABLATION.md"
+[ ${#names[@]} -gt 0 ] || { echo "[error] VARIANTS is empty" >&2; exit 2; }
+export DFB_FLAGS=$first_flags DFB_ABLATIONS=$ablations
+bash scripts/reproduce_small.sh
+PY=${PYTHON:-.venv/bin/python}
+$PY -m reporting.ablation_table --run_dir "$OUT" --variants "${names[@]}" --fusion "${FUSION:-logit}" \
+  --out "$OUT/ABLATION.md"
+echo "The first variant ('${VARIANTS%%|*}') is reported as seed$SEEDS."

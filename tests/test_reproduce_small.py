@@ -376,3 +376,45 @@ def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     changed = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, env=dict(env, STEPS_CLS="7"),
                              capture_output=True, text=True, timeout=600)
     assert changed.returncode != 0 and "STEPS_CLS: '6' -> '7'" in changed.stderr
+
+
+@pytest.mark.slow
+def test_dfb_ablation_starts_from_an_earlier_runs_archive_with_a_validation_ood_set(shared_data, tmp_path):
+    first = tmp_path / "first"
+    data = tmp_path / "data"
+    base = dict(os.environ, **dict(TINY, SEEDS="0"), SHARED_DATA=str(shared_data), DATA_DIR=str(data))
+    run_script(dict(base, OUT=str(first)))
+    # an archive laid out like ../shared/runs/cifar10_cpu_classifier_and_masks.tar.gz: the run folder one level down
+    archive = tmp_path / "classifier_and_masks.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for member in ("cls_pretrained_models/classifier.pth.tar", "masks/train", "runs/cls/final_metrics.json"):
+            tar.add(first / member, arcname=f"runs/earlier/{member}")
+
+    out = tmp_path / "ablation"
+    variants = "preset|--init_from @CLS_CKPT\nscaled|--init_from @CLS_CKPT --scale_range 0.5 2.0"
+    result = subprocess.run(["bash", "scripts/dfb_ablation.sh"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(base, OUT=str(out), FROM_RUN=str(archive), FUSION_VAL_OOD="MNIST",
+                                     VARIANTS=variants))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    times = json.loads((out / "stage_times.json").read_text())
+    assert "from_run" in times and "train_cls" not in times and "make_cam" not in times
+    assert (out / "cls_pretrained_models" / "classifier.pth.tar").read_bytes() == \
+        (first / "cls_pretrained_models" / "classifier.pth.tar").read_bytes()
+    # MNIST chose the fusions and is in no table
+    for folder in ("results_cls", "results_dfb_seed0", "results_dfb_scaled"):
+        assert "MNIST" not in (out / folder / "results.csv").read_text()
+    recorded = json.loads((out / "results_dfb_scaled" / "fusion_selection.json").read_text())
+    assert recorded["validation_images"]["validation_ood"]["path"].endswith("MNIST/test")
+    assert torch_load_args(out / "runs" / "dfb_scaled" / "checkpoint.pth.tar")["scale_range"] == [0.5, 2.0]
+    tables = (out / "ABLATION.md").read_text()
+    assert "| seed0 |" in tables and "| scaled |" in tables and "SVHN: background AUROC" in tables
+    assert "MNIST" not in tables and "blob IoU" in tables
+
+    bad = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(base, OUT=str(tmp_path / "bad"), FROM_RUN=str(tmp_path / "nothing_here")))
+    assert bad.returncode == 2 and "FROM_RUN" in bad.stderr and "classifier.pth.tar" in bad.stderr
+
+
+def torch_load_args(path):
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=False)["args"]
