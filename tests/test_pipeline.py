@@ -80,7 +80,7 @@ def test_results_have_every_method_and_fusion(pipeline):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
     methods = {row["method"] for row in rows}
-    expected = set(SCORE_CLASSES) | {"Background"}
+    expected = set(SCORE_CLASSES) | {"Background", "Background[-z_bg]"}
     expected |= {f"DFB-{m}" for m in SCORE_CLASSES} | {f"DFB-{m}[{mode}]" for m in SCORE_CLASSES for mode in FUSIONS}
     assert methods == expected
     for method in methods:
@@ -123,10 +123,12 @@ def test_logits_and_scores_follow_the_contract(pipeline):
     np.testing.assert_allclose(np.load(results / "scores" / "MSP" / "synthetic_test.npy"), msp(fg), rtol=1e-5)
     np.testing.assert_allclose(np.load(results / "scores" / "Energy" / "synthetic_test.npy"), energy(fg), rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(np.load(results / "scores" / "Background" / "synthetic_test.npy"),
-                               background_score(test_logits), rtol=1e-6)
-    assert np.allclose(background_score(test_logits), -test_logits[:, 6])
     selection = json.loads((results / "fusion_selection.json").read_text())
+    # Background: the direction chosen on validation data; Background[-z_bg]: the fixed diagnostic
+    np.testing.assert_allclose(np.load(results / "scores" / "Background" / "synthetic_test.npy"),
+                               background_score(test_logits, selection["Background"]["sign"]), rtol=1e-6)
+    np.testing.assert_allclose(np.load(results / "scores" / "Background[-z_bg]" / "synthetic_test.npy"),
+                               -test_logits[:, 6], rtol=1e-6)
     choice = selection["DFB-Energy[logit]"]
     expected = FUSIONS["logit"](energy(fg), test_logits, choice["temperature"], choice["sign"])
     np.testing.assert_allclose(np.load(results / "scores" / "DFB-Energy[logit]" / "synthetic_test.npy"), expected,
