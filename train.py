@@ -11,6 +11,7 @@ process trains on its slice of each global batch (--batch is the global batch).
 import argparse
 
 from datasets.masks import MASK_FORMATS
+from datasets.scale_crop import check_scale_range
 from utils import main_train
 from utils.cli import run_cli
 from utils.run_flags import defines_run, run_defining_flags
@@ -109,8 +110,11 @@ def parse_args(argv=None):
         args.holdout = 0.01 if args.task == "dfb" else 0.0
     if not 0 <= args.holdout < 1:
         parser.error("--holdout must be in [0, 1)")
-    if args.scale_range is not None and not 0 < args.scale_range[0] <= args.scale_range[1]:
-        parser.error(f"--scale_range LO HI must satisfy 0 < LO <= HI, got {args.scale_range}")
+    if args.scale_range is not None:
+        try:
+            check_scale_range(args.scale_range)
+        except ValueError as error:
+            parser.error(f"--{error}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         parser.error("--warmup_steps must be at least 0")
     if args.weight_decay < 0:

@@ -45,6 +45,14 @@ def sample_crops(batch, train_size, resolution, device, generator=None):
     return tops.to(device), lefts.to(device), flips.to(device)
 
 
+def draw_crops(batch, train_size, resolution, device, generator=None, scale_range=None):
+    """The per-sample geometry `train_augment` applies: `sample_crops`, or with scale_range = (lo, hi)
+    `sample_scaled_crops` (random scale + crop + flip)."""
+    if scale_range is None:
+        return sample_crops(batch, train_size, resolution, device, generator)
+    return sample_scaled_crops(batch, train_size, resolution, scale_range, device, generator)
+
+
 def crop_and_flip(tensor, tops, lefts, flips, resolution):
     """Crop [B,...,S,S] at per-sample (top, left) to [B,...,r,r], mirroring columns where flips is True."""
     steps = torch.arange(resolution, device=tensor.device)
@@ -64,7 +72,8 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
     h-flip (p = 0.5), the same for an image and its mask. `crops` = (tops, lefts, flips) from
     `sample_crops` replaces the draw, e.g. a slice of the draw for a whole global batch.
     With scale_range = (lo, hi), a random scale + crop + flip (datasets.scale_crop) replaces the
-    crop; `crops` are then (scales, tops, lefts, flips) from `sample_scaled_crops`.
+    crop; `crops` are then (scales, tops, lefts, flips) from `sample_scaled_crops` (`draw_crops`
+    draws either kind).
     """
     resolution, train_size = check_sizes(resolution, train_size)
     check_uint8(images, "images", ("B", "3", "h", "w"))
@@ -73,14 +82,12 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
         if masks.shape[0] != images.shape[0] or masks.device != images.device:
             raise ValueError(f"masks {tuple(masks.shape)} on {masks.device} do not match images "
                              f"{tuple(images.shape)} on {images.device}")
+    if crops is None:
+        crops = draw_crops(images.shape[0], train_size, resolution, images.device, generator, scale_range)
     if scale_range is not None:
-        if crops is None:
-            crops = sample_scaled_crops(images.shape[0], train_size, resolution, scale_range, images.device, generator)
         masks = resize_masks(masks, train_size) if masks is not None else None
         pixels, masks = scaled_crop_and_flip(resize_float(images, train_size), masks, crops, resolution)
         return normalize_float(pixels), masks
-    if crops is None:
-        crops = sample_crops(images.shape[0], train_size, resolution, images.device, generator)
     tops, lefts, flips = (c.to(images.device) for c in crops)
     pixels = crop_and_flip(resize_float(images, train_size), tops, lefts, flips, resolution)
     if masks is not None:

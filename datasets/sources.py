@@ -11,12 +11,12 @@ Two sources give the same augmentation distribution:
   to keep in memory).
 """
 import copy
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datasets.batch_augment import sample_crops, test_resize, train_augment
-from datasets.scale_crop import sample_scaled_crops
+from datasets.batch_augment import draw_crops, test_resize, train_augment
 from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
 from utils.runtime import mixed_seed
@@ -78,12 +78,8 @@ class InMemoryBatches:
             index = index.to(self.device)
             masks = self.masks[index] if self.masks is not None else None
             generator = step_generator(self.seed, step, self.device)
-            if self.scale_range is None:
-                crops = sample_crops(self.indices.global_batch, self.train_size, self.resolution, self.device,
-                                     generator)
-            else:
-                crops = sample_scaled_crops(self.indices.global_batch, self.train_size, self.resolution,
-                                            self.scale_range, self.device, generator)
+            crops = draw_crops(self.indices.global_batch, self.train_size, self.resolution, self.device, generator,
+                               self.scale_range)
             mine = slice(self.indices.rank * len(index), (self.indices.rank + 1) * len(index))
             images, masks = train_augment(self.images[index], masks, self.resolution, self.train_size,
                                           crops=[c[mine] for c in crops], scale_range=self.scale_range)
@@ -130,6 +126,12 @@ def decode_size_for(dataset, fallback_size):
         return None
     except ValueError:
         return fallback_size
+
+
+def relative_paths(dataset):
+    """Every image's path relative to the split root, in dataset order ("cat/0007.jpg"): how a
+    checkpoint's holdout_samples and fusion_selection.json name images."""
+    return [Path(path).relative_to(dataset.root).as_posix() for path, _ in dataset.samples]
 
 
 def restrict(dataset, indices):

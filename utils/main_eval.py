@@ -29,7 +29,7 @@ import torch
 
 from datasets.batch_augment import patch_shuffle
 from datasets.folder import dataset_name
-from datasets.sources import open_split, restrict
+from datasets.sources import open_split, relative_paths, restrict
 from utils import distributed
 from utils.checkpoint import file_digest, load_network
 from utils.detector import save_detector
@@ -254,11 +254,6 @@ def warn_about_id_images_in_ood_sets(id_test_name, id_digests, ood_digests):
             print(f"[eval] WARNING: {shared} of {len(digests)} images of the OOD set {name} are byte-identical to "
                   f"images of the ID test set {id_test_name}" + (" (the same folder given twice?)"
                   if shared == len(digests) else "") + "; its OOD metrics are not meaningful")
-
-
-def relative_paths(dataset):
-    """Every image's path relative to the split root, in dataset order ("cat/0007.jpg")."""
-    return [Path(path).relative_to(dataset.root).as_posix() for path, _ in dataset.samples]
 
 
 def fusion_images(id_train, checkpoint, count, seed):

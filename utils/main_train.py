@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from datasets.folder import decode_all, find_classes
 from datasets.masks import IGNORE_INDEX, MAX_CLASSES, mask_format_of, mask_root_for
 from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches,
-                              decoded_size, open_split, restrict)
+                              decoded_size, open_split, relative_paths, restrict)
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
 from utils import distributed
@@ -127,7 +127,7 @@ def open_training_data(args, resume: dict | None, ckpt_file: Path) -> TrainingDa
     fingerprint = data_fingerprint(dataset)
     if resume is not None:
         check_same_data(resume, fingerprint, ckpt_file, args.datadir)
-    relative = [Path(path).relative_to(dataset.root).as_posix() for path, _ in dataset.samples]
+    relative = relative_paths(dataset)
     inherited = inherited_holdout(args, relative)
     if inherited is not None:
         holdout_indices = inherited
