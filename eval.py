@@ -12,11 +12,11 @@ Logits and features are computed in fp32 unless --amp bf16 is given.
 """
 import argparse
 
-from utils.cli import run_cli
-from utils.detector import DEFAULT_METHOD
-from utils.fusion import FUSIONS, DEFAULT_FUSION
-from utils.main_eval import BEST_DETECTOR, run
-from utils.scores import SCORE_CLASSES
+from utils.base.cli import run_cli
+from utils.evaluate.main import BEST_DETECTOR, run
+from utils.ood.detector import DEFAULT_METHOD
+from utils.ood.fusion import FUSIONS, DEFAULT_FUSION
+from utils.ood.scores import SCORE_CLASSES
 
 
 def parse_args(argv=None):

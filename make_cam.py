@@ -10,15 +10,15 @@ written, and runs under torchrun too.
 import argparse
 
 from datasets.masks import IGNORE_INDEX, MAX_CLASSES
-from utils import main_make_cam
-from utils.cli import run_cli
-from utils.run_flags import defines_run, run_defining_flags
+from utils.base.cli import run_cli
+from utils.base.run_flags import defines_run, run_defining_flags
+from utils.cam import main as main_make_cam
 
 
 def build_parser():
     """make_cam.py's flags; those in defines_run(...) decide what the masks are, so they are recorded,
     in this order, in the mask folder's provenance.json (with the classifier's sha256), and masks
-    made with other values are not reused (utils/main_make_cam.py)."""
+    made with other values are not reused (utils/cam/main.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="split folder, ImageFolder layout <dataset>/<class>/<image>")
     parser.add_argument("--model_path", required=True, help="K-class classifier checkpoint (train.py --task cls, or the release's train.py: "
@@ -64,7 +64,7 @@ RUN_DEFINING_FLAGS = run_defining_flags(build_parser())
 
 
 def run(args):
-    """Write the pseudo masks of `args` (utils/main_make_cam.py)."""
+    """Write the pseudo masks of `args` (utils/cam/main.py)."""
     return main_make_cam.run(args, RUN_DEFINING_FLAGS)
 
 

@@ -10,8 +10,8 @@ PNG per image: the image beside the dense network's background probability.
 """
 import argparse
 
-from utils.cli import run_cli
-from utils.detector import Detector, write_csv
+from utils.base.cli import run_cli
+from utils.ood.detector import Detector, write_csv
 
 
 def parse_args(argv=None):

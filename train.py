@@ -12,14 +12,14 @@ import argparse
 
 from datasets.masks import MASK_FORMATS
 from datasets.scale_crop import check_scale_range
-from utils import main_train
-from utils.cli import run_cli
-from utils.run_flags import defines_run, run_defining_flags
+from utils.base.cli import run_cli
+from utils.base.run_flags import defines_run, run_defining_flags
+from utils.train import main as main_train
 
 
 def build_parser():
     """train.py's flags; those in defines_run(...) define what a run computes, so a run resumes (or
-    is reported finished) only with the values its checkpoint stores (utils/resume.py)."""
+    is reported finished) only with the values its checkpoint stores (utils/train/resume.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defines_run(parser.add_argument("--task", choices=["cls", "dfb"], required=True,
                                     help="cls: K-class classifier; dfb: (K+1)-class dense network on pseudo masks"))
@@ -133,7 +133,7 @@ RUN_DEFINING_FLAGS = run_defining_flags(build_parser())
 
 
 def run(args):
-    """Train or resume the run of `args` (utils/main_train.py)."""
+    """Train or resume the run of `args` (utils/train/main.py)."""
     return main_train.run(args, RUN_DEFINING_FLAGS)
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from datasets.shared_archives import OOD_SETS, unpack_shared
-from utils.cli import run_cli
+from utils.base.cli import run_cli
 
 
 def optional_count(text):

@@ -12,7 +12,7 @@ Rows, in images per second (median over repeats, after warm-up):
   CAM                     class forward + 4 scales x 2 flips + mask post-processing per image
   feature extraction      logits and pooled features, decoding included
 Ours: bf16 autocast on GPUs (fp32 on the CPU), training data decoded once and augmented on the
-device (InMemoryBatches), batched CAMs (utils.cam), batched extraction. Then the projected
+device (InMemoryBatches), batched CAMs (utils.cam.activation_maps), batched extraction. Then the projected
 wall time of the paper's CIFAR-10 schedule at the measured rates, and its FLOP floor:
     floor = sum over stages of images x FLOPs per image / measured matmul peak,
 FLOPs per image counted by torch.utils.flop_counter (convolutions and matmuls) for one
@@ -41,11 +41,11 @@ from datasets.masks import mask_path, mask_root_for
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, eval_batches, open_split, restrict
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model
-from utils.cam import DEFAULT_SCALES, pseudo_masks
-from utils.distributed import resolve_device
-from utils.engine_train import DenseLogits, classification_step, dense_step
-from utils.io import save_png_atomic, write_text_atomic
-from utils.runtime import autocast, default_amp
+from utils.base.distributed import resolve_device
+from utils.base.io import save_png_atomic, write_text_atomic
+from utils.base.runtime import autocast, default_amp
+from utils.cam.activation_maps import DEFAULT_SCALES, pseudo_masks
+from utils.train.engine import DenseLogits, classification_step, dense_step
 
 DEFAULTS = dict(device="auto", model="BiT-M-R50x1", resolution=128, batch=128, warmup=3, steps=10,
                 repeats=3, cam_images=128, eval_images=1024, workers=4, compile=False, channels_last=False)
@@ -55,7 +55,7 @@ SYNTHETIC_CLASSES = 10
 SYNTHETIC_SIZE = 32
 STAGES = (("train_cls", "train step (cls)"), ("train_dfb", "train step (dfb dense)"),
           ("cam", "CAM (4 scales + flips)"), ("extract", "feature extraction"))
-# The paper's CIFAR-10 run (BiT HyperRule schedule, utils/schedule.py): images through each stage.
+# The paper's CIFAR-10 run (BiT HyperRule schedule, utils/train/schedule.py): images through each stage.
 PAPER_STEPS, PAPER_BATCH = 10_000, 128
 PAPER_TRAIN_IMAGES = 50_000
 PAPER_EVAL_SETS = {"cifar10_train": PAPER_TRAIN_IMAGES, "cifar10_test": 10_000, "SVHN": 26_032, "Textures": 5_640,

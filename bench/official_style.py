@@ -33,7 +33,7 @@ from torchvision.datasets import ImageFolder
 from datasets.masks import IGNORE_INDEX, mask_path
 from datasets.transforms import default_train_size
 from models.resnetv2 import WEIGHT_STD_EPS, StdConv2d
-from utils.cam import DEFAULT_SCALES
+from utils.cam.activation_maps import DEFAULT_SCALES
 
 HALF = (0.5, 0.5, 0.5)
 

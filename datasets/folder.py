@@ -5,7 +5,7 @@ the sibling folder `<split root>_mask/<class>/<image stem>.png` (uint8: k < K = 
 foreground, K = background, 255 = ignore; both defined in datasets/masks.py). Only files
 directly inside a class folder are images of that class (nested folders are not searched),
 so every image has exactly one mask path. Hidden files (e.g. the temporaries of
-`utils.io.atomic_path`) are skipped.
+`utils.base.io.atomic_path`) are skipped.
 
 Masks of the original release's make_cam.py hold 0 for background and k + 1 for class k;
 a dataset reading them with mask_format 'official' converts them to the contract on read.

@@ -14,7 +14,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from utils.io import atomic_path, remove_stale_temporaries, save_png_atomic, write_text_atomic
+from utils.base.io import atomic_path, remove_stale_temporaries, save_png_atomic, write_text_atomic
 
 COMPLETE_MARKER = ".complete"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

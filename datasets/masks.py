@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from utils.io import write_text_atomic
+from utils.base.io import write_text_atomic
 
 IGNORE_INDEX = 255  # pixels that count for no class and no loss (neither an ID class nor background)
 # K classes need the values 0..K (K = background) besides IGNORE_INDEX in a uint8 mask

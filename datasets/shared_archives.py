@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record
-from utils.io import write_text_atomic
+from utils.base.io import write_text_atomic
 
 ID_NAME = "cifar10"
 ID_ARCHIVE = "cifar10.tar"

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datasets.batch_augment import draw_crops, test_resize, train_augment
 from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
-from utils.runtime import mixed_seed
+from utils.base.runtime import mixed_seed
 
 # The epoch permutations mix seed and epoch with their own multiplier, older than mixed_seed's default:
 # another value would reorder the batches of existing runs, and resuming one would repeat or skip images.

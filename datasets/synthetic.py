@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.masks import IGNORE_INDEX
-from utils.io import save_png_atomic, write_text_atomic
+from utils.base.io import save_png_atomic, write_text_atomic
 
 CLASS_NAMES = ("cross", "disc", "ring", "square", "star", "triangle")  # sorted: index = mask value
 NUM_CLASSES = len(CLASS_NAMES)

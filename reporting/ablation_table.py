@@ -23,7 +23,7 @@ import csv
 import json
 from pathlib import Path
 
-from utils.io import write_text_atomic
+from utils.base.io import write_text_atomic
 
 DASH = "–"
 BACKGROUND = "Background"

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from reporting.ablation_table import variant_tables
-from utils.fusion import DEFAULT_FUSION, FUSIONS
-from utils.io import atomic_path, write_text_atomic
-from utils.metrics import auroc
+from utils.base.io import atomic_path, write_text_atomic
+from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
+from utils.ood.metrics import auroc
 
 STAGES = {"data": "unpack the shared archives", "from_run": "classifier and masks copied from FROM_RUN",
           "train_cls": "classifier (train.py --task cls)",
@@ -308,7 +308,7 @@ def ood_section(run, fusion):
              f"ID positives: the CIFAR-10 test split. All values in %. For each base score x: *x · classifier* = x "
              f"on the K-class classifier (one network: **no seed spread**); *x · DFB net* = x on the K foreground "
              f"logits and features of the (K+1)-class DFB network, without the background term; *DFB-x* = x on "
-             f"the DFB network fused with its background logit (`{fusion}` mode, `utils/fusion.py`). DFB rows: "
+             f"the DFB network fused with its background logit (`{fusion}` mode, `utils/ood/fusion.py`). DFB rows: "
              f"{seeds}. Every fusion mode is in `results_dfb_seed<s>/results.md`.", "",
              "### Background alone, AUROC↑ per OOD set", ""]
     lines += markdown_table(["score"] + list(run.ood_names),
@@ -496,7 +496,7 @@ def pseudo_mask_grid(run, path):
     train = repo_path(run.info["settings"]["DATA_DIR"]) / "cifar10" / "train"
     examples = folder_examples(train, GRID_EXAMPLES, mask_root)
     rows = [(name, [(image, np.asarray(Image.open(mask))) for image, mask in shown]) for name, shown in examples.items()]
-    from utils.plots import save_overlay_grid
+    from reporting.plots import save_overlay_grid
     num_classes = sum(1 for folder in train.iterdir() if folder.is_dir())
     return save_overlay_grid(rows, num_classes, path, title="pseudo masks (make_cam.py), training images")
 
@@ -506,8 +506,8 @@ def dense_grid(run, path):
     import torch
 
     from datasets.batch_augment import test_resize
-    from utils.checkpoint import load_network
-    from utils.plots import save_overlay_grid
+    from reporting.plots import save_overlay_grid
+    from utils.base.checkpoint import load_network
     model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_seed{run.seeds[0]}" / "checkpoint.pth.tar",
                                                    expect_task="dfb")
     model.eval()

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.io import write_text_atomic
+from utils.base.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 # Where the data is, how it is fed and on which device: a resumed run may change these
@@ -64,7 +64,7 @@ def cpu_name():
 def device_name(device):
     """The card's name when the run uses a GPU, else the CPU's."""
     import torch
-    from utils.distributed import resolve_device
+    from utils.base.distributed import resolve_device
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return f"{torch.cuda.get_device_name(resolved)} (CUDA {torch.version.cuda})"

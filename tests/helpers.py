@@ -8,7 +8,7 @@ import torch
 from datasets.synthetic import generate_benchmark
 
 from models.resnetv2 import create_model
-from utils.checkpoint import save_checkpoint
+from utils.base.checkpoint import save_checkpoint
 
 
 def run_cli(module, argv, capsys):

@@ -10,8 +10,8 @@ from PIL import Image
 
 from bench import accuracy_check, benchmark, official_style
 from models.resnetv2 import KNOWN_MODELS, StdConv2d, create_model
-from utils.cam import cams_to_masks, multiscale_cam
-from utils.io import save_png_atomic
+from utils.base.io import save_png_atomic
+from utils.cam.activation_maps import cams_to_masks, multiscale_cam
 
 TINY = "ResNetV2-Tiny"
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from utils.cam import cams_to_masks, gaussian_blur, multiscale_cam, pseudo_masks
+from utils.cam.activation_maps import cams_to_masks, gaussian_blur, multiscale_cam, pseudo_masks
 
 
 @pytest.mark.parametrize("height, width, sigma", [(40, 48, 4.0), (128, 128, 4.0), (7, 5, 4.0), (1, 3, 4.0),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.dense_eval import blob_scores
+from utils.evaluate.dense import blob_scores
 
 
 def numpy_blob_iou(foreground):

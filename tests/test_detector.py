@@ -1,4 +1,4 @@
-"""The fitted detector (eval.py --save_detector), score.py and utils.detector.Detector: an image
+"""The fitted detector (eval.py --save_detector), score.py and utils.ood.detector.Detector: an image
 scores as eval.py scored it, the threshold keeps 95 % of the held-out ID images, the CSV follows
 docs/SCORE.md, and bad input ends in one line with exit status 2.
 
@@ -21,10 +21,10 @@ import score as score_cli
 from datasets.batch_augment import test_resize
 from datasets.folder import list_samples
 from models.resnetv2 import create_model
-from utils.checkpoint import save_checkpoint
-from utils.detector import (CSV_COLUMNS, Detector, keep_threshold, read_detector, state_from_plain,
-                            state_to_plain)
-from utils.scores import IDTrainStats, make_scores
+from utils.base.checkpoint import save_checkpoint
+from utils.ood.detector import (CSV_COLUMNS, Detector, keep_threshold, read_detector, state_from_plain,
+                                state_to_plain)
+from utils.ood.scores import IDTrainStats, make_scores
 from tests.helpers import assert_input_error, random_dfb_checkpoint, run_cli, synthetic_world
 
 REPO = Path(__file__).resolve().parents[1]

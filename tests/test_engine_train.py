@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from models.resnetv2 import create_model
-from utils.distributed import RunContext
-from utils.engine_train import (DenseLogits, TrainLoopConfig, dense_loss, dense_step, smooth_targets,
-                                 soft_cross_entropy, train_loop)
+from utils.base.distributed import RunContext
+from utils.train.engine import (DenseLogits, TrainLoopConfig, dense_loss, dense_step, smooth_targets,
+                                soft_cross_entropy, train_loop)
 
 
 def test_dense_loss_ignores_255_and_survives_an_unlabelled_batch():

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import eval as eval_cli
-import utils.distributed
-import utils.main_eval
-import utils.runtime
 from datasets.folder import list_samples
+import utils.base.distributed
+import utils.base.runtime
+import utils.evaluate.main
 from tests.helpers import synthetic_world
 
 # every test runs eval.py on a dfb network (pytest -m "not slow" leaves them out)
@@ -71,13 +71,13 @@ def test_fusion_choice_ignores_the_test_sets_and_records_its_images(world, tmp_p
 
 def test_held_out_images_never_enter_the_fitted_statistics(world, tmp_path, monkeypatch):
     fitted = []
-    original = utils.main_eval.compute_all_scores
+    original = utils.evaluate.main.compute_all_scores
 
     def spy(id_train, test_sets, **kwargs):
         fitted.append(id_train)
         return original(id_train, test_sets, **kwargs)
 
-    monkeypatch.setattr(utils.main_eval, "compute_all_scores", spy)
+    monkeypatch.setattr(utils.evaluate.main, "compute_all_scores", spy)
     result = run_eval(world, tmp_path, ood=[world["sets"]["ood"]["SynthClutter"]], extra=["--fusion_images", "20"])
     held_out = result["selection"]["validation_images"]["images"]
     assert len(held_out) == 20
@@ -112,8 +112,8 @@ def test_checkpoint_holdout_is_used_when_enough_of_it_is_found(world, tmp_path):
 
 def test_default_precision_is_fp32_even_where_bf16_is_the_device_default(world, tmp_path, monkeypatch):
     # pretend to be a GPU with bf16: eval must still extract in fp32 unless told otherwise
-    monkeypatch.setattr(utils.runtime, "default_amp", lambda device: "bf16")
-    monkeypatch.setattr(utils.distributed, "default_amp", lambda device: "bf16")
+    monkeypatch.setattr(utils.base.runtime, "default_amp", lambda device: "bf16")
+    monkeypatch.setattr(utils.base.distributed, "default_amp", lambda device: "bf16")
     ood = [world["sets"]["ood"]["SynthClutter"]]
     logits = {}
     for name, extra in (("default", []), ("fp32", ["--amp", "none"]), ("bf16", ["--amp", "bf16"])):
@@ -137,12 +137,12 @@ def test_a_validation_ood_folder_chooses_the_fusions_and_is_kept_apart_from_the_
     assert {row["ood_dataset"] for row in result["rows"]} == {"SynthNewObjects", "SynthClutter"}
     assert not list((tmp_path / "val" / "scores").glob("*/SynthNewBackgrounds.npy"))
     # the recorded choices are those of the fusion rule on the held-out images vs that folder
-    from utils.fusion import select_background_sign, select_fusion
-    from utils.main_eval import FUSION_ID, VALIDATION_OOD
+    from utils.evaluate.main import FUSION_ID, VALIDATION_OOD
+    from utils.ood.fusion import select_background_sign, select_fusion
     cached = {name: next((tmp_path / "val" / "cache").glob(f"{name}-*.npz")) for name in (FUSION_ID, VALIDATION_OOD)}
     logits = {name: np.load(path)["logits"] for name, path in cached.items()}
     assert selection["Background"]["sign"] == select_background_sign(logits[FUSION_ID], logits[VALIDATION_OOD]).sign
-    from utils.scores import max_logit
+    from utils.ood.scores import max_logit
     choice = select_fusion(max_logit(logits[FUSION_ID][:, :-1]), logits[FUSION_ID],
                            max_logit(logits[VALIDATION_OOD][:, :-1]), logits[VALIDATION_OOD], "logit")
     assert selection["DFB-MaxLogit[logit]"]["sign"] == choice.sign

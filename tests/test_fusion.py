@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from utils.fusion import (DEFAULT_FUSION, FUSIONS, apply_fusions, background_score, balanced_temperature,
-                          fusion_name, select_all_fusions, select_background_sign, select_fusion, split_logits)
-from utils.metrics import auroc
+from utils.ood.fusion import (DEFAULT_FUSION, FUSIONS, apply_fusions, background_score, balanced_temperature,
+                              fusion_name, select_all_fusions, select_background_sign, select_fusion, split_logits)
+from utils.ood.metrics import auroc
 
 # 49 temperatures, 4 per decade from 1e-6 to 1e6, shared by every mode. A foreground
 # score spans ~1 (MSP, GEN) to ~1e4 (Mahalanobis); z_bg spans ~10, p_bg 1 and

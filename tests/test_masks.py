@@ -1,5 +1,5 @@
 """The mask contract (datasets/masks.py): paths, provenance, the class limit, and the one rule that
-scores masks against masks, used alike by train.py (utils/dense_eval.py) and make_cam.py --true_masks."""
+scores masks against masks, used alike by train.py (utils/evaluate/dense.py) and make_cam.py --true_masks."""
 import math
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import make_cam
 from datasets.folder import ImageFolderDataset
 from datasets.masks import (IGNORE_INDEX, MAX_CLASSES, invalid_values, mask_path, mask_root_for, overlap_counts,
                             overlap_scores, read_provenance, write_provenance, zero_overlap_counts)
-from utils.dense_eval import evaluate_masks
-from utils.main_make_cam import compare_with_true_masks
+from utils.cam.main import compare_with_true_masks
+from utils.evaluate.dense import evaluate_masks
 
 
 def _scores(pred, true, num_classes):

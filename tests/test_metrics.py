@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
-from utils.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_recall, ood_metrics, roc_curve
+from utils.ood.metrics import aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_recall, ood_metrics, roc_curve
 
 
 def brute_force_fpr95(id_scores, ood_scores, recall_level=0.95):

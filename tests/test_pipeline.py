@@ -16,10 +16,10 @@ from conftest import run_pipeline
 from datasets.folder import ImageFolderDataset, list_samples
 from datasets.synthetic import generate_benchmark
 from test_metrics import brute_force_fpr95
-from utils.checkpoint import load_network
-from utils.fusion import FUSIONS, background_score
-from utils.scores import SCORE_CLASSES, energy, msp, odin
-from utils.main_train import holdout_split
+from utils.base.checkpoint import load_network
+from utils.ood.fusion import FUSIONS, background_score
+from utils.ood.scores import SCORE_CLASSES, energy, msp, odin
+from utils.train.main import holdout_split
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):

@@ -1,9 +1,9 @@
-"""Tests of utils/plots.py: figures are valid PNGs, mask overlays show the contract's values."""
+"""Tests of reporting/plots.py: figures are valid PNGs, mask overlays show the contract's values."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from utils import plots
+from reporting import plots
 
 
 def _assert_png(path):

@@ -11,10 +11,10 @@ from datasets.folder import decode_all
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, LoaderBatches, open_split
 from datasets.synthetic import generate_benchmark
 from models.resnetv2 import create_model
-from utils.checkpoint import save_checkpoint
-from utils.engine_train import DenseLogits
-from utils.main_train import build_model, parameter_groups
-from utils.resume import check_same_settings
+from utils.base.checkpoint import save_checkpoint
+from utils.train.engine import DenseLogits
+from utils.train.main import build_model, parameter_groups
+from utils.train.resume import check_same_settings
 
 TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
         "--workers", "0", "--batch", "8", "--eval_every", "0", "--save_every", "100"]

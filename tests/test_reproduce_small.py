@@ -16,7 +16,7 @@ import pytest
 import unpack_shared_data
 from datasets import shared_archives
 from reporting import results_report, run_record
-from utils.fusion import FUSIONS
+from utils.ood.fusion import FUSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 OOD_NAMES = ("SVHN", "Textures", "MNIST", "Scene15", "IntelScenes")

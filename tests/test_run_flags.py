@@ -1,4 +1,4 @@
-"""Which flags define a run is declared once, by a tag in the CLI's parser (utils/run_flags.py):
+"""Which flags define a run is declared once, by a tag in the CLI's parser (utils/base/run_flags.py):
 train.py's resume check and make_cam.py's mask provenance read that tag and nothing else. Also
 the run context every stage starts with."""
 import argparse
@@ -9,10 +9,10 @@ import torch
 
 import make_cam
 import train
-from utils.distributed import RunContext, start_run
-from utils.main_make_cam import mask_provenance, prepare_mask_folder
-from utils.resume import check_same_settings
-from utils.run_flags import defines_run, run_defining_flags, run_settings
+from utils.base.distributed import RunContext, start_run
+from utils.base.run_flags import defines_run, run_defining_flags, run_settings
+from utils.cam.main import mask_provenance, prepare_mask_folder
+from utils.train.resume import check_same_settings
 
 TRAIN_ARGV = ["--task", "dfb", "--datadir", "d", "--name", "n"]
 

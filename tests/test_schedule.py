@@ -2,11 +2,11 @@ import math
 
 import pytest
 
-from utils.schedule import get_cosine_lr, get_lr, get_mixup, get_schedule, scale_schedule, with_warmup
+from utils.train.schedule import get_cosine_lr, get_lr, get_mixup, get_schedule, scale_schedule, with_warmup
 
 
 def test_cifar_schedule_is_the_dfb_rule():
-    # the release's BiT HyperRule (utils/schedule.py): warm-up 500, x0.1 after 3000, 6000, 9000, stop at 10000 for 3k-500k images
+    # the release's BiT HyperRule (utils/train/schedule.py): warm-up 500, x0.1 after 3000, 6000, 9000, stop at 10000 for 3k-500k images
     assert get_schedule(50_000) == [500, 3000, 6000, 9000, 10_000]
     assert get_schedule(3_000) == [500, 3000, 6000, 9000, 10_000]
     assert get_schedule(2_999)[-1] == 500

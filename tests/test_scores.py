@@ -4,9 +4,9 @@ import torch
 from scipy.special import logsumexp, softmax
 from sklearn.neighbors import NearestNeighbors
 
-from utils.metrics import auroc
-from utils.scores import (SCORES, IDTrainStats, compute_all_scores, make_scores, odin_perturb,
-                          vim_principal_dim)
+from utils.ood.metrics import auroc
+from utils.ood.scores import (SCORES, IDTrainStats, compute_all_scores, make_scores, odin_perturb,
+                              vim_principal_dim)
 
 RTOL = 2e-5   # scores come back as float32
 

@@ -1,11 +1,11 @@
-"""Seeded draws (utils.runtime.mixed_seed) keep the seeds they had before the helper existed, so runs
+"""Seeded draws (utils.base.runtime.mixed_seed) keep the seeds they had before the helper existed, so runs
 started earlier draw the same batch orders, augmentations and pseudo-OOD images (and resume as before)."""
 import torch
 
 from datasets.batch_augment import patch_shuffle
 from datasets.sources import GlobalBatchIndices, step_generator
-from utils.main_eval import PatchShuffled
-from utils.runtime import mixed_seed
+from utils.base.runtime import mixed_seed
+from utils.evaluate.main import PatchShuffled
 
 
 def _generator(seed):

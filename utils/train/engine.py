@@ -1,4 +1,4 @@
-"""The training loop shared by both tasks (the run around it is utils/main_train.py).
+"""The training loop shared by both tasks (the run around it is utils/train/main.py).
 
 cls: K-class image classifier, cross-entropy (with MixUp on large datasets).
 dfb: (K+1)-class dense network, per-pixel cross-entropy on the pseudo masks (255 ignored),
@@ -18,9 +18,9 @@ from tqdm import tqdm
 from datasets.batch_augment import mixup
 from datasets.masks import IGNORE_INDEX
 from datasets.sources import step_generator
-from utils.distributed import RunContext
-from utils.runtime import autocast
-from utils.schedule import get_lr
+from utils.base.distributed import RunContext
+from utils.base.runtime import autocast
+from utils.train.schedule import get_lr
 
 
 class DenseLogits(nn.Module):
@@ -104,12 +104,12 @@ class TrainLoopConfig:
     train_loop's other arguments)."""
     task: str  # 'cls' or 'dfb'
     num_classes: int  # K
-    schedule: Sequence[int]  # utils.schedule: its last entry is the number of steps
+    schedule: Sequence[int]  # utils.train.schedule: its last entry is the number of steps
     base_lr: float
     start_step: int
     mixup_alpha: float  # cls only; 0 = no MixUp
     seed: int
-    lr_rule: Callable = get_lr  # lr_rule(step, schedule, base_lr), one of utils.schedule.LR_RULES
+    lr_rule: Callable = get_lr  # lr_rule(step, schedule, base_lr), one of utils.train.schedule.LR_RULES
     label_smoothing: float = 0.0
     image_loss_weight: float = 0.0  # dfb only
     checkpoint_every: int = 1000

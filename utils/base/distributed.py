@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils.runtime import default_amp
+from utils.base.runtime import default_amp
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,13 @@ class RunContext:
     device: torch.device
     rank: int
     world_size: int
-    amp: str  # 'bf16' or 'none' (utils.runtime.autocast)
+    amp: str  # 'bf16' or 'none' (utils.base.runtime.autocast)
     is_main: bool  # rank 0: the process that prints and writes the shared files
 
 
 def start_run(device: str = "auto", amp: str | None = None) -> RunContext:
     """Set up this process (torchrun's process group when launched by it) and its context.
-    amp: the precision asked for (--amp), None for the device's default (utils.runtime.default_amp)."""
+    amp: the precision asked for (--amp), None for the device's default (utils.base.runtime.default_amp)."""
     resolved, rank, world_size = init_distributed(device)
     return RunContext(device=resolved, rank=rank, world_size=world_size, amp=amp or default_amp(resolved),
                       is_main=is_main_process())

@@ -8,8 +8,8 @@ apply it to new images:
     rows = det.score_paths(["photos/", "cat.jpg"])      # one dict per image, the CSV columns
     out = det.score_tensors(uint8_batch)                # arrays per column, for images in memory
 
-Every number comes from the functions eval.py uses (its model forwards, `utils.scores`,
-`utils.fusion`, the test-time resize), so an image scores here as it scored in eval.py's
+Every number comes from the functions eval.py uses (its model forwards, `utils.ood.scores`,
+`utils.ood.fusion`, the test-time resize), so an image scores here as it scored in eval.py's
 scores/<method>/<set>.npy. The file holds only tensors, numbers, strings, lists and dicts, and
 is read with torch.load(weights_only=True). Column contract: docs/SCORE.md.
 """
@@ -27,12 +27,12 @@ from tqdm import tqdm
 from datasets.batch_augment import resize_float, test_resize
 from datasets.folder import IMG_EXTENSIONS, ImageFolderDataset, find_unreadable, is_image_file
 from datasets.transforms import normalize_float
-from utils.checkpoint import file_digest, load_network
-from utils.distributed import resolve_device
-from utils.fusion import FUSIONS, background_score, fusion_name
-from utils.io import save_png_atomic, torch_save_atomic, write_text_atomic
-from utils.runtime import autocast
-from utils.scores import SCORE_CLASSES, KNNState, MahalanobisState, ReActState, ViMState
+from utils.base.checkpoint import file_digest, load_network
+from utils.base.distributed import resolve_device
+from utils.base.io import save_png_atomic, torch_save_atomic, write_text_atomic
+from utils.base.runtime import autocast
+from utils.ood.fusion import FUSIONS, background_score, fusion_name
+from utils.ood.scores import SCORE_CLASSES, KNNState, MahalanobisState, ReActState, ViMState
 
 FORMAT = "dfb-detector"
 VERSION = 1
@@ -54,7 +54,7 @@ _EXTENSIONS = ", ".join(IMG_EXTENSIONS)
 # ---------------------------------------------------------------- the file
 
 def state_to_plain(fitted):
-    """A score's fitted state (a dataclass of utils.scores, or None) as plain tensors and numbers.
+    """A score's fitted state (a dataclass of utils.ood.scores, or None) as plain tensors and numbers.
     numpy fields become CPU tensors and are listed, so that loading gives back numpy arrays."""
     if fitted is None:
         return None
@@ -96,7 +96,7 @@ def save_detector(path, *, model_path, checkpoint_digest, model, resolution, hal
                   score, fitted, fitted_images, mode, choice, heldout_fused, heldout_images, background_sign=1):
     """Write the detector file (atomically).
 
-    model: the network (its name and head size are stored); score: the utils.scores Score object
+    model: the network (its name and head size are stored); score: the utils.ood.scores Score object
     and fitted: its state from score.fit on the ID training rows; mode / choice: the fusion mode and
     its (sign, temperature, validation AUROC) as eval.py chose them; heldout_fused: the fused scores
     of the held-out ID images that chose it (float32, as eval.py computed them), which set the

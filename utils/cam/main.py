@@ -4,7 +4,7 @@ Masks are written per the contract (docs/CONTRACTS.md §2) to <split>_mask/<clas
 file each, atomically; masks already on disk are skipped, so an interrupted run resumes, as long as
 the folder's provenance.json says they were made by the same classifier with the same run-defining
 flags (make_cam.py's tagged flags). Under torchrun the pending images are split across processes
-without overlap. The CAMs themselves are utils/cam.py.
+without overlap. The CAMs themselves are utils/cam/activation_maps.py.
 """
 import argparse
 import json
@@ -22,13 +22,13 @@ from datasets.masks import (PROVENANCE, expected_values, invalid_values, mask_pa
                             overlap_counts, overlap_scores, read_provenance, write_provenance,
                             zero_overlap_counts)
 from datasets.sources import eval_batches, open_split
-from utils import distributed
-from utils.cam import check_scales, pseudo_masks
-from utils.checkpoint import file_digest, load_network
-from utils.distributed import RunContext, start_run
-from utils.io import remove_stale_temporaries, save_png_atomic, write_text_atomic
-from utils.run_flags import run_settings
-from utils.runtime import autocast
+from utils.base import distributed
+from utils.base.checkpoint import file_digest, load_network
+from utils.base.distributed import RunContext, start_run
+from utils.base.io import remove_stale_temporaries, save_png_atomic, write_text_atomic
+from utils.base.run_flags import run_settings
+from utils.base.runtime import autocast
+from utils.cam.activation_maps import check_scales, pseudo_masks
 
 
 def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
@@ -171,7 +171,7 @@ def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: M
               f"{summary['against_true_masks']['background_iou']:.3f}")
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     if tally.preview:
-        from utils.plots import save_mask_grid
+        from reporting.plots import save_mask_grid
         preview = tally.preview
         save_mask_grid(np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]), args.head_size,
                        out_root / "overlays.png", class_names=dataset.classes, true_masks=true_masks)

@@ -1,9 +1,9 @@
 """Stages 1 and 3 of DFB, what `train.py` runs: the K-class classifier (--task cls) or the
 (K+1)-class dense network (--task dfb) of the run <logdir>/<name>/.
 
-`run` reads top to bottom: the run context, the resume point (utils/resume.py decides whether the
+`run` reads top to bottom: the run context, the resume point (utils/train/resume.py decides whether the
 run folder's checkpoint may be resumed), data, schedule, network, batches, then the loop of
-utils/engine_train.py with the evaluations and checkpoints it calls, then the final metrics.
+utils/train/engine.py with the evaluations and checkpoints it calls, then the final metrics.
 """
 import argparse
 import json
@@ -25,17 +25,17 @@ from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches
                               decoded_size, open_split, relative_paths, restrict)
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
-from utils import distributed
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.dense_eval import evaluate_masks
-from utils.distributed import RunContext, start_run
-from utils.engine_eval import extract, top1
-from utils.engine_train import DenseLogits, TrainLoopConfig, train_loop
-from utils.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
-from utils.resume import (check_same_classes, check_same_data, checkpoint_path, data_fingerprint,
-                          final_metrics_path, finished_run_metrics, is_finished, load_resume_point)
-from utils.runtime import seed_everything
-from utils.schedule import LR_RULES, get_mixup, get_schedule, scale_schedule, with_warmup
+from utils.base import distributed
+from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.base.distributed import RunContext, start_run
+from utils.base.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
+from utils.base.runtime import seed_everything
+from utils.evaluate.dense import evaluate_masks
+from utils.evaluate.engine import extract, top1
+from utils.train.engine import DenseLogits, TrainLoopConfig, train_loop
+from utils.train.resume import (check_same_classes, check_same_data, checkpoint_path, data_fingerprint,
+                                final_metrics_path, finished_run_metrics, is_finished, load_resume_point)
+from utils.train.schedule import LR_RULES, get_mixup, get_schedule, scale_schedule, with_warmup
 
 BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 
@@ -106,7 +106,7 @@ class TrainingData:
     """The training split of a run and the images held out of it."""
     classes: list[str]
     dataset: torch.utils.data.Dataset  # the whole split (with its masks for dfb)
-    fingerprint: dict  # utils.resume.data_fingerprint, stored in every checkpoint
+    fingerprint: dict  # utils.train.resume.data_fingerprint, stored in every checkpoint
     train_indices: np.ndarray
     holdout_indices: np.ndarray
     holdout_samples: list[str]  # the held-out images as paths under the split root, stored in the checkpoint

@@ -7,7 +7,7 @@ ViM, Mahalanobis) run in torch in row chunks on a chosen `device`, so an evaluat
 can put them on the GPU; their fitted state lives on that device.
 
 For a DFB network the arrays are its K foreground logits, the pooled feature and the
-K foreground rows of its (K+1)-class head; the background logit is `utils.fusion`'s job.
+K foreground rows of its (K+1)-class head; the background logit is `utils.ood.fusion`'s job.
 
 Registry: `SCORES` maps each method name to a `Score` with `.name`, `.needs_fit`,
 `.fit(id_train, device)` and `.compute(test_logits, test_features, fitted)`;

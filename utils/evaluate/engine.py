@@ -5,9 +5,9 @@ import torch
 from tqdm import tqdm
 
 from datasets.sources import eval_batches
-from utils.distributed import gather_in_order, is_main_process, shard_indices
-from utils.runtime import autocast
-from utils.scores import odin_perturb
+from utils.base.distributed import gather_in_order, is_main_process, shard_indices
+from utils.base.runtime import autocast
+from utils.ood.scores import odin_perturb
 
 
 @torch.no_grad()

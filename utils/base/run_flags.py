@@ -2,8 +2,8 @@
 
 A CLI tags an argument with `defines_run(parser.add_argument(...))`; `run_defining_flags(parser)`
 lists the tagged ones, and the stages take that list instead of keeping their own: train.py resumes
-a checkpoint only with the same values of them (utils/resume.py), make_cam.py keeps masks only when
-the folder's provenance.json holds the same values (utils/main_make_cam.py). So adding a flag that
+a checkpoint only with the same values of them (utils/train/resume.py), make_cam.py keeps masks only when
+the folder's provenance.json holds the same values (utils/cam/main.py). So adding a flag that
 changes what a run computes is adding the tag, nothing else.
 """
 import argparse

@@ -3,7 +3,7 @@ image, or screen-sized grids of one row per set).
 
 Figures are built on matplotlib's object API with an explicit Agg canvas (no pyplot, so no
 global figure registry to leak into and nothing to close; works on servers without a display).
-Every figure is written atomically through utils.io.atomic_path; each function returns the path.
+Every figure is written atomically through utils.base.io.atomic_path; each function returns the path.
 Scores follow docs/CONTRACTS.md §5: higher = more in-distribution, ID is the positive class.
 Masks follow the mask contract (datasets/masks.py): value k < K = foreground of class k,
 K = background, 255 = ignore.
@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from datasets.masks import IGNORE_INDEX, expected_values, invalid_values
-from utils.io import atomic_path
-from utils.metrics import auroc, roc_curve
+from utils.base.io import atomic_path
+from utils.ood.metrics import auroc, roc_curve
 
 _IGNORE_GREY = np.array([128, 128, 128], np.float64)
 _BACKGROUND_DIMMING = 0.35  # background pixels are shown darkened so the foreground stands out

@@ -1,5 +1,5 @@
 """Whether a training run may go on from its checkpoint (docs/CONTRACTS.md §3 and §6): only with
-the same run-defining flags (those train.py tags, utils/run_flags.py), the same classes and the
+the same run-defining flags (those train.py tags, utils/base/run_flags.py), the same classes and the
 same training data; a finished run is reported, not trained again.
 """
 import argparse
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets.masks import read_provenance
-from utils.checkpoint import load_checkpoint
+from utils.base.checkpoint import load_checkpoint
 
 # Checkpoints written before these flags existed trained as their defaults do now.
 BEFORE_RECIPE_FLAGS = {"schedule": "bit", "warmup_steps": None, "weight_decay": 0.0, "nesterov": False,

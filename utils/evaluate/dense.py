@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from datasets.masks import overlap_counts, overlap_scores, zero_overlap_counts
 from datasets.sources import eval_batches
-from utils.distributed import shard_indices
-from utils.runtime import autocast
+from utils.base.distributed import shard_indices
+from utils.base.runtime import autocast
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@
    OOD set, in fp32 by default (cached under <logdir>/cache/, keyed by the checkpoint's
    bytes, the images' bytes, the resolution and the precision, so a new checkpoint never
    reuses stale features).
-2. Every post-hoc score of utils/scores.py on the K foreground logits and the pooled feature;
+2. Every post-hoc score of utils/ood/scores.py on the K foreground logits and the pooled feature;
    the fitted ones (ViM, KNN, ReAct, Mahalanobis) on the ID training images.
 3. For a dfb checkpoint: the background score and every DFB fusion of every score. Sign and
    temperature are chosen on held-out ID TRAINING images (the checkpoint's `holdout_samples`,
@@ -14,7 +14,7 @@
    scores' statistics. `fusion_selection.json` records the choices and the images.
 4. results.csv, results.md (with the score settings used), accuracy.json, logits/, scores/,
    figures/; with --save_detector, detector.pt: one fused score, its fitted statistics, sign, T
-   and the threshold that keeps 95 % of the held-out ID images, for score.py (utils/detector.py).
+   and the threshold that keeps 95 % of the held-out ID images, for score.py (utils/ood/detector.py).
 """
 import argparse
 import csv
@@ -30,18 +30,18 @@ import torch
 from datasets.batch_augment import patch_shuffle
 from datasets.folder import dataset_name
 from datasets.sources import open_split, relative_paths, restrict
-from utils import distributed
-from utils.checkpoint import file_digest, load_network
-from utils.detector import save_detector
-from utils.distributed import RunContext, start_run
-from utils.dense_eval import foreground_layout
-from utils.engine_eval import extract, top1
-from utils.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
-                          select_background_sign)
-from utils.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
-from utils.metrics import ood_metrics
-from utils.runtime import autocast, mixed_seed
-from utils.scores import IDTrainStats, compute_all_scores, make_scores, odin
+from utils.base import distributed
+from utils.base.checkpoint import file_digest, load_network
+from utils.base.distributed import RunContext, start_run
+from utils.base.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
+from utils.base.runtime import autocast, mixed_seed
+from utils.evaluate.dense import foreground_layout
+from utils.evaluate.engine import extract, top1
+from utils.ood.detector import save_detector
+from utils.ood.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
+                              select_background_sign)
+from utils.ood.metrics import ood_metrics
+from utils.ood.scores import IDTrainStats, compute_all_scores, make_scores, odin
 
 CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
 BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"
@@ -481,7 +481,7 @@ def markdown_table(rows, ood_names, accuracy):
 @torch.no_grad()
 def write_dense_layout(path, model, named_datasets, num_classes, resolution, args, ctx: RunContext):
     """dense_layout.json: per set, how much the dense network's foregrounds are one shared blob
-    (utils.dense_eval.blob_scores on --layout_images images of each set)."""
+    (utils.evaluate.dense.blob_scores on --layout_images images of each set)."""
     layout = {name: foreground_layout(model, dataset, resolution, ctx.device, args.batch, ctx.amp, num_classes,
                                       args.layout_images, args.seed, args.workers)
               for name, dataset in named_datasets}
@@ -494,7 +494,7 @@ def write_dense_layout(path, model, named_datasets, num_classes, resolution, arg
 def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
     """The dense network's view of a few images of every set: predicted mask and background probability."""
     from datasets.batch_augment import test_resize
-    from utils.plots import save_mask_grid
+    from reporting.plots import save_mask_grid
     images, masks, background = [], [], []
     for _, dataset in named_datasets:
         batch = torch.stack([dataset[i]["image"] for i in range(min(per_set, len(dataset)))])
@@ -510,7 +510,7 @@ def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunCont
 
 
 def draw_figures(out_dir, scores, id_test_name, ood_names):
-    from utils.plots import plot_roc_curves, plot_score_histograms
+    from reporting.plots import plot_roc_curves, plot_score_histograms
     figures = out_dir / "figures"
     shown = [m for m in PLOTTED_METHODS if m in scores]
     drawn = []

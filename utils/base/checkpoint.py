@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from models.resnetv2 import create_model, load_state_dict_checked
-from utils.io import torch_save_atomic
+from utils.base.io import torch_save_atomic
 
 TASKS = ("cls", "dfb")
 

@@ -2,7 +2,7 @@
 
 A DFB network outputs K+1 image-level logits z, background LAST. The K foreground
 logits (and the pooled feature) feed any existing post-hoc score S_fg
-(`utils.scores`). What the paper states of the (K+1)-th class is that it captures the
+(`utils.ood.scores`). What the paper states of the (K+1)-th class is that it captures the
 ID background features and that its prediction gives a background OOD score; it does
 not say in which direction. So the direction is chosen on validation data, like T.
 Higher scores mean more in-distribution throughout.
@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 
-from utils.metrics import auroc
+from utils.ood.metrics import auroc
 
 DEFAULT_FUSION = "logit"
 
