@@ -213,15 +213,18 @@ def data_section(manifest):
             "(`data_manifest.json`):", ""] + markdown_table(["set", "archive", "what it is", "images"], rows) + [""]
 
 
+def variant_label(suffix):
+    """'seed <s>' for dfb_seed<s>, 'ablation <name>' for dfb_<name>."""
+    return f"seed {suffix[4:]}" if suffix.startswith("seed") else f"ablation {suffix}"
+
+
 def stage_description(stage):
     """What a stage of stage_times.json is: a fixed stage, or train/eval_dfb_seed<s> / _<ablation>."""
     if stage in STAGES:
         return STAGES[stage]
     for prefix in ("train_dfb_", "eval_dfb_"):
         if stage.startswith(prefix):
-            suffix = stage[len(prefix):]
-            which = f"seed {suffix[4:]}" if suffix.startswith("seed") else f"ablation {suffix}"
-            return f"{STAGES[prefix[:-1]]}, {which}"
+            return f"{STAGES[prefix[:-1]]}, {variant_label(stage[len(prefix):])}"
     raise ValueError(f"stage_times.json: unknown stage {stage!r}; expected {list(STAGES)} or "
                      f"train_dfb_<seed<s> or ablation> / eval_dfb_<...>")
 
@@ -501,14 +504,15 @@ def pseudo_mask_grid(run, path):
     return save_overlay_grid(rows, num_classes, path, title="pseudo masks (make_cam.py), training images")
 
 
-def dense_grid(run, path):
-    """The first seed's dense prediction on the first images of the ID test split and of every OOD set."""
+def dense_grid(run, path, suffix):
+    """The dense prediction of the DFB network runs/dfb_<suffix> (a seed or an ablation) on the first
+    images of the ID test split and of every OOD set."""
     import torch
 
     from datasets.batch_augment import test_resize
     from reporting.plots import save_overlay_grid
     from utils.base.checkpoint import load_network
-    model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_seed{run.seeds[0]}" / "checkpoint.pth.tar",
+    model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_{suffix}" / "checkpoint.pth.tar",
                                                    expect_task="dfb")
     model.eval()
     data = repo_path(run.info["settings"]["DATA_DIR"])
@@ -524,7 +528,7 @@ def dense_grid(run, path):
             masks = model.dense_logits(test_resize(batch, resolution), upsample=True).argmax(1).to(torch.uint8)
         rows.append((label, list(zip(images, masks.numpy()))))
     return save_overlay_grid(rows, head_size - 1, path,
-                             title=f"dense prediction of the DFB network (seed {run.seeds[0]}); dimmed = background")
+                             title=f"dense prediction of the DFB network ({variant_label(suffix)}); dimmed = background")
 
 
 def run_figures(run_dir):
@@ -575,8 +579,11 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
     drawn = []
     if grids:
         target = Path(figures_to) if figures_to else run.dir
+        first = f"seed{run.seeds[0]}"
         drawn = [("Pseudo masks, one row per class", pseudo_mask_grid(run, target / "grid_pseudo_masks.png")),
-                 ("Dense predictions, one row per set", dense_grid(run, target / "grid_dense_maps.png"))]
+                 ("Dense predictions, one row per set", dense_grid(run, target / "grid_dense_maps.png", first))]
+        drawn += [(f"Dense predictions of the ablation {name}, one row per set",
+                   dense_grid(run, target / f"grid_dense_maps_{name}.png", name)) for name in run.ablations]
     figures = run_figures(run.dir)
     linked = publish_figures(run.dir, figures, figures_to) if figures_to else [run.dir / path for path in figures]
     lines = ["# DFB on CIFAR-10: a small run on real data (scripts/reproduce_small.sh)", "",

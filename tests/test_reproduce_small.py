@@ -366,6 +366,9 @@ def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     assert "agreed with the test set's preference in" in report
     assert "![Pseudo masks, one row per class](grid_pseudo_masks.png)" in report
     assert (out / "grid_dense_maps.png").is_file()
+    assert (out / "grid_dense_maps_small_holdout.png").is_file()  # one dense grid per ablation too
+    assert "![Dense predictions of the ablation small_holdout, one row per set](grid_dense_maps_small_holdout.png)" \
+        in report
     assert json.loads((out / "run_info.json").read_text())["device"].startswith("CPU")
 
     rerun = run_script(env)  # everything done: each stage is skipped and keeps its recorded time
