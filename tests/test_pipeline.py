@@ -96,7 +96,15 @@ def test_results_have_every_method_and_fusion(pipeline):
                     "fpr95": brute_force_fpr95(id_scores, ood_scores)}
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, abs=1e-6), (row["method"], row["ood_dataset"], key)
-    assert (results / "results.md").read_text().count("\n| ") >= len(methods)
+    # results.md shows each default fusion once: DFB-x, not also its copy DFB-x[logit]
+    table_methods = [line.split(" | ")[0].lstrip("| ") for line in (results / "results.md").read_text().splitlines()
+                     if line.startswith("| ") and not line.startswith("| method")]
+    assert sorted(table_methods) == sorted(methods - {f"DFB-{m}[logit]" for m in SCORE_CLASSES})
+    for m in SCORE_CLASSES:
+        for name in (f"DFB-{m}", f"DFB-{m}[logit]"):
+            assert (results / "scores" / name / "synthetic_test.npy").is_file()
+        assert [r["auroc"] for r in rows if r["method"] == f"DFB-{m}"] == \
+            [r["auroc"] for r in rows if r["method"] == f"DFB-{m}[logit]"]
     accuracy = json.loads((results / "accuracy.json").read_text())
     labels = np.array([label for _, label in list_samples(pipeline["sets"]["id_test"])])
     logits = np.load(results / "logits" / "synthetic_test.npy")

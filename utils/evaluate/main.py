@@ -352,7 +352,12 @@ def score_and_report(outputs, sets: EvalSets, task, num_classes, model, out_dir,
             rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
                          **ood_metrics(per_set[id_test_name], per_set[ood])})
     notes = settings_notes(settings, args, ctx.amp, len(fit_rows), sets.selection_images)
-    write_results(out_dir, rows, ood_names, accuracy, notes)
+    # DFB-<m>[<default mode>] is DFB-<m> under its explicit name: results.csv keeps both, the table one
+    repeats = {fusion_name(method, args.fusion) for method in registry} & set(scores) if task == "dfb" else set()
+    if repeats:
+        notes.append(f"DFB-<method> is the {args.fusion} fusion; results.csv and scores/ also hold it as "
+                     f"DFB-<method>[{args.fusion}].")
+    write_results(out_dir, rows, ood_names, accuracy, notes, leave_out=repeats)
     written += draw_figures(out_dir, scores, id_test_name, ood_names)
     return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written, "scores": scores,
             "fit": (registry, id_train)}
@@ -449,14 +454,16 @@ def settings_notes(settings, args, amp, fitted_images, selection_images):
     return lines
 
 
-def write_results(out_dir, rows, ood_names, accuracy, notes=()):
+def write_results(out_dir, rows, ood_names, accuracy, notes=(), leave_out=()):
+    """results.csv with every row; results.md (also printed) without the methods of `leave_out`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({key: (f"{value:.6f}" if isinstance(value, float) else value) for key, value in row.items()})
     write_text_atomic(out_dir / "results.csv", buffer.getvalue())
-    table = markdown_table(rows, ood_names, accuracy) + "".join(f"\n{line}\n" for line in notes)
+    shown = [row for row in rows if row["method"] not in leave_out]
+    table = markdown_table(shown, ood_names, accuracy) + "".join(f"\n{line}\n" for line in notes)
     write_text_atomic(out_dir / "results.md", table)
     print(table)
     print(f"[eval] wrote {out_dir / 'results.csv'}, results.md, accuracy.json, logits/, scores/, figures/")
