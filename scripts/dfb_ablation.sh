@@ -9,12 +9,14 @@
 #
 #   bash scripts/dfb_ablation.sh                     # PRESET=cpu; -> runs/dfb_ablation/ABLATION.md
 #   FROM_RUN=../shared/runs/cifar10_cpu_classifier_and_masks.tar.gz bash scripts/dfb_ablation.sh
+#   SEEDS="0 1 2" ... bash scripts/dfb_ablation.sh    # the first variant with three seeds (docs/RESULTS.md, CPU run 3)
 #
 # Variants (VARIANTS, one per line "name|DFB train.py flags"; @CLS_CKPT is the classifier), by default
 # the four of docs/DFB_VARIANTS.md: the preset's DFB_FLAGS (initialised from the classifier, image-level
 # loss, label smoothing), the paper's loss alone (per-pixel cross-entropy), and each with the
 # release's DeepLab-style random scale + crop (--scale_range 0.5 2.0).
-# Environment: PRESET [cpu], OUT [runs/dfb_ablation], SEED [0], VARIANTS, and every variable of
+# Environment: PRESET [cpu], OUT [runs/dfb_ablation], SEEDS [$SEED or 0: the first variant is trained
+# with each, the others with the first], VARIANTS, and every variable of
 # scripts/reproduce_small.sh (SHARED_DATA, FROM_RUN, TRAIN_PER_CLASS, STEPS_DFB, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,8 @@ export PRESET=${PRESET:-cpu}
 # shellcheck source=configs/reproduce_cpu.env
 source "configs/reproduce_$PRESET.env"
 export OUT=${OUT:-runs/dfb_ablation}
-export SEEDS=${SEED:-0}
+export SEEDS=${SEEDS:-${SEED:-0}}
+read -r FIRST_SEED _ <<< "$SEEDS"
 SCALE="--scale_range 0.5 2.0"
 DENSE_ONLY="--schedule cosine --weight_decay 5e-4 --nesterov --init_from @CLS_CKPT --amp bf16"
 PRESET_DFB=${DFB_FLAGS/ --scale_range 0.5 2.0/}
@@ -36,7 +39,7 @@ while IFS= read -r line; do
   [ -n "${line//[[:space:]]/}" ] || continue
   if [ ${#names[@]} -eq 0 ]; then
     first_flags=${line#*|}
-    names+=("seed$SEEDS")
+    names+=("seed$FIRST_SEED")
   else
     ablations+="$line"$'\n'
     names+=("$(echo "${line%%|*}" | tr -d '[:space:]')")
@@ -48,4 +51,4 @@ bash scripts/reproduce_small.sh
 PY=${PYTHON:-.venv/bin/python}
 $PY -m reporting.ablation_table --run_dir "$OUT" --variants "${names[@]}" --fusion "${FUSION:-logit}" \
   --out "$OUT/ABLATION.md"
-echo "The first variant ('${VARIANTS%%|*}') is reported as seed$SEEDS."
+echo "The first variant ('${VARIANTS%%|*}') is reported as seed$FIRST_SEED."

@@ -397,7 +397,7 @@ def test_dfb_ablation_starts_from_an_earlier_runs_archive_with_a_validation_ood_
     variants = "preset|--init_from @CLS_CKPT\nscaled|--init_from @CLS_CKPT --scale_range 0.5 2.0"
     result = subprocess.run(["bash", "scripts/dfb_ablation.sh"], cwd=REPO, capture_output=True, text=True, timeout=600,
                             env=dict(base, OUT=str(out), FROM_RUN=str(archive), FUSION_VAL_OOD="MNIST",
-                                     VARIANTS=variants))
+                                     VARIANTS=variants, SEEDS="0 1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     times = json.loads((out / "stage_times.json").read_text())
     assert "from_run" in times and "train_cls" not in times and "make_cam" not in times
@@ -412,6 +412,9 @@ def test_dfb_ablation_starts_from_an_earlier_runs_archive_with_a_validation_ood_
     tables = (out / "ABLATION.md").read_text()
     assert "| seed0 |" in tables and "| scaled |" in tables and "SVHN: background AUROC" in tables
     assert "MNIST" not in tables and "blob IoU" in tables
+    # SEEDS: the first variant with every seed, the others with the first only
+    assert (out / "results_dfb_seed1" / "results.csv").exists() and "| seed1 |" not in tables
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cls", "dfb_scaled", "dfb_seed0", "dfb_seed1"]
 
     bad = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
                          env=dict(base, OUT=str(tmp_path / "bad"), FROM_RUN=str(tmp_path / "nothing_here")))
