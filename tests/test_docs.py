@@ -1,5 +1,5 @@
 """The README and docs/ point at things that exist: every relative link resolves, and every command
-the README shows names a script of the repository and flags that script accepts."""
+the README and docs/REFERENCE.md show names a script of the repository and flags that script accepts."""
 import re
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+COMMAND_DOCUMENTS = [REPO / "README.md", REPO / "docs" / "REFERENCE.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -34,9 +35,10 @@ def test_relative_links_resolve(document):
     assert not broken, f"{document.relative_to(REPO)}: links that do not resolve: {broken}"
 
 
-def readme_commands():
-    """(script, flags) of every `python X.py ...` / `bash scripts/X.sh` line in the README's code blocks."""
-    text = (REPO / "README.md").read_text()
+def documented_commands():
+    """(script, flags) of every `python X.py ...` / `bash scripts/X.sh` line in the code blocks of the
+    README and the reference page."""
+    text = "\n".join(document.read_text() for document in COMMAND_DOCUMENTS)
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
     commands = []
     for block in blocks:
@@ -50,23 +52,23 @@ def readme_commands():
     return commands
 
 
-def test_the_readme_shows_commands():
-    assert len(readme_commands()) >= 5
+def test_the_docs_show_commands():
+    assert len(documented_commands()) >= 10
 
 
-@pytest.mark.parametrize("script, flags", readme_commands(), ids=lambda value: str(value))
-def test_every_readme_command_exists_with_its_flags(script, flags):
+@pytest.mark.parametrize("script, flags", documented_commands(), ids=lambda value: str(value))
+def test_every_documented_command_exists_with_its_flags(script, flags):
     if script.endswith(".sh"):
-        assert (REPO / script).is_file(), f"README runs {script}, which does not exist"
+        assert (REPO / script).is_file(), f"the docs run {script}, which does not exist"
         return
     if script in ("pip", "venv", "pytest"):
         return
     module = script.removesuffix(".py").replace("/", ".")
     path = REPO / (module.replace(".", "/") + ".py")
-    assert path.is_file(), f"README runs {script}, which does not exist"
+    assert path.is_file(), f"the docs run {script}, which does not exist"
     if not flags:
         return
     help_text = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                                timeout=120).stdout
     unknown = [flag for flag in flags if flag not in help_text]
-    assert not unknown, f"README passes {unknown} to {script}, whose --help does not list them"
+    assert not unknown, f"the docs pass {unknown} to {script}, whose --help does not list them"
