@@ -64,11 +64,15 @@ def save_npy_atomic(path, array):
 
 
 def torch_save_atomic(obj, path):
+    """torch.save through a file object: with a file name, torch names the zip's inner folder after
+    it, and the random temporary name would make two saves of the same object differ in bytes
+    (and in the sha256 that detectors and feature caches record)."""
     import torch
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
-        except RuntimeError as error:  # torch's zip writer reports a failed write (disk full) this way
+            with open(tmp, "wb") as file:
+                torch.save(obj, file)
+        except (RuntimeError, OSError) as error:  # a failed write (disk full), from torch's zip writer or the file
             free = shutil.disk_usage(Path(path).parent).free / 2 ** 20
             raise OSError(f"could not write {path} ({' '.join(str(error).split())[:160]}); is the disk full? "
                           f"{free:.0f} MiB free there") from error
