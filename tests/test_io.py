@@ -1,21 +1,17 @@
 """utils/base/io.py: atomic writes leave the final file or nothing, and checkpoints are reproducible."""
-import hashlib
-
 import pytest
 import torch
 
+from utils.base.checkpoint import file_digest
 from utils.base.io import atomic_path, torch_save_atomic
-
-
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_two_saves_of_the_same_object_are_byte_identical(tmp_path):
     state = {"model": {"weight": torch.arange(12.0).reshape(3, 4)}, "args": {"seed": 0}}
     torch_save_atomic(state, tmp_path / "a" / "checkpoint.pth.tar")
     torch_save_atomic(state, tmp_path / "b" / "checkpoint.pth.tar")
-    assert digest(tmp_path / "a" / "checkpoint.pth.tar") == digest(tmp_path / "b" / "checkpoint.pth.tar")
+    # the digest detectors and feature caches record
+    assert file_digest(tmp_path / "a" / "checkpoint.pth.tar") == file_digest(tmp_path / "b" / "checkpoint.pth.tar")
     loaded = torch.load(tmp_path / "a" / "checkpoint.pth.tar", weights_only=False)
     assert torch.equal(loaded["model"]["weight"], state["model"]["weight"]) and loaded["args"] == {"seed": 0}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["checkpoint.pth.tar"]
