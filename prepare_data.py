@@ -1,20 +1,22 @@
 """Download and convert the paper's data sets into dataset/<name>/<split>/<class>/<image>.
 
     python prepare_data.py --root dataset --datasets cifar10 cifar100 SVHN Textures Places
+    python prepare_data.py --root dataset --datasets TinyImageNet   # train/val by wnid, classes.tsv, boxes
 
 Already prepared data sets are skipped; an interrupted run continues where it stopped.
 """
 import argparse
 import sys
 
-from datasets.prepare import DATASETS, DownloadError, prepare
+from datasets.prepare import DATASETS, PAPER_DATASETS, DownloadError, prepare
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="dataset", help="output folder (default: dataset)")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
-                        metavar="NAME", help=f"data sets to prepare, any of {list(DATASETS)} (default: all)")
+    parser.add_argument("--datasets", nargs="+", default=list(PAPER_DATASETS), choices=list(DATASETS),
+                        metavar="NAME", help=f"data sets to prepare, any of {list(DATASETS)} "
+                                             f"(default: the paper's, {list(PAPER_DATASETS)})")
     parser.add_argument("--download-dir", default=None,
                         help="where archives are downloaded / placed by hand (default: <root>/downloads)")
     parser.add_argument("--delete-archives", action="store_true",

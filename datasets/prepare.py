@@ -9,6 +9,8 @@ Output: ``<root>/<name>/<split>/<class>/<image>`` (docs/CONTRACTS.md §1):
 - ``SVHN``: the test split of the cropped-digits format (26,032 PNGs), class folders ``0``..``9``.
 - ``Textures``: all 5,640 DTD images, copied byte for byte.
 - ``Places``: the 10,000-image Places subset curated for MOS, copied byte for byte.
+- ``TinyImageNet``: train (100,000) and val (10,000, sorted into wnid folders) JPEGs copied byte for
+  byte from the official zip, with ``classes.tsv``, ``train_boxes.csv`` and ``val_boxes.csv`` beside them.
 
 Resuming: archives are downloaded to ``<name>.part`` and renamed only once complete, so a file
 with the final name is never a truncated download. The images are written by
@@ -24,6 +26,7 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -31,7 +34,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record, is_complete
+from datasets.imagefolder_writer import (IMAGE_EXTENSIONS, ImageFolderWriter, archive_images, complete_record,
+                                         is_complete)
+from utils.base.io import write_text_atomic
 
 _CHUNK = 1 << 20
 
@@ -279,6 +284,183 @@ def convert_places(archive_path, out_root, progress=False):
                                 "no images found", progress)
 
 
+# ----------------------------------------------------------------------------- Tiny ImageNet
+
+TIN_NAME = "TinyImageNet"
+TIN_BOX_HEADER = ("file", "wnid", "x0", "y0", "x1", "y1")  # the format of the shared tin_train.tar.gz
+
+
+def _zip_members(zf, archive_path):
+    """{path parts below the folder holding wnids.txt: ZipInfo} of the zip's files.
+
+    The official zip keeps everything under ``tiny-imagenet-200/``; anchoring on wnids.txt also
+    accepts a copy re-zipped without (or with another) top folder. Hidden files and macOS resource
+    forks are skipped, names that climb out are refused, as for the tarballs.
+    """
+    files = {}
+    for info in zf.infolist():
+        parts = tuple(part for part in PurePosixPath(info.filename).parts if part not in ("/", "."))
+        if info.is_dir() or not parts:
+            continue
+        if ".." in parts:
+            raise ValueError(f"{archive_path}: refusing member {info.filename!r} (contains '..')")
+        if not any(part.startswith(".") or part == "__MACOSX" for part in parts):
+            files[parts] = info
+    tops = sorted((parts[:-1] for parts in files if parts[-1] == "wnids.txt"), key=len)
+    if not tops:
+        raise ValueError(f"{archive_path}: no wnids.txt; expected the official tiny-imagenet-200.zip "
+                         f"(tiny-imagenet-200/wnids.txt, words.txt, train/, val/)")
+    top = tops[0]
+    return {parts[len(top):]: info for parts, info in files.items() if parts[:len(top)] == top}
+
+
+def _zip_lines(zf, members, parts, archive_path):
+    """The non-empty lines of the text member `parts` (relative to the top folder)."""
+    if parts not in members:
+        raise ValueError(f"{archive_path}: {'/'.join(parts)} is missing")
+    return [line for line in zf.read(members[parts]).decode().splitlines() if line.strip()]
+
+
+def _tsv_fields(line, count, where):
+    """The `count` tab-separated fields of `line`; `where` (file and line) names it in the error."""
+    fields = line.split("\t")
+    if len(fields) != count:
+        raise ValueError(f"{where}: expected {count} tab-separated fields, got {line!r}")
+    return fields
+
+
+def _tin_box(fields, where):
+    """x0, y0, x1, y1 as ints (inclusive pixel coordinates in the official files)."""
+    try:
+        return tuple(int(value) for value in fields)
+    except ValueError:
+        raise ValueError(f"{where}: expected integer box coordinates, got {fields}") from None
+
+
+def _tin_classes(zf, members, archive_path):
+    """{wnid: words} for the wnids of wnids.txt, sorted as ImageFolder sorts the class folders."""
+    source = f"{archive_path}:wnids.txt"
+    wnids = sorted(dict.fromkeys(line.strip() for line in _zip_lines(zf, members, ("wnids.txt",), archive_path)))
+    bad = [wnid for wnid in wnids if "/" in wnid or wnid.startswith(".")]
+    if bad:  # they become folder names
+        raise ValueError(f"{source}: expected one wnid (e.g. n01443537) per line, got {bad[:3]}")
+    # words.txt covers all 82,115 ImageNet synsets: read leniently, only the wnids used must be there
+    lines = _zip_lines(zf, members, ("words.txt",), archive_path)
+    words = dict(line.split("\t", 1) for line in lines if "\t" in line)
+    missing = [wnid for wnid in wnids if wnid not in words]
+    if missing:
+        raise ValueError(f"{archive_path}:words.txt has no line for wnid(s) {missing[:5]} of wnids.txt")
+    return {wnid: words[wnid] for wnid in wnids}
+
+
+def _tin_train_boxes(zf, members, wnid, archive_path):
+    """{file: box} of train/<wnid>/<wnid>_boxes.txt (lines ``file x0 y0 x1 y1``); {} without one."""
+    parts = ("train", wnid, f"{wnid}_boxes.txt")
+    if parts not in members:
+        return {}
+    boxes = {}
+    for number, line in enumerate(_zip_lines(zf, members, parts, archive_path), 1):
+        where = f"{archive_path}:{'/'.join(parts)} line {number}"
+        fields = _tsv_fields(line, 5, where)
+        boxes[fields[0]] = _tin_box(fields[1:], where)
+    return boxes
+
+
+def _tin_val_annotations(zf, members, classes, archive_path):
+    """{file: (wnid, box)} of val/val_annotations.txt (lines ``file wnid x0 y0 x1 y1``)."""
+    annotations = {}
+    lines = _zip_lines(zf, members, ("val", "val_annotations.txt"), archive_path)
+    for number, line in enumerate(lines, 1):
+        where = f"{archive_path}:val/val_annotations.txt line {number}"
+        fields = _tsv_fields(line, 6, where)
+        if fields[1] not in classes:
+            raise ValueError(f"{where}: {fields[0]} is labelled {fields[1]!r}, which wnids.txt does not list")
+        annotations[fields[0]] = (fields[1], _tin_box(fields[2:], where))
+    return annotations
+
+
+def _tin_images(members, split):
+    """(wnid or None, file name, ZipInfo) of the images of train/<wnid>/images/ or val/images/."""
+    for parts, info in members.items():
+        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if split == "train" and len(parts) == 4 and parts[0] == "train" and parts[2] == "images":
+            yield parts[1], parts[3], info
+        elif split == "val" and parts[:2] == ("val", "images") and len(parts) == 3:
+            yield None, parts[2], info
+
+
+def _boxes_csv(rows):
+    lines = [",".join(TIN_BOX_HEADER)] + [",".join(map(str, row)) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _copy_tin_train(zf, members, classes, writer, archive_path, progress):
+    """Copy train/<wnid>/images/<file> to train/<wnid>/<file>; returns the box rows of the copied
+    images, the file relative to the set's folder, by wnid (class index order) and box-file order."""
+    images = list(_tin_images(members, "train"))
+    if not images:
+        raise ValueError(f"{archive_path}: no images under train/<wnid>/images/ (is this tiny-imagenet-200.zip?)")
+    unknown = sorted({wnid for wnid, _, _ in images} - set(classes))
+    if unknown:
+        raise ValueError(f"{archive_path}: train/{unknown[0]}/ is not a wnid of wnids.txt ({len(unknown)} such "
+                         f"folder(s))")
+    for wnid, filename, info in tqdm(images, disable=not progress, desc=f"{TIN_NAME} train", unit="img"):
+        with zf.open(info) as stream:
+            writer.copy("train", wnid, filename, stream)
+    copied = {(wnid, filename) for wnid, filename, _ in images}
+    return [(f"train/{wnid}/{filename}", wnid, *box) for wnid in classes
+            for filename, box in _tin_train_boxes(zf, members, wnid, archive_path).items()
+            if (wnid, filename) in copied]
+
+
+def _copy_tin_val(zf, members, classes, writer, archive_path, progress):
+    """Copy val/images/<file> to val/<wnid>/<file>, the wnid from val_annotations.txt (the official
+    val folder is flat); returns the box rows of the copied images, by wnid and annotation order."""
+    images = list(_tin_images(members, "val"))
+    if not images:
+        return []
+    annotations = _tin_val_annotations(zf, members, classes, archive_path)
+    for _, filename, info in tqdm(images, disable=not progress, desc=f"{TIN_NAME} val", unit="img"):
+        if filename not in annotations:
+            raise ValueError(f"{archive_path}: val/images/{filename} is not listed in val/val_annotations.txt")
+        with zf.open(info) as stream:
+            writer.copy("val", annotations[filename][0], filename, stream)
+    copied = {filename for _, filename, _ in images}
+    rows = [(f"val/{wnid}/{filename}", wnid, *box) for filename, (wnid, box) in annotations.items()
+            if filename in copied]
+    return sorted(rows, key=lambda row: row[1])  # stable: annotation order within a class
+
+
+def convert_tiny_imagenet(archive_path, out_root, progress=False):
+    """Convert the official ``tiny-imagenet-200.zip`` into ``<out_root>/TinyImageNet/{train,val}/<wnid>/``.
+
+    The JPEGs are streamed out of the zip (never extracted as a whole) and copied byte for byte;
+    val images are sorted into their class folders by val_annotations.txt, the unlabelled test
+    split is skipped. Beside the splits: classes.tsv (``wnid<TAB>words``), train_boxes.csv and
+    val_boxes.csv (``file,wnid,x0,y0,x1,y1``, as in the shared tin_train.tar.gz).
+    """
+    dataset_dir = Path(out_root) / TIN_NAME
+    if is_complete(dataset_dir):
+        return dataset_dir
+    archive_path = _check_file(archive_path, "Tiny ImageNet zip")
+    writer = ImageFolderWriter(dataset_dir, archive_path)
+    try:
+        with zipfile.ZipFile(archive_path) as zf:
+            members = _zip_members(zf, archive_path)
+            classes = _tin_classes(zf, members, archive_path)
+            rows = {"train": _copy_tin_train(zf, members, classes, writer, archive_path, progress),
+                    "val": _copy_tin_val(zf, members, classes, writer, archive_path, progress)}
+    except zipfile.BadZipFile as error:  # also a CRC mismatch found while copying a member
+        raise ValueError(f"{archive_path}: not a readable zip archive ({error}); delete it and download it "
+                         f"again") from error
+    # the text files before the marker, so that a complete set always has them
+    write_text_atomic(dataset_dir / "classes.tsv", "".join(f"{wnid}\t{text}\n" for wnid, text in classes.items()))
+    for split, split_rows in rows.items():
+        write_text_atomic(dataset_dir / f"{split}_boxes.csv", _boxes_csv(split_rows))
+    return writer.finish()
+
+
 # ----------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
@@ -311,13 +493,21 @@ DATASETS = {
     "Places": DatasetSource(
         "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset/Places.tar.gz", convert_places,
         {"test": 10000}),
+    TIN_NAME: DatasetSource(
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip", convert_tiny_imagenet,
+        {"train": 100000, "val": 10000}),
 }
 
 
+# what prepare_data.py prepares by default: the paper's ID and OOD sets (Tiny ImageNet, for pretraining a
+# stand-in of BiT's weights, only when named)
+PAPER_DATASETS = ("cifar10", "cifar100", "SVHN", "Textures", "Places")
+
+
 def resolve_names(names):
-    """Registry names for `names` (case-insensitive); all data sets when `names` is empty/None."""
+    """Registry names for `names` (case-insensitive); the paper's data sets when `names` is empty/None."""
     if not names:
-        return list(DATASETS)
+        return list(PAPER_DATASETS)
     by_lower = {name.lower(): name for name in DATASETS}
     unknown = [name for name in names if name.lower() not in by_lower]
     if unknown:

@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,99 @@ def test_tar_member_climbing_out_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\.\."):
         prep.convert_places(archive, tmp_path / "out")
     assert not (tmp_path.parent / "evil.jpg").exists()
+
+
+# ----------------------------------------------------------------------------- Tiny ImageNet
+
+TIN_WNIDS = ["n02124075", "n01443537", "n09193705"]  # wnids.txt is not sorted in the official zip
+TIN_WORDS = {"n01443537": "goldfish, Carassius auratus", "n02124075": "Egyptian cat", "n09193705": "alp",
+             "n00001740": "entity"}
+
+
+def _make_tiny_imagenet(path, val_wnid=None):
+    """A tiny-imagenet-200.zip in the official layout: 4 train images per class (the last without a
+    box), 2 val images per class, one test image. Returns {(split, wnid, file): bytes} and the boxes."""
+    images, boxes, seed = {}, {}, 0
+    members = {"tiny-imagenet-200/wnids.txt": "\n".join(TIN_WNIDS) + "\n",
+               "tiny-imagenet-200/words.txt": "".join(f"{w}\t{t}\n" for w, t in TIN_WORDS.items())}
+    annotations = []
+    for wnid in TIN_WNIDS:
+        lines = []
+        for i in range(4):
+            seed += 1
+            name = f"{wnid}_{i}.JPEG"
+            images[("train", wnid, name)] = _jpeg_bytes(seed)
+            members[f"tiny-imagenet-200/train/{wnid}/images/{name}"] = images[("train", wnid, name)]
+            if i < 3:
+                boxes[f"train/{wnid}/{name}"] = (i, seed, 40 + i, 50)
+                lines.append(f"{name}\t{i}\t{seed}\t{40 + i}\t50\n")
+        members[f"tiny-imagenet-200/train/{wnid}/{wnid}_boxes.txt"] = "".join(lines)
+        for _ in range(2):
+            seed += 1
+            name = f"val_{len(annotations)}.JPEG"
+            images[("val", wnid, name)] = _jpeg_bytes(seed)
+            members[f"tiny-imagenet-200/val/images/{name}"] = images[("val", wnid, name)]
+            annotations.append(f"{name}\t{val_wnid or wnid}\t1\t2\t{seed}\t60\n")
+            boxes[f"val/{wnid}/{name}"] = (1, 2, seed, 60)
+    members["tiny-imagenet-200/val/val_annotations.txt"] = "".join(annotations)
+    members["tiny-imagenet-200/test/images/test_0.JPEG"] = _jpeg_bytes(99)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    return images, boxes
+
+
+def test_tiny_imagenet_from_a_zip_placed_by_hand(tmp_path):
+    downloads = tmp_path / "manual"
+    downloads.mkdir()
+    images, boxes = _make_tiny_imagenet(downloads / "tiny-imagenet-200.zip")
+    root = tmp_path / "dataset"
+    messages = []
+    result = prep.prepare(["TinyImageNet"], root, download_dir=downloads, progress=False, log=messages.append)
+    out = root / "TinyImageNet"
+    assert result == {"TinyImageNet": out}
+    for split in ("train", "val"):
+        assert _files(out / split) == sorted(f"{w}/{f}" for s, w, f in images if s == split)
+    for (split, wnid, name), payload in images.items():
+        assert (out / split / wnid / name).read_bytes() == payload
+    assert not (out / "test").exists()
+    assert (out / "classes.tsv").read_text() == "".join(f"{w}\t{TIN_WORDS[w]}\n" for w in sorted(TIN_WNIDS))
+    for split in ("train", "val"):
+        rows = (out / f"{split}_boxes.csv").read_text().splitlines()
+        assert rows[0] == "file,wnid,x0,y0,x1,y1"
+        expected = sorted((f, f.split("/")[1], *box) for f, box in boxes.items() if f.startswith(split))
+        assert rows[1:] == [",".join(map(str, row)) for row in expected]
+        assert len(rows) == 1 + {"train": 9, "val": 6}[split]  # the train images without a box have no row
+
+    (downloads / "tiny-imagenet-200.zip").unlink()  # a complete set does not even look for its source
+    messages.clear()
+    prep.prepare(["tinyimagenet"], root, download_dir=downloads, progress=False, log=messages.append)
+    assert messages == [f"TinyImageNet: already prepared in {out}"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("unknown val wnid", r"val_annotations\.txt line 1: val_0\.JPEG is labelled 'n99999999'"),
+    ("unlisted val image", r"val/images/val_9\.JPEG is not listed in val/val_annotations\.txt"),
+    ("no train folders", r"no images under train/<wnid>/images/"),
+    ("not a zip", r"tiny-imagenet-200\.zip: not a readable zip archive"),
+])
+def test_tiny_imagenet_errors_name_the_file(tmp_path, damage, message):
+    archive = tmp_path / "tiny-imagenet-200.zip"
+    _make_tiny_imagenet(archive, val_wnid="n99999999" if damage == "unknown val wnid" else None)
+    if damage == "unlisted val image":
+        with zipfile.ZipFile(archive, "a") as zf:
+            zf.writestr("tiny-imagenet-200/val/images/val_9.JPEG", _jpeg_bytes(0))
+    elif damage == "no train folders":
+        with zipfile.ZipFile(archive) as zf:
+            kept = {info.filename: zf.read(info) for info in zf.infolist() if "/train/" not in info.filename}
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, payload in kept.items():
+                zf.writestr(name, payload)
+    elif damage == "not a zip":
+        archive.write_bytes(archive.read_bytes()[:100])  # a truncated download
+    with pytest.raises(ValueError, match=message):
+        prep.convert_tiny_imagenet(archive, tmp_path / "out")
+    assert not prep.is_complete(tmp_path / "out" / "TinyImageNet")
 
 
 # ----------------------------------------------------------------------------- resuming
