@@ -43,6 +43,10 @@ def build_parser():
     parser.add_argument("--overlays", type=int, default=16, help="images shown in <out>/overlays.png (0: none)")
     parser.add_argument("--true_masks", default=None,
                         help="folder of ground-truth masks (same contract): report the pseudo masks' IoU")
+    parser.add_argument("--boxes", default=None,
+                        help="CSV of object boxes (file,...,x0,y0,x1,y1; e.g. Tiny ImageNet's train_boxes.csv): "
+                             "score every image's CAM against its box (pointing accuracy, mask-box IoU, and a "
+                             "centred box of the mean size as baseline) into summary.json")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")

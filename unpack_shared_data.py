@@ -7,11 +7,16 @@ set is), and prints the OOD split folders, one per line (log lines go to stderr)
 unpacked are kept; an interrupted run continues where it stopped (datasets/shared_archives.py).
 --*_per_class keep the first N images of every class folder, for tiny test runs; left out, every
 image is kept.
+
+    python unpack_shared_data.py --shared ../shared/data --out dataset/pretrain --tin
+
+With --tin only Tiny ImageNet's train split is unpacked (<out>/tin/train, plus classes.tsv and
+train_boxes.csv in <out>/tin), the pretraining set of scripts/pretrain.sh; its folder is printed.
 """
 import argparse
 import sys
 
-from datasets.shared_archives import OOD_SETS, unpack_shared
+from datasets.shared_archives import OOD_SETS, unpack_shared, unpack_tin
 from utils.base.cli import run_cli
 
 
@@ -30,6 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--shared", required=True, help="folder with the shared archives (cifar10.tar, ...)")
     parser.add_argument("--out", required=True, help="where the ImageFolder sets are unpacked")
     parser.add_argument("--ood", nargs="*", default=list(OOD_SETS), help="OOD sets (default: all; none: CIFAR-10 only)")
+    parser.add_argument("--tin", action="store_true",
+                        help="unpack only Tiny ImageNet's train split (tin_train.tar.gz), for pretraining")
     for split in ("train", "test", "ood"):
         parser.add_argument(f"--{split}_per_class", type=optional_count, default=None,
                             help="keep the first N images per class ('' or left out: all)")
@@ -37,8 +44,12 @@ def parse_args(argv=None):
 
 
 def unpack(args):
+    log = lambda message: print(f"[data] {message}", file=sys.stderr)  # noqa: E731
+    if args.tin:
+        print(unpack_tin(args.shared, args.out, args.train_per_class, log=log))
+        return
     splits = unpack_shared(args.shared, args.out, args.ood, args.train_per_class, args.test_per_class,
-                           args.ood_per_class, log=lambda message: print(f"[data] {message}", file=sys.stderr))
+                           args.ood_per_class, log=log)
     print("\n".join(str(split) for split in splits))
 
 

@@ -251,7 +251,7 @@ def ours_cam(model, root, subset, cfg, device, amp):
     """Images/s of make_cam's batched path: decode + resize, predict, multi-scale CAM, masks to CPU."""
     def step(model, images):
         with autocast(device, amp):
-            masks, _ = pseudo_masks(model, images, scales=DEFAULT_SCALES)
+            masks, _, _ = pseudo_masks(model, images, scales=DEFAULT_SCALES)
         masks.cpu().numpy()
     return _timed_stream(model, root, subset, cfg, device, cfg.cam_images, step)
 

@@ -8,10 +8,12 @@ stopped and a complete set is not touched. A per-class limit keeps the first N i
 class folder (archive order is sorted), for tiny test runs; None keeps every image.
 """
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record
-from utils.base.io import write_text_atomic
+from utils.base.io import atomic_path, write_text_atomic
 
 ID_NAME = "cifar10"
 ID_ARCHIVE = "cifar10.tar"
@@ -27,7 +29,17 @@ OOD_SETS = {
                 "Places (stand-in: scenes, not Places365)"),
     "IntelScenes": ("intel_scenes.tar", "Intel image classification scenes, 3,000 images",
                     "Places (second stand-in: scenes, not Places365)"),
+    "CIFAR100": ("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
+                 "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)"),
 }
+# Tiny ImageNet's train split (an ImageNet stand-in for pretraining, scripts/pretrain.sh): images
+# train/<wnid>/<wnid>_<i>.JPEG, plus the object box of each image and the class names. Images with
+# i % TIN_VAL_EVERY == 0 (10 of each class's 500, 2 %) form our val split: never trained on, they give
+# the pretraining's val top-1 and are the held-out images whose CAMs are compared with their boxes.
+TIN_NAME = "tin"
+TIN_ARCHIVE = "tin_train.tar"
+TIN_METADATA = ("classes.tsv", "train_boxes.csv")
+TIN_VAL_EVERY = 50
 
 
 def unpack_set(archive, dataset_dir, per_class):
@@ -54,6 +66,63 @@ def unpack_set(archive, dataset_dir, per_class):
         raise ValueError(f"{archive}: no images under split(s) {empty}; expected <split>/<class>/<image> members")
     writer.finish()
     return images
+
+
+def extract_files(archive, names, out_dir):
+    """Copy the top-level non-image members `names` of `archive` into `out_dir` (atomically; kept when
+    already there). A name the archive does not hold is an error."""
+    wanted = [name for name in names if not (Path(out_dir) / name).is_file()]
+    if wanted:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                if member.isfile() and member.name in wanted:
+                    with atomic_path(Path(out_dir) / member.name) as tmp, open(tmp, "wb") as f:
+                        shutil.copyfileobj(tar.extractfile(member), f)
+                    wanted.remove(member.name)
+    if wanted:
+        raise ValueError(f"{archive}: no member(s) {wanted} at the top level")
+
+
+def tin_split(filename):
+    """'val' for the images of Tiny ImageNet's train split that our val split holds, else 'train'."""
+    index = Path(filename).stem.rpartition("_")[2]
+    if not index.isdigit():
+        raise ValueError(f"{filename}: expected a Tiny ImageNet file name <wnid>_<number>.JPEG")
+    return "val" if int(index) % TIN_VAL_EVERY == 0 else "train"
+
+
+def unpack_tin(shared, out, per_class=None, log=print):
+    """Tiny ImageNet of `shared`/tin_train.tar(.gz) into `out`/tin/{train,val} (ImageFolder, a folder per
+    wnid; val = tin_split's 2 %), with classes.tsv and train_boxes.csv beside them. per_class keeps the
+    first N images of each class folder (archive order) before the split, for tiny test runs.
+    Returns `out`/tin."""
+    archive = find_archive(shared, TIN_ARCHIVE)
+    if archive is None:
+        raise FileNotFoundError(f"{Path(shared) / TIN_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder "
+                                f"holding the shared archives")
+    dataset_dir = Path(out) / TIN_NAME
+    settings = {"per_class": per_class, "val_every": TIN_VAL_EVERY}
+    record = complete_record(dataset_dir, settings)
+    if record is not None:
+        images = record["images"]
+    else:
+        writer = ImageFolderWriter(dataset_dir, archive, settings)
+        taken = {}
+        for parts, stream in archive_images(archive):
+            if len(parts) != 3 or parts[0] != "train":
+                continue
+            wnid, filename = parts[1:]
+            if per_class is not None and taken.get(wnid, 0) >= per_class:
+                continue
+            taken[wnid] = taken.get(wnid, 0) + 1
+            writer.copy(tin_split(filename), wnid, filename, stream)
+        if not taken:
+            raise ValueError(f"{archive}: no images under train/<wnid>/")
+        images = writer.images_per_split()
+        writer.finish()
+    extract_files(archive, TIN_METADATA, dataset_dir)
+    log(f"{dataset_dir}: {images} from {archive}")
+    return dataset_dir
 
 
 def find_archive(shared, name):

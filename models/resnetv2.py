@@ -227,6 +227,12 @@ class ResNetV2(nn.Module):
         return conv.weight.detach().flatten(1).clone(), conv.bias.detach().clone()
 
     # -- BiT npz ---------------------------------------------------------------------------
+    def npz_arrays(self, include_head: bool = False) -> dict[str, np.ndarray]:
+        """This network's weights as an official BiT .npz holds them (``npz_key_map`` keys, convs
+        HWIO, float32), so ``load_from_npz`` reads them back exactly. Without include_head the
+        1x1 head conv is left out (a body to fine-tune; head.gn is part of the features and kept)."""
+        return _npz_arrays(self, include_head)
+
     def load_from_npz(self, source: str | PathLike | Mapping[str, np.ndarray], load_head: bool = True) -> None:
         """Load official BiT weights (see ``npz_key_map``) from an .npz path or a mapping
         name -> array. With load_head=False head.conv is left untouched (fine-tuning);
@@ -297,6 +303,17 @@ def _to_torch_layout(array, torch_shape):
     if array.size == int(np.prod(torch_shape)) and sum(d != 1 for d in array.shape) <= 1:
         return array.reshape(torch_shape)
     return None
+
+
+def _npz_arrays(model, include_head):
+    parameters = dict(model.named_parameters())
+    arrays = {}
+    for torch_name, npz_key in npz_key_map(model).items():
+        if not include_head and torch_name in _HEAD_CONV_PARAMS:
+            continue
+        value = parameters[torch_name].detach().to("cpu", torch.float32).numpy()
+        arrays[npz_key] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
+    return arrays
 
 
 def _load_npz(model, source, load_head):

@@ -87,9 +87,9 @@ def test_pseudo_masks_use_the_label_only_when_given():
     images = torch.zeros(2, 3, 32, 32)
     images[:, 0, :, :16] = 1.0  # left half: class 0's colour
     images[:, 1, :, 16:] = 1.0  # right half: class 1's colour
-    predicted_masks, predicted = pseudo_masks(TwoColours(), images, scales=(1.0,), sigma=1.0)
+    predicted_masks, predicted, _ = pseudo_masks(TwoColours(), images, scales=(1.0,), sigma=1.0)
     assert predicted.tolist() == [1, 1]
     assert (predicted_masks[:, :, 24:] == 1).all() and (predicted_masks[:, :, :8] == 2).all()
-    labelled_masks, _ = pseudo_masks(TwoColours(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
+    labelled_masks, _, _ = pseudo_masks(TwoColours(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
     assert (labelled_masks[0, :, :8] == 0).all() and (labelled_masks[0, :, 24:] == 2).all()
     assert (labelled_masks[1, :, 24:] == 1).all()

@@ -106,13 +106,14 @@ def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
 def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5):
     """Masks of a batch from a classifier with `forward` (logits) and `dense_logits`:
     the CAM channel of `labels` when given, else of the predicted class.
-    Returns (uint8 masks [B, H, W], predicted classes [B])."""
+    Returns (uint8 masks [B, H, W], predicted classes [B], float [B, H, W] normalised CAMs the masks
+    threshold)."""
     cams, logits = multiscale_cam(model.dense_logits, images, scales)
     predicted = (model(images) if logits is None else logits).argmax(1)
     # the blur and the threshold stay in float32 even when the caller runs the model in bf16
     with torch.autocast(device_type=images.device.type, enabled=False):
-        masks, _ = cams_to_masks(cams, predicted if labels is None else labels, sigma=sigma, threshold=threshold)
-    return masks, predicted
+        masks, maps = cams_to_masks(cams, predicted if labels is None else labels, sigma=sigma, threshold=threshold)
+    return masks, predicted, maps
 
 
 def check_scales(scales):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from datasets.masks import (PROVENANCE, expected_values, invalid_values, mask_path, mask_root_for,
                             overlap_counts, overlap_scores, read_provenance, write_provenance,
                             zero_overlap_counts)
+from datasets.boxes import boxes_of_samples, read_boxes
 from datasets.sources import eval_batches, open_split
 from utils.base import distributed
 from utils.base.checkpoint import file_digest, load_network
@@ -29,6 +30,7 @@ from utils.base.io import remove_stale_temporaries, save_png_atomic, write_text_
 from utils.base.run_flags import run_settings
 from utils.base.runtime import autocast
 from utils.cam.activation_maps import check_scales, pseudo_masks
+from utils.cam.localisation import centre_prior_scores, localisation_counts
 
 
 def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
@@ -50,18 +52,23 @@ def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
         prepare_mask_folder(out_root, targets, mask_provenance(args.model_path, settings), args.overwrite)
     distributed.barrier()
     pending = [i for i, target in enumerate(targets) if not target.is_file()]
-    mine = [pending[i] for i in distributed.shard_indices(len(pending), ctx.rank, ctx.world_size)]
+    # against boxes, every image's CAM is needed (its mask is written only where it is pending)
+    boxes = boxes_of_samples(dataset.samples, read_boxes(args.boxes)) if args.boxes else None
+    computed = list(range(len(dataset))) if boxes else pending
+    mine = [computed[i] for i in distributed.shard_indices(len(computed), ctx.rank, ctx.world_size)]
     if ctx.is_main:
         print(f"[make_cam] {len(dataset)} images in {args.dataset}; {len(dataset) - len(pending)} masks "
               f"already in {out_root}, {len(pending)} to compute; scales {list(scales)} + flips; "
               f"class = {'folder label' if args.labeled else 'prediction'}; device {ctx.device}, amp {ctx.amp}, "
               f"processes {ctx.world_size}")
 
-    tally = write_masks(model, dataset, targets, mine, resolution, scales, args, ctx)
+    tally = write_masks(model, dataset, targets, mine, resolution, scales, args, ctx, boxes)
     distributed.barrier()
     summary = None
     if ctx.is_main:
-        summary = write_summary(args, dataset, out_root, targets, len(dataset) - len(pending), tally, settings)
+        localisation = localisation_summary(tally, boxes, resolution) if boxes else None
+        summary = write_summary(args, dataset, out_root, targets, len(dataset) - len(computed), tally, settings,
+                                localisation)
     distributed.cleanup()
     return summary
 
@@ -108,21 +115,26 @@ def prepare_mask_folder(out_root, targets, provenance, overwrite):
 class MaskTally:
     """What this process's masks add up to: counts = (images, sum of their foreground fractions,
     masks with an empty foreground), agree = images whose predicted class is the folder label,
-    preview = (image HWC, mask, dataset index) of the images shown in overlays.png."""
+    preview = (image HWC, mask, dataset index) of the images shown in overlays.png, localisation =
+    utils.cam.localisation.localisation_counts summed over the images that have a box."""
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     agree: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.float64))
+    localisation: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     preview: list = field(default_factory=list)
 
     def reduce(self) -> None:
-        """Sum counts and agree over the processes (the preview stays the main process's)."""
+        """Sum the counts over the processes (the preview stays the main process's)."""
         if torch.distributed.is_initialized():
-            for tensor in (self.counts, self.agree):
+            for tensor in (self.counts, self.agree, self.localisation):
                 torch.distributed.all_reduce(tensor)
 
 
-def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ctx: RunContext) -> MaskTally:
-    """Compute the masks of the images `mine` (indices into dataset) and write them to `targets`, on
-    four writer threads while the next batch is computed."""
+def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ctx: RunContext,
+                boxes=None) -> MaskTally:
+    """Compute the masks of the images `mine` (indices into dataset) and write those not yet on disk to
+    `targets`, on four writer threads while the next batch is computed. boxes: per dataset image
+    (box, image size) or None (datasets.boxes.boxes_of_samples); with it, the CAMs are scored against
+    the boxes."""
     tally = MaskTally()
     # evenly spaced over the split, so the overlays show every class (the split is sorted by class)
     shown = set()
@@ -134,14 +146,17 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
         for images, labels, batch in tqdm(batches, total=-(-len(mine) // args.batch), desc="make_cam",
                                           disable=not ctx.is_main, dynamic_ncols=True):
             with autocast(ctx.device, ctx.amp):
-                masks, predicted = pseudo_masks(model, images, labels if args.labeled else None, scales,
-                                                args.sigma, args.threshold)
+                masks, predicted, maps = pseudo_masks(model, images, labels if args.labeled else None, scales,
+                                                      args.sigma, args.threshold)
+            if boxes is not None:
+                tally.localisation += score_against_boxes(maps, masks < args.head_size, batch["index"], boxes)
             masks = masks.cpu().numpy()
             foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
             tally.counts += torch.tensor([len(masks), foreground.sum(), (foreground == 0).sum()], dtype=torch.float64)
             tally.agree += (predicted == labels).sum().item()
             for index, mask in zip(batch["index"].tolist(), masks):
-                jobs.append(writers.submit(save_png_atomic, targets[index], mask))
+                if not targets[index].is_file():
+                    jobs.append(writers.submit(save_png_atomic, targets[index], mask))
             for row, index in enumerate(batch["index"].tolist()):
                 if index in shown:
                     tally.preview.append((batch["image"][row].permute(1, 2, 0).numpy(), masks[row], index))
@@ -151,8 +166,33 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
     return tally
 
 
-def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: MaskTally, settings: dict) -> dict:
-    """summary.json (with --true_masks, the masks' IoU against them) and overlays.png; printed too."""
+def score_against_boxes(maps, foreground, indices, boxes) -> torch.Tensor:
+    """localisation_counts of the images of a batch that have a box."""
+    rows = [row for row, index in enumerate(indices.tolist()) if boxes[index] is not None]
+    if not rows:
+        return torch.zeros(3, dtype=torch.float64)
+    known = [boxes[index] for index in indices[rows].tolist()]
+    return localisation_counts(maps[rows].float().cpu(), foreground[rows].cpu(),
+                               torch.tensor([box for box, _ in known]), torch.tensor([size for _, size in known]))
+
+
+def localisation_summary(tally: MaskTally, boxes, resolution: int) -> dict:
+    """Pointing accuracy and mean mask-box IoU of the CAMs, beside those of the centre prior."""
+    known = [entry for entry in boxes if entry is not None]
+    scored, hits, iou_sum = tally.localisation.tolist()
+    if not known:
+        raise ValueError("--boxes: no image of the split has a box in that file (rows are matched by file name)")
+    prior_pointing, prior_iou = centre_prior_scores(torch.tensor([box for box, _ in known]),
+                                                    torch.tensor([size for _, size in known]), resolution, resolution)
+    return {"images_with_box": int(scored), "images_without_box": len(boxes) - len(known),
+            "pointing_accuracy": hits / scored, "mask_box_iou": iou_sum / scored,
+            "centre_prior_pointing_accuracy": prior_pointing, "centre_prior_box_iou": prior_iou}
+
+
+def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: MaskTally, settings: dict,
+                  localisation: dict | None = None) -> dict:
+    """summary.json (with --true_masks, the masks' IoU against them; with --boxes, the CAMs against the
+    boxes) and overlays.png; printed too."""
     images, foreground_sum, empty = tally.counts.tolist()
     summary = {"split": str(args.dataset), "mask_root": str(out_root), "images_total": len(dataset),
                "images_unreadable": len(dataset.skipped),
@@ -169,6 +209,12 @@ def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: M
         print(f"[make_cam] against the true masks in {args.true_masks}: foreground IoU "
               f"{summary['against_true_masks']['foreground_iou']:.3f}, background IoU "
               f"{summary['against_true_masks']['background_iou']:.3f}")
+    if localisation:
+        summary["against_boxes"] = {**localisation, "boxes": str(args.boxes)}
+        print(f"[make_cam] against the boxes of {args.boxes} ({localisation['images_with_box']} images): pointing "
+              f"accuracy {localisation['pointing_accuracy']:.3f} (centre prior "
+              f"{localisation['centre_prior_pointing_accuracy']:.3f}), mask-box IoU {localisation['mask_box_iou']:.3f} "
+              f"(centre prior {localisation['centre_prior_box_iou']:.3f})")
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     if tally.preview:
         from reporting.plots import save_mask_grid

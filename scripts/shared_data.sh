@@ -1,0 +1,17 @@
+# Sourced by the scripts that read the shared real image sets: find_shared_data prints the folder of
+# the shared archives, SHARED_DATA when set, else shared/data beside the checkout; without either it
+# stops with a message that names SHARED_DATA.
+find_shared_data() {
+  local beside
+  beside="$(cd .. && pwd)/shared/data"
+  if [ -n "${SHARED_DATA:-}" ]; then
+    [ -d "$SHARED_DATA" ] || { echo "[error] SHARED_DATA=$SHARED_DATA is not a folder" >&2; return 2; }
+    echo "$SHARED_DATA"
+  elif [ -d "$beside" ]; then
+    echo "$beside"
+  else
+    echo "[error] no shared data folder: set SHARED_DATA to the folder holding the shared archives" \
+         "(cifar10.tar, ...); looked for $beside" >&2
+    return 2
+  fi
+}

@@ -1,0 +1,215 @@
+"""The pretrained path (scripts/pretrain.sh): Tiny ImageNet from its shared archive, a classifier's body
+written as a BiT .npz (export_npz.py) and read back by --pretrained, and CAMs scored against object boxes
+(make_cam.py --boxes, utils/cam/localisation.py), each against an independent computation."""
+import csv
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import export_npz
+import make_cam
+from datasets.boxes import read_boxes
+from datasets.shared_archives import TIN_VAL_EVERY, unpack_tin
+from models.resnetv2 import create_model, npz_key_map
+from tests.helpers import assert_input_error, run_cli
+from tests.test_resnetv2 import functional_bit_forward
+from utils.base.checkpoint import save_checkpoint
+from utils.cam.localisation import box_masks, centre_prior_scores, localisation_counts
+
+TINY = "ResNetV2-Tiny"
+
+
+def cls_checkpoint(path, classes, seed=0, finished=True, task="cls"):
+    """A ResNetV2-Tiny checkpoint with random weights everywhere (GroupNorm and head included)."""
+    torch.manual_seed(seed)
+    model = create_model(TINY, head_size=len(classes) + (task == "dfb"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    save_checkpoint(path, model_state=model.state_dict(), optim_state={}, step=7, args={}, task=task,
+                    model_name=TINY, classes=classes, resolution=32, finished=finished)
+    return model
+
+
+# -- export_npz.py: BiT keys, read back exactly ---------------------------------------------
+def test_export_writes_the_body_with_bit_keys_and_loads_back_exactly(tmp_path, capsys):
+    trained = cls_checkpoint(tmp_path / "cls.pth.tar", ["a", "b", "c"])
+    status, out, _ = run_cli(export_npz, ["--checkpoint", str(tmp_path / "cls.pth.tar"),
+                                          "--out", str(tmp_path / "body.npz")], capsys)
+    assert status == 0 and "sha256" in out
+    with np.load(tmp_path / "body.npz") as npz:
+        arrays = dict(npz)
+    expected_keys = set(npz_key_map(trained).values()) - {"resnet/head/conv2d/kernel", "resnet/head/conv2d/bias"}
+    assert set(arrays) == expected_keys
+    assert arrays["resnet/root_block/standardized_conv2d/kernel"].shape == (7, 7, 3, 32)  # HWIO
+
+    fine_tuned = create_model(TINY, head_size=10)  # another head size: the body alone travels
+    fine_tuned.load_from_npz(tmp_path / "body.npz", load_head=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fine_tuned.pooled_features(x), trained.pooled_features(x))
+        assert torch.count_nonzero(fine_tuned.head.conv.weight) == 0  # zero head, as BiT fine-tuning starts
+
+    # independently: the whole network computed from the raw arrays in float64
+    arrays["resnet/head/conv2d/kernel"] = np.zeros((1, 1, 1024, 1), np.float32)
+    arrays["resnet/head/conv2d/bias"] = np.zeros(1, np.float32)
+    _, pooled = functional_bit_forward(arrays, (1, 1, 1, 1), x.double(), last_block_stride=1)
+    with torch.no_grad():
+        assert torch.allclose(trained.pooled_features(x).double(), pooled, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task, finished, fragment", [
+    ("dfb", True, "needs a 'cls' checkpoint"),
+    ("cls", False, "has not finished"),
+])
+def test_export_refuses_what_is_not_a_finished_classifier(tmp_path, capsys, task, finished, fragment):
+    cls_checkpoint(tmp_path / "c.pth.tar", ["a", "b"], task=task, finished=finished)
+    assert_input_error(export_npz, ["--checkpoint", str(tmp_path / "c.pth.tar"), "--out", str(tmp_path / "o.npz")],
+                       capsys, fragment)
+    assert not (tmp_path / "o.npz").exists()
+
+
+# -- Tiny ImageNet from the shared archive --------------------------------------------------
+def _jpeg(seed):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _add(tar, name, payload):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_tin_archive(path, wnids=("n01", "n02"), per_class=(0, 1, 50, 51, 100)):
+    files = {}
+    with tarfile.open(path, "w:gz") as tar:
+        _add(tar, "classes.tsv", "".join(f"{w}\tthing {w}\n" for w in wnids).encode())
+        for w in wnids:
+            for i in per_class:
+                name = f"train/{w}/{w}_{i}.JPEG"
+                files[name] = _jpeg(len(files))
+                _add(tar, name, files[name])
+        rows = "file,wnid,x0,y0,x1,y1\n" + "".join(f"{name},{name.split('/')[1]},1,2,5,6\n" for name in files)
+        _add(tar, "train_boxes.csv", rows.encode())
+    return files
+
+
+def test_unpack_tin_splits_every_fiftieth_image_into_val_and_keeps_boxes(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    files = write_tin_archive(shared / "tin_train.tar.gz")
+    out = unpack_tin(shared, tmp_path / "data", log=lambda _: None)
+    written = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.JPEG")}
+    expected = {}
+    for name, payload in files.items():
+        _, wnid, filename = name.split("/")
+        index = int(filename.split("_")[1].split(".")[0])
+        expected[f"{'val' if index % TIN_VAL_EVERY == 0 else 'train'}/{wnid}/{filename}"] = payload
+    assert written == expected
+    assert (out / "classes.tsv").read_text() == "n01\tthing n01\nn02\tthing n02\n"
+    assert read_boxes(out / "train_boxes.csv")["n02_51.JPEG"] == (1, 2, 5, 6)
+    # a second run keeps the complete set; other limits are refused
+    assert unpack_tin(shared, tmp_path / "data", log=lambda _: None) == out
+    with pytest.raises(ValueError, match="per_class"):
+        unpack_tin(shared, tmp_path / "data", per_class=2, log=lambda _: None)
+
+
+def test_unpack_tin_names_the_missing_archive(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tin_train.tar"):
+        unpack_tin(tmp_path, tmp_path / "data")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("file,x0,y0,x1\na.jpg,1,2,3\n", "no column(s) ['y1']"),
+    ("file,x0,y0,x1,y1\na.jpg,1,2,x,4\n", "line 2: expected integer corners"),
+    ("file,x0,y0,x1,y1\na.jpg,5,2,3,4\n", "line 2: box (5, 2, 3, 4)"),
+])
+def test_box_file_errors_name_the_line(tmp_path, content, fragment):
+    (tmp_path / "b.csv").write_text(content)
+    with pytest.raises(ValueError) as error:
+        read_boxes(tmp_path / "b.csv")
+    assert fragment in str(error.value)
+
+
+# -- CAM against boxes ------------------------------------------------------------------------
+def naive_box_mask(box, image_size, height, width):
+    """Pixel by pixel: the map pixel's centre, mapped into the image, lies inside the box's pixels."""
+    x0, y0, x1, y1 = box
+    w0, h0 = image_size
+    mask = np.zeros((height, width), bool)
+    for r in range(height):
+        for c in range(width):
+            x, y = (c + 0.5) * w0 / width, (r + 0.5) * h0 / height
+            mask[r, c] = int(x) in range(x0, x1 + 1) and int(y) in range(y0, y1 + 1)
+    return mask
+
+
+def test_localisation_against_pixel_loops():
+    rng = np.random.default_rng(0)
+    boxes = torch.tensor([[3, 5, 20, 30], [0, 0, 63, 63], [40, 10, 41, 11], [10, 10, 50, 20]])
+    sizes = torch.tensor([[64, 64], [64, 64], [64, 48], [80, 64]])
+    maps = torch.from_numpy(rng.random((4, 16, 16)))
+    foreground = torch.from_numpy(rng.random((4, 16, 16)) > 0.6)
+    truth = np.stack([naive_box_mask(b.tolist(), s.tolist(), 16, 16) for b, s in zip(boxes, sizes)])
+    assert np.array_equal(box_masks(boxes, sizes, 16, 16).numpy(), truth)
+
+    images, hits, iou_sum = localisation_counts(maps, foreground, boxes, sizes).tolist()
+    peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps.numpy()]
+    fg = foreground.numpy()
+    ious = [(fg[i] & truth[i]).sum() / (fg[i] | truth[i]).sum() for i in range(4)]
+    assert images == 4
+    assert hits == sum(truth[i][peaks[i]] for i in range(4))
+    assert iou_sum == pytest.approx(sum(ious))
+
+
+def test_centre_prior_of_identical_centred_boxes_is_perfect():
+    boxes = torch.tensor([[16, 16, 47, 47]] * 3)  # 32 x 32, centred in 64 x 64
+    sizes = torch.tensor([[64, 64]] * 3)
+    pointing, iou = centre_prior_scores(boxes, sizes, 64, 64)
+    assert pointing == 1.0 and iou == 1.0
+    off_centre = torch.tensor([[0, 0, 15, 15]] * 2)
+    pointing, iou = centre_prior_scores(off_centre, torch.tensor([[64, 64]] * 2), 64, 64)
+    assert pointing == 0.0 and iou == 0.0
+
+
+def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground_fraction(tmp_path, capsys):
+    classes = ["a", "b"]
+    rng = np.random.default_rng(1)
+    rows = [("file", "wnid", "x0", "y0", "x1", "y1")]
+    for k, name in enumerate(classes):
+        (tmp_path / "split" / name).mkdir(parents=True)
+        for i in range(3):
+            filename = f"{name}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "split" / name / filename)
+            if (k, i) != (1, 2):  # one image without a box
+                rows.append((f"train/{name}/{filename}", name, 0, 0, 23, 23))
+    with open(tmp_path / "boxes.csv", "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    cls_checkpoint(tmp_path / "cls.pth.tar", classes)
+    argv = [f"--dataset={tmp_path / 'split'}", f"--model_path={tmp_path / 'cls.pth.tar'}", "--head_size=2",
+            "--out", str(tmp_path / "masks"), "--boxes", str(tmp_path / "boxes.csv"), "--device", "cpu",
+            "--workers", "0", "--overlays", "0", "--scales", "1.0"]
+    status, _, err = run_cli(make_cam, argv, capsys)
+    assert status == 0, err
+    summary = json.loads((tmp_path / "masks" / "summary.json").read_text())
+    boxes = summary["against_boxes"]
+    assert boxes["images_with_box"] == 5 and boxes["images_without_box"] == 1
+    assert boxes["pointing_accuracy"] == 1.0 and boxes["centre_prior_box_iou"] == 1.0
+    fractions = []
+    for k, name in enumerate(classes):
+        for i in range(3):
+            if (k, i) != (1, 2):
+                mask = np.array(Image.open(tmp_path / "masks" / name / f"{name}_{i}.png"))
+                fractions.append((mask < 2).mean())
+    assert boxes["mask_box_iou"] == pytest.approx(np.mean(fractions))
+    # rerun: masks are on disk, yet every CAM is scored again (the same numbers)
+    status, _, err = run_cli(make_cam, argv, capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "masks" / "summary.json").read_text())["against_boxes"] == boxes
