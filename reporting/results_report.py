@@ -44,6 +44,9 @@ PM = "±"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
 # standard deviation of DFB-x over seeds
 SPREAD_RULE = 2.0
+# OpenOOD v1.5's near-OOD sets of the CIFAR benchmarks (CIFAR-100 for CIFAR-10 as ID, and the other way
+# round; its TinyImageNet near-OOD set is not among ours); every other OOD set counts as far-OOD
+NEAR_OOD_SETS = ("CIFAR100", "CIFAR10")
 GRID_EXAMPLES = 8  # examples per row of the figure grids
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
@@ -175,15 +178,23 @@ class Run:
         """One value per finished seed."""
         return [self.dfb[s][0][method, ood][key] for s in self.seeds]
 
-    def dfb_average(self, method, key):
-        """Per seed, the average over the OOD sets."""
-        return [statistics.fmean(self.dfb[s][0][method, ood][key] for ood in self.ood_names) for s in self.seeds]
+    def dfb_average(self, method, key, oods=None):
+        """Per seed, the average over the OOD sets `oods` (default: all)."""
+        oods = oods or self.ood_names
+        return [statistics.fmean(self.dfb[s][0][method, ood][key] for ood in oods) for s in self.seeds]
 
     def cls_value(self, method, ood, key):
         return self.cls[0][method, ood][key]
 
-    def cls_average(self, method, key):
-        return statistics.fmean(self.cls_value(method, ood, key) for ood in self.ood_names)
+    def cls_average(self, method, key, oods=None):
+        return statistics.fmean(self.cls_value(method, ood, key) for ood in oods or self.ood_names)
+
+    def openood_groups(self):
+        """[(group name, its OOD sets)]: near-OOD (the other CIFAR) and far-OOD (the rest), as OpenOOD
+        v1.5 groups CIFAR's OOD sets; empty groups left out."""
+        near = [ood for ood in self.ood_names if ood in NEAR_OOD_SETS]
+        far = [ood for ood in self.ood_names if ood not in NEAR_OOD_SETS]
+        return [(name, oods) for name, oods in (("near-OOD", near), ("far-OOD", far)) if oods]
 
 
 def setup_section(run):
@@ -304,6 +315,26 @@ def average_table(run):
         markdown_table(["score"] + [name for _, name in METRICS], rows) + [""]
 
 
+def group_table(run):
+    """Mean AUROC and FPR95 over OpenOOD v1.5's groups of OOD sets, for every score."""
+    groups = run.openood_groups()
+    keys = (("auroc", "AUROC↑"), ("fpr95", "FPR95↓"))
+    header = ["score"] + [f"{name} {label}" for name, _ in groups for _, label in keys]
+    rows = []
+    for method in run.base_methods:
+        rows.append([f"{method} · classifier"] + [pct(run.cls_average(method, key, oods))
+                                                  for _, oods in groups for key, _ in keys])
+        rows.append([f"DFB-{method}"] + [pct_spread(run.dfb_average(f"DFB-{method}", key, oods))
+                                         for _, oods in groups for key, _ in keys])
+    for method, label in run.background_rows():
+        rows.append([label] + [pct_spread(run.dfb_average(method, key, oods)) for _, oods in groups for key, _ in keys])
+    described = "; ".join(f"{name}: {', '.join(oods)}" for name, oods in groups)
+    return ["### Grouped as OpenOOD v1.5 groups CIFAR's OOD sets", "",
+            f"Mean over the sets of each group ({described}), per seed, then mean ± std over seeds; "
+            f"to set beside OpenOOD's tables (whose sets differ: see the caveat above).", ""] + \
+        markdown_table(header, rows) + [""]
+
+
 def ood_section(run, fusion):
     seeds = (f"mean ± sample standard deviation over the {len(run.seeds)} DFB seeds ({', '.join(run.seeds)})"
              if len(run.seeds) > 1 else f"one DFB seed ({run.seeds[0]}), so no spread")
@@ -319,7 +350,7 @@ def ood_section(run, fusion):
                              for method, label in run.background_rows()]) + [""]
     for ood in run.ood_names:
         lines += ood_table(run, ood)
-    return lines + average_table(run)
+    return lines + average_table(run) + group_table(run)
 
 
 def beats_section(run):

@@ -30,10 +30,10 @@
 #
 # Environment (defaults in brackets; "preset" = from configs/reproduce_<PRESET>.env):
 #   PRESET           gpu or cpu [gpu]
-#   SHARED_DATA      the shared archives, .tar or .tar.gz [../shared/data beside the checkout, else /work/shared/data]
+#   SHARED_DATA      the shared archives, .tar or .tar.gz [../shared/data beside the checkout]
 #   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
 #   OUT              run folder [runs/reproduce_small]    DATA_DIR  unpacked sets [dataset/reproduce_small/<sizes>]
-#   OOD_SETS         ["SVHN Textures MNIST Scene15 IntelScenes"], those whose archive exists
+#   OOD_SETS         ["CIFAR100 SVHN Textures MNIST Scene15 IntelScenes"], those whose archive exists
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
 #   SEED             seed of the classifier and its evaluation [0]
 #   SEEDS            seeds of the DFB stage, space-separated [$SEED]; classifier and masks are shared
@@ -45,6 +45,8 @@
 #   FUSION_VAL_OOD   one set of OOD_SETS kept as the validation OOD set (eval.py --fusion_val_ood): the DFB
 #                    fusions and the background's direction are chosen on it instead of on patch-shuffled
 #                    held-out images, and it is left out of every evaluation and table [empty]
+#   PRETRAIN_WHEN_MISSING  1: when PRETRAINED names an npz that does not exist, scripts/pretrain.sh writes it
+#                    first (stage pretrain, Tiny ImageNet of the shared folder) [preset, else 0]
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
 #   CLS_FLAGS        extra train.py flags of the classifier [preset]
@@ -72,14 +74,10 @@ fi
 # shellcheck source=configs/reproduce_gpu.env
 source "$PRESET_FILE"
 
-default_shared() {
-  local beside
-  beside="$(cd .. && pwd)/shared/data"
-  if [ -d "$beside" ]; then echo "$beside"; else echo /work/shared/data; fi
-}
-SHARED_DATA=${SHARED_DATA:-$(default_shared)}
+source scripts/shared_data.sh
+SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
-OOD_SETS=${OOD_SETS:-SVHN Textures MNIST Scene15 IntelScenes}
+OOD_SETS=${OOD_SETS:-CIFAR100 SVHN Textures MNIST Scene15 IntelScenes}
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}
 TEST_PER_CLASS=${TEST_PER_CLASS:-}
 OOD_PER_CLASS=${OOD_PER_CLASS:-}
@@ -96,7 +94,8 @@ if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; the
   exit 2
 fi
 FROM_RUN=${FROM_RUN:-}
-SETTINGS=(PRESET FROM_RUN SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
+PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
+SETTINGS=(PRESET FROM_RUN PRETRAIN_WHEN_MISSING SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
           RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
           FUSION FUSION_VAL_OOD KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
@@ -214,6 +213,14 @@ $PY -m reporting.run_record info --file "$OUT/run_info.json" --device "$DEVICE" 
 # Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
 timed data unpack_data
 
+if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then
+  if [ "$PRETRAIN_WHEN_MISSING" != 1 ]; then
+    echo "[error] PRETRAINED=$PRETRAINED does not exist: write it with NPZ=$PRETRAINED bash scripts/pretrain.sh," \
+         "or set PRETRAIN_WHEN_MISSING=1, or PRETRAINED=none to train from scratch" >&2
+    exit 2
+  fi
+  timed pretrain env NPZ="$PRETRAINED" SHARED_DATA="$SHARED_DATA" DEVICE="$DEVICE" MODEL="$MODEL" bash scripts/pretrain.sh
+fi
 if [ -n "$FROM_RUN" ]; then run_stage from_run import_stages; fi
 read -r -a cls_flags <<< "$CLS_FLAGS"
 read -r -a cam_flags <<< "$CAM_FLAGS"

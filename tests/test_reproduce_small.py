@@ -169,11 +169,11 @@ def write_json(path, value):
     path.write_text(json.dumps(value))
 
 
-def synthetic_run(run_dir, seeds=("0", "1"), legacy_background=False):
+def synthetic_run(run_dir, seeds=("0", "1"), legacy_background=False, sets=("SetA", "SetB")):
     """A run folder as scripts/reproduce_small.sh leaves it, with made-up numbers: two base scores,
     two OOD sets, DFB seeds `seeds`; metric j of method m on set o is (10 m + 3 o + j) / 100 on the
     classifier, + 0.05 for x on the DFB net, + 0.2 + 0.01 * seed for DFB-m."""
-    base, sets = ["MSP", "Energy"], ["SetA", "SetB"]
+    base, sets = ["MSP", "Energy"], list(sets)
 
     def row(method, m, o, shift=0.0):
         return [method, "cifar10_test", sets[o], *(f"{(10 * m + 3 * o + j) / 100 + shift:.6f}" for j in range(4))]
@@ -221,6 +221,20 @@ def table_rows(report, heading):
     section = report.split(heading + "\n", 1)[1].split("\n#", 1)[0]
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
     return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
+
+
+def test_report_groups_the_ood_sets_as_openood(tmp_path):
+    run_dir = tmp_path / "run"
+    synthetic_run(run_dir, sets=("SetA", "CIFAR100"))
+    report = results_report.build_report(run_dir, run_dir / "RESULTS.md", grids=False)
+    heading = "### Grouped as OpenOOD v1.5 groups CIFAR's OOD sets"
+    assert "near-OOD: CIFAR100; far-OOD: SetA" in report
+    groups = table_rows(report, heading)
+    # columns: near AUROC, near FPR95, far AUROC, far FPR95; MSP (m = 0) on CIFAR100 (o = 1): fpr95 0.03,
+    # auroc 0.04; on SetA (o = 0): 0.00, 0.01. DFB-MSP adds 0.2 + 0.01 * seed (seeds 0, 1).
+    assert groups["MSP · classifier"] == ["4.00", "3.00", "1.00", "0.00"]
+    assert groups["DFB-MSP"] == ["24.50 ± 0.71", "23.50 ± 0.71", "21.50 ± 0.71", "20.50 ± 0.71"]
+    assert groups["Background (direction chosen on validation data)"][0] == "74.00 ± 0.00"
 
 
 def test_report_of_a_synthetic_run(tmp_path):

@@ -26,7 +26,7 @@ from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
 from utils.base import distributed
-from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.base.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from utils.base.distributed import RunContext, start_run
 from utils.base.io import atomic_path, remove_stale_temporaries_of, write_text_atomic
 from utils.base.runtime import seed_everything
@@ -257,6 +257,15 @@ def build_model(args, head_size, resume, ckpt_file, classes=None):
     return model
 
 
+def initialisation(args) -> dict:
+    """Where the weights started, with the file's sha256 (so a pretrained npz reused by later runs is
+    identified): {'from': 'classifier' | 'npz' | 'scratch', 'path', 'sha256'}."""
+    source = Path(args.init_from) if args.init_from else pretrained_path(args)
+    if source is None:
+        return {"from": "scratch"}
+    return {"from": "classifier" if args.init_from else "npz", "path": str(source), "sha256": file_digest(source)}
+
+
 def init_from_classifier(model, path, classes):
     """Copy a trained K-class classifier into the (K+1)-class dense network: the body and head rows
     0..K-1; the background row K keeps the zero of the zero-initialised head, so at step 0 the
@@ -425,7 +434,8 @@ def finish_run(args, run_dir: Path, ckpt_file: Path, ctx: RunContext, evaluate: 
                writer, last_step: int, started: float) -> dict:
     """Final evaluation, the finished checkpoint, final_metrics.json and the --export copy."""
     metrics = evaluate(last_step)
-    metrics.update(steps=last_step, train_seconds_this_run=round(time.perf_counter() - started, 1))
+    metrics.update(steps=last_step, train_seconds_this_run=round(time.perf_counter() - started, 1),
+                   initialised_from=initialisation(args))
     save(last_step, finished=True)
     if ctx.is_main:
         write_text_atomic(final_metrics_path(run_dir), json.dumps(metrics, indent=2) + "\n")
