@@ -93,3 +93,34 @@ def test_pseudo_masks_use_the_label_only_when_given():
     labelled_masks, _, _ = pseudo_masks(TwoColours(), images, labels=torch.tensor([0, 1]), scales=(1.0,), sigma=1.0)
     assert (labelled_masks[0, :, :8] == 0).all() and (labelled_masks[0, :, 24:] == 2).all()
     assert (labelled_masks[1, :, 24:] == 1).all()
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.5, 1.5), (0.5, 1.0), (0.5,)])
+def test_choosing_the_channel_before_upsampling_changes_nothing(scales):
+    """multiscale_cam with channels (given, or the predicted class) equals the full K-channel CAMs
+    indexed afterwards, bit for bit, and pseudo_masks equals cams_to_masks of the full CAMs."""
+    torch.manual_seed(0)
+    weight = torch.randn(7, 3, 3, 3)
+
+    def dense_fn(x):
+        return F.conv2d(x, weight, padding=1)[..., ::2, ::2]
+
+    images = torch.randn(4, 3, 20, 20)
+    full, logits = multiscale_cam(dense_fn, images, scales)
+    labels = torch.tensor([6, 0, 3, 3])
+    given, _ = multiscale_cam(dense_fn, images, scales, channels=labels)
+    assert torch.equal(given[:, 0], full[torch.arange(4), labels])
+    predicted_logits = dense_fn(images).mean(dim=(2, 3))
+    predicted = predicted_logits.argmax(1)
+    chosen, chosen_logits = multiscale_cam(dense_fn, images, scales, channels="predicted")
+    assert torch.equal(chosen[:, 0], full[torch.arange(4), predicted])
+    torch.testing.assert_close(chosen_logits, predicted_logits)
+
+    class Model:
+        dense_logits = staticmethod(dense_fn)
+
+        def __call__(self, x):
+            return dense_fn(x).mean(dim=(2, 3))
+    masks, classes, maps = pseudo_masks(Model(), images, scales=scales)
+    expected_masks, expected_maps = cams_to_masks(full, predicted)
+    assert torch.equal(classes, predicted) and torch.equal(masks, expected_masks) and torch.equal(maps, expected_maps)

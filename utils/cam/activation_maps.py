@@ -18,19 +18,25 @@ import torch.nn.functional as F
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
-def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES):
+def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES, channels=None):
     """Sum of CAMs over scales and flips at the input's size, and the image-level logits.
 
     dense_fn: images [B, 3, h, w] -> dense logits [B, K, h', w']; a CAM is their ReLU.
-    images: normalised float [B, 3, H, W]. Returns (float32 [B, K, H, W], logits [B, K] or None).
+    images: normalised float [B, 3, H, W]. channels: None keeps every class's CAM; a long tensor [B]
+    keeps one class per image; "predicted" keeps the class the logits predict. Returns (float32
+    [B, K, H, W], or [B, 1, H, W] with channels, and logits [B, K] or None).
     Each scale runs the batch and its mirror image in one forward pass. The input is rescaled
     bicubically (the release's rescale), the CAMs are upsampled bilinearly. The logits are the
     mean over positions of the unflipped dense logits at scale 1.0, which are the classifier's
     own logits (its head is affine, models/resnetv2.py): no separate classification pass is
-    needed. None when the scales do not include 1.0.
+    needed. None when the scales do not include 1.0 (and no channel is "predicted").
+    Choosing the channel before the upsampling gives the same values (both act per channel) and
+    upsamples one map instead of K: 100 classes made the upsampling most of a CAM pass.
     """
     batch, _, height, width = images.shape
     total, logits = None, None
+    if isinstance(channels, str) and (not scales or scales[0] != 1.0):  # needed before the first upsampling
+        logits = dense_fn(images).float().mean(dim=(2, 3))
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = images if size == (height, width) else F.interpolate(
@@ -38,6 +44,10 @@ def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES):
         dense = dense_fn(torch.cat([scaled, scaled.flip(-1)]))
         if size == (height, width) and logits is None:
             logits = dense[:batch].float().mean(dim=(2, 3))
+        if channels is not None:
+            chosen = logits.argmax(1) if isinstance(channels, str) else channels
+            rows = torch.arange(2 * batch, device=dense.device)
+            dense = dense[rows, chosen.repeat(2)][:, None]
         maps = F.interpolate(F.relu(dense).float(), size=(height, width), mode="bilinear", align_corners=False)
         summed = maps[:batch] + maps[batch:].flip(-1)
         total = summed if total is None else total + summed
@@ -82,16 +92,18 @@ def gaussian_blur(maps, sigma):
 
 def cams_to_masks(cams, class_index, sigma=4.0, threshold=0.5):
     """Masks per the contract: class k where the normalised, blurred CAM of class k > threshold,
-    background (value K) elsewhere. The normalisations are the release's: before the blur
-    divided by max + 1e-5, after it minus the min and divided by the range unless that is 0.
-
-    cams: [B, K, H, W] float; class_index: [B] int. Returns (uint8 masks [B, H, W],
-    float [B, H, W] normalised maps). An image whose CAM is zero everywhere gets an all
-    background mask.
-    """
-    num_classes = cams.shape[1]
+    background (value K) elsewhere. cams: [B, K, H, W] float; class_index: [B] int. Returns (uint8
+    masks [B, H, W], float [B, H, W] normalised maps); see class_map_to_masks."""
     rows = torch.arange(cams.shape[0], device=cams.device)
-    cam = cams[rows, class_index].float()
+    return class_map_to_masks(cams[rows, class_index], class_index, cams.shape[1], sigma, threshold)
+
+
+def class_map_to_masks(cam, class_index, num_classes, sigma=4.0, threshold=0.5):
+    """Masks of one CAM per image (cam [B, H, W], the CAM of class class_index [B] of num_classes).
+    The normalisations are the release's: before the blur divided by max + 1e-5, after it minus the
+    min and divided by the range unless that is 0. An image whose CAM is zero everywhere gets an all
+    background mask. Returns (uint8 masks [B, H, W], float [B, H, W] normalised maps)."""
+    cam = cam.float()
     cam = cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-5)
     cam = gaussian_blur(cam, sigma)
     cam = cam - cam.amin(dim=(1, 2), keepdim=True)
@@ -108,11 +120,14 @@ def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, t
     the CAM channel of `labels` when given, else of the predicted class.
     Returns (uint8 masks [B, H, W], predicted classes [B], float [B, H, W] normalised CAMs the masks
     threshold)."""
-    cams, logits = multiscale_cam(model.dense_logits, images, scales)
-    predicted = (model(images) if logits is None else logits).argmax(1)
+    cams, logits = multiscale_cam(model.dense_logits, images, scales, "predicted" if labels is None else labels)
+    if logits is None:
+        logits = model(images)
+    predicted = logits.argmax(1)
     # the blur and the threshold stay in float32 even when the caller runs the model in bf16
     with torch.autocast(device_type=images.device.type, enabled=False):
-        masks, maps = cams_to_masks(cams, predicted if labels is None else labels, sigma=sigma, threshold=threshold)
+        masks, maps = class_map_to_masks(cams[:, 0], predicted if labels is None else labels, logits.shape[1],
+                                         sigma=sigma, threshold=threshold)
     return masks, predicted, maps
 
 
