@@ -213,3 +213,31 @@ def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground
     status, _, err = run_cli(make_cam, argv, capsys)
     assert status == 0, err
     assert json.loads((tmp_path / "masks" / "summary.json").read_text())["against_boxes"] == boxes
+
+
+# -- scripts/pretrain.sh on the real archive, at tiny size ------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_pretrain_script_writes_an_npz_that_fine_tuning_loads(shared_data, tmp_path):
+    import os
+    import subprocess
+    if not (shared_data / "tin_train.tar.gz").is_file():
+        pytest.skip("no tin_train.tar.gz in the shared data folder")
+    env = {**os.environ, "SHARED_DATA": str(shared_data), "PER_CLASS": "51", "STEPS": "5", "BATCH": "32",
+           "RESOLUTION": "32", "TRAIN_RESIZE": "36", "WORKERS": "0", "DATA_DIR": str(tmp_path / "data"),
+           "OUT": str(tmp_path / "run"), "NPZ": str(tmp_path / "tin.npz"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "scripts/pretrain.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # the first 51 images (archive order) of each of the 202 classes; those numbered 0, 50, 100, ... are val
+    val = list((tmp_path / "data" / "tin" / "val").rglob("*.JPEG"))
+    assert val and all(int(p.stem.rsplit("_", 1)[1]) % 50 == 0 for p in val)
+    metrics = json.loads((tmp_path / "run" / "tin" / "final_metrics.json").read_text())
+    assert metrics["initialised_from"] == {"from": "scratch"} and "test_top1" in metrics
+    model = create_model(TINY, head_size=10)
+    model.load_from_npz(tmp_path / "tin.npz", load_head=False)
+    # a second invocation finds the npz and does nothing
+    again = subprocess.run(["bash", "scripts/pretrain.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
