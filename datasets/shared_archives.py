@@ -146,7 +146,7 @@ def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=N
     if id_archive is None:
         raise FileNotFoundError(f"{shared / ID_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder holding "
                                 f"the shared archives ({ID_ARCHIVE}, {', '.join(a for a, _, _ in OOD_SETS.values())})")
-    manifest = {"shared": str(shared.resolve()), "id": {}, "ood": {}}
+    manifest = {"shared": str(shared), "id": {}, "ood": {}}  # as given: relative to the checkout by default
     images = unpack_set(id_archive, out / ID_NAME, {"train": train_per_class, "test": test_per_class})
     log(f"{out / ID_NAME}: {images} from {id_archive}")
     manifest["id"][ID_NAME] = {"archive": ID_ARCHIVE, "images": images}

@@ -197,18 +197,25 @@ class Run:
         return [(name, oods) for name, oods in (("near-OOD", near), ("far-OOD", far)) if oods]
 
 
+def portable(text):
+    """`text` with the absolute paths of this checkout and of the shared folder beside it written as the
+    scripts name them (relative to the checkout), so a published record names no machine's folders."""
+    checkout = Path(__file__).resolve().parents[1]
+    return str(text).replace(f"{checkout.parent}/shared/", "../shared/").replace(f"{checkout}/", "")
+
+
 def setup_section(run):
     info = run.info
     lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if info.get("cpu") and info["cpu"] not in
                                                  info["device"] else ""),
-             f"- Command: `{info['command']}`",
+             f"- Command: `{portable(info['command'])}`",
              f"- Code: commit `{info['git_commit']}`" + ("" if "uncommitted" in info["git_commit"] else
                                                         " (clean working tree)") +
              f"; torch {info['torch']}, Python {info['python']}; run started {info['date_utc']} UTC",
              f"- DFB seeds reported: {', '.join(run.seeds)}" +
              (f"; pending (not finished when this report was written): {', '.join(run.pending)}"
               if run.pending else ""), ""]
-    lines += markdown_table(["setting", "value"], [(key, f"`{value}`" if value else "(all / unset)")
+    lines += markdown_table(["setting", "value"], [(key, f"`{portable(value)}`" if value else "(all / unset)")
                                                    for key, value in info["settings"].items()])
     return lines + [""]
 
@@ -220,7 +227,7 @@ def data_section(manifest):
     rows += [(name, entry["archive"], f"{entry['content']}; stands for {entry['stands_for']}",
               ", ".join(f"{split} {count:,}" for split, count in entry["images"].items()))
              for name, entry in manifest["ood"].items()]
-    return ["## Data", "", f"Unpacked from the shared archives in `{manifest['shared']}` "
+    return ["## Data", "", f"Unpacked from the shared archives in `{portable(manifest['shared'])}` "
             "(`data_manifest.json`):", ""] + markdown_table(["set", "archive", "what it is", "images"], rows) + [""]
 
 

@@ -1,9 +1,9 @@
-# Sourced by the scripts that read the shared real image sets: find_shared_data prints the folder of
-# the shared archives, SHARED_DATA when set, else shared/data beside the checkout; without either it
-# stops with a message that names SHARED_DATA.
+# Sourced by the scripts that read the shared real image sets (run from the checkout's root):
+# find_shared_data prints the folder of the shared archives, SHARED_DATA when set, else ../shared/data
+# (beside the checkout; relative, so run records name no machine's paths); without either it stops with
+# a message that names SHARED_DATA.
 find_shared_data() {
-  local beside
-  beside="$(cd .. && pwd)/shared/data"
+  local beside=../shared/data
   if [ -n "${SHARED_DATA:-}" ]; then
     [ -d "$SHARED_DATA" ] || { echo "[error] SHARED_DATA=$SHARED_DATA is not a folder" >&2; return 2; }
     echo "$SHARED_DATA"

@@ -237,6 +237,22 @@ def test_report_groups_the_ood_sets_as_openood(tmp_path):
     assert groups["Background (direction chosen on validation data)"][0] == "74.00 ± 0.00"
 
 
+def test_report_names_no_absolute_path_of_this_machine(tmp_path):
+    run_dir = tmp_path / "run"
+    synthetic_run(run_dir)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    shared = f"{REPO.parent}/shared/data"
+    info["command"] = f"SHARED_DATA={shared} OUT={REPO}/runs/x bash scripts/reproduce_small.sh"
+    info["settings"]["SHARED_DATA"] = shared
+    write_json(run_dir / "run_info.json", info)
+    manifest = json.loads((run_dir / "data_manifest.json").read_text())
+    write_json(run_dir / "data_manifest.json", {**manifest, "shared": shared})
+    report = results_report.build_report(run_dir, run_dir / "RESULTS.md", grids=False)
+    assert str(REPO) not in report and str(REPO.parent / "shared") not in report
+    assert "`SHARED_DATA=../shared/data OUT=runs/x bash scripts/reproduce_small.sh`" in report
+    assert "Unpacked from the shared archives in `../shared/data`" in report
+
+
 def test_report_of_a_synthetic_run(tmp_path):
     run_dir = tmp_path / "run"
     synthetic_run(run_dir)
