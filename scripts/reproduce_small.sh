@@ -210,10 +210,7 @@ start=$(date +%s)
 settings=()
 for name in "${SETTINGS[@]}"; do settings+=(--setting "$name=${!name}"); done
 $PY -m reporting.run_record info --file "$OUT/run_info.json" --device "$DEVICE" "${settings[@]}"
-# Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
-timed data unpack_data
-
-if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then
+if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then  # before any work: the weights come first
   if [ "$PRETRAIN_WHEN_MISSING" != 1 ]; then
     echo "[error] PRETRAINED=$PRETRAINED does not exist: write it with NPZ=$PRETRAINED bash scripts/pretrain.sh," \
          "or set PRETRAIN_WHEN_MISSING=1, or PRETRAINED=none to train from scratch" >&2
@@ -221,6 +218,9 @@ if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then
   fi
   timed pretrain env NPZ="$PRETRAINED" SHARED_DATA="$SHARED_DATA" DEVICE="$DEVICE" MODEL="$MODEL" bash scripts/pretrain.sh
 fi
+# Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
+timed data unpack_data
+
 if [ -n "$FROM_RUN" ]; then run_stage from_run import_stages; fi
 read -r -a cls_flags <<< "$CLS_FLAGS"
 read -r -a cam_flags <<< "$CAM_FLAGS"

@@ -2,6 +2,7 @@
 unpack_shared_data.py), the run record (reporting.run_record) and the report (reporting.results_report)."""
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -11,7 +12,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import unpack_shared_data
 from datasets import shared_archives
@@ -19,7 +22,7 @@ from reporting import results_report, run_record
 from utils.ood.fusion import FUSIONS
 
 REPO = Path(__file__).resolve().parents[1]
-OOD_NAMES = ("SVHN", "Textures", "MNIST", "Scene15", "IntelScenes")
+OOD_NAMES = ("CIFAR100", "SVHN", "Textures", "MNIST", "Scene15", "IntelScenes")
 
 
 def write_tar(path, names):
@@ -454,3 +457,31 @@ def test_dfb_ablation_starts_from_an_earlier_runs_archive_with_a_validation_ood_
 def torch_load_args(path):
     import torch
     return torch.load(path, map_location="cpu", weights_only=False)["args"]
+
+
+@pytest.mark.slow
+def test_pretrained_preset_fine_tunes_from_the_npz_and_its_ablation_starts_from_it(shared_data, tmp_path):
+    """PRESET=cpu_pretrained at tiny size, with the body of a random classifier as its npz: the classifier
+    and the ablation npz start from that file, the DFB seed from the classifier, each recorded with its
+    sha256; without the npz (and PRETRAIN_WHEN_MISSING=0) the script stops before any work."""
+    from models.resnetv2 import create_model
+    npz = tmp_path / "body.npz"
+    torch.manual_seed(0)
+    np.savez(npz, **create_model("ResNetV2-Tiny", head_size=3).npz_arrays())
+    out = tmp_path / "out"
+    env = dict(os.environ, **dict(TINY, PRESET="cpu_pretrained", SEEDS="0"), SHARED_DATA=str(shared_data),
+               OUT=str(out), DATA_DIR=str(tmp_path / "data"), PRETRAINED=str(npz), OOD_SETS="MNIST")
+    run_script(env)
+    digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+    started = {name: json.loads((out / "runs" / name / "final_metrics.json").read_text())["initialised_from"]
+               for name in ("cls", "dfb_seed0", "dfb_npz")}
+    assert started["cls"] == {"from": "npz", "path": str(npz), "sha256": digest}
+    assert started["dfb_npz"] == started["cls"]
+    assert started["dfb_seed0"]["from"] == "classifier"
+    assert "npz" in table_rows((out / "RESULTS.md").read_text(), "## Ablations of the DFB stage")
+
+    missing = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
+                             env=dict(env, OUT=str(tmp_path / "none"), PRETRAINED=str(tmp_path / "absent.npz"),
+                                      PRETRAIN_WHEN_MISSING="0"), timeout=600)
+    assert missing.returncode == 2 and "PRETRAINED=" in missing.stderr and "scripts/pretrain.sh" in missing.stderr
+    assert not (tmp_path / "none" / "stage_times.json").exists()  # stopped before the data stage
