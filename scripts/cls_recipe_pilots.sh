@@ -11,10 +11,6 @@
 # [the three of docs/PRETRAINED.md], TRAIN_PER_CLASS (first N training images per class, tiny runs) [all].
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-  [ -x .venv/bin/python ] || bash scripts/setup_env.sh
-fi
-PY=${PYTHON:-.venv/bin/python}
 source scripts/shared_data.sh
 SHARED_DATA=$(find_shared_data)
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}

@@ -20,10 +20,6 @@
 #   FLAGS        further train.py flags [the from-scratch recipe of configs/reproduce_cpu.env's classifier]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-  [ -x .venv/bin/python ] || bash scripts/setup_env.sh
-fi
-PY=${PYTHON:-.venv/bin/python}
 source scripts/shared_data.sh
 SHARED_DATA=$(find_shared_data)
 DATA_DIR=${DATA_DIR:-dataset/pretrain}

@@ -58,12 +58,7 @@
 #                    full set; @CLS_CKPT works too) and evaluated into $OUT/results_dfb_<name>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# PYTHON: an interpreter that already has the requirements (e.g. python3 on a machine without
-# internet, where scripts/setup_env.sh cannot install them); by default the project's .venv
-if [ -z "${PYTHON:-}" ]; then
-  [ -x .venv/bin/python ] || bash scripts/setup_env.sh
-fi
-PY=${PYTHON:-.venv/bin/python}
+source scripts/shared_data.sh  # PY (PYTHON, else the project's .venv) and find_shared_data
 
 PRESET=${PRESET:-gpu}
 PRESET_FILE=configs/reproduce_$PRESET.env
@@ -74,7 +69,6 @@ fi
 # shellcheck source=configs/reproduce_gpu.env
 source "$PRESET_FILE"
 
-source scripts/shared_data.sh
 SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
 OOD_SETS=${OOD_SETS:-CIFAR100 SVHN Textures MNIST Scene15 IntelScenes}

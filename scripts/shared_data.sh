@@ -1,4 +1,6 @@
-# Sourced by the scripts that read the shared real image sets (run from the checkout's root):
+# Sourced by the scripts that read the shared real image sets, from the checkout's root. Sets PY: PYTHON, an
+# interpreter that already has the requirements (e.g. python3 on a machine without internet, where
+# scripts/setup_env.sh cannot install them), else the project's .venv, made first when missing.
 # find_shared_data prints the folder of the shared archives, SHARED_DATA when set, else ../shared/data
 # (beside the checkout; relative, so run records name no machine's paths); without either it stops with
 # a message that names SHARED_DATA.
@@ -15,3 +17,8 @@ find_shared_data() {
     return 2
   fi
 }
+
+if [ -z "${PYTHON:-}" ]; then
+  [ -x .venv/bin/python ] || bash scripts/setup_env.sh
+fi
+PY=${PYTHON:-.venv/bin/python}
