@@ -1,9 +1,10 @@
-"""Unpack the shared real image sets (CIFAR-10 and the OOD stand-ins) into the ImageFolder layout.
+"""Unpack the shared real image sets (the ID set and the OOD stand-ins) into the ImageFolder layout.
 
     python unpack_shared_data.py --shared ../shared/data --out dataset/reproduce_small/full
+    python unpack_shared_data.py --shared ../shared/data --out dataset/c100 --id cifar100
 
-Writes <out>/cifar10/{train,test} and <out>/<OOD name>/test, plus <out>/manifest.json (what each
-set is), and prints the OOD split folders, one per line (log lines go to stderr). Sets already
+Writes <out>/<ID>/{train,test} (cifar10 by default, or cifar100) and <out>/<OOD name>/test, plus
+<out>/manifest.json (what each set is), and prints the OOD split folders, one per line (log lines go to stderr). Sets already
 unpacked are kept; an interrupted run continues where it stopped (datasets/shared_archives.py).
 --*_per_class keep the first N images of every class folder, for tiny test runs; left out, every
 image is kept.
@@ -16,7 +17,7 @@ train_boxes.csv in <out>/tin), the pretraining set of scripts/pretrain.sh; its f
 import argparse
 import sys
 
-from datasets.shared_archives import OOD_SETS, unpack_shared, unpack_tin
+from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, default_ood_sets, unpack_shared, unpack_tin
 from utils.base.cli import run_cli
 
 
@@ -34,7 +35,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", required=True, help="folder with the shared archives (cifar10.tar, ...)")
     parser.add_argument("--out", required=True, help="where the ImageFolder sets are unpacked")
-    parser.add_argument("--ood", nargs="*", default=list(OOD_SETS), help="OOD sets (default: all; none: CIFAR-10 only)")
+    parser.add_argument("--id", default=DEFAULT_ID, choices=list(ID_SETS), help="the ID set (train and test splits)")
+    parser.add_argument("--ood", nargs="*", default=None, choices=list(OOD_SETS),
+                        help="OOD sets (default: all but the ID set's own archive; none: the ID set only)")
     parser.add_argument("--tin", action="store_true",
                         help="unpack only Tiny ImageNet's train split (tin_train.tar.gz), for pretraining")
     for split in ("train", "test", "ood"):
@@ -48,8 +51,9 @@ def unpack(args):
     if args.tin:
         print(unpack_tin(args.shared, args.out, args.train_per_class, log=log))
         return
-    splits = unpack_shared(args.shared, args.out, args.ood, args.train_per_class, args.test_per_class,
-                           args.ood_per_class, log=log)
+    ood = default_ood_sets(args.id) if args.ood is None else args.ood
+    splits = unpack_shared(args.shared, args.out, ood, args.train_per_class, args.test_per_class,
+                           args.ood_per_class, log=log, id_name=args.id)
     print("\n".join(str(split) for split in splits))
 
 

@@ -1,7 +1,7 @@
 """The real image sets of scripts/reproduce_small.sh, unpacked from the shared tar archives
 (``unpack_shared_data.py``).
 
-Writes ``<out>/cifar10/{train,test}`` and ``<out>/<OOD name>/test`` (ImageFolder), plus
+Writes ``<out>/<ID>/{train,test}`` (``cifar10`` or ``cifar100``) and ``<out>/<OOD name>/test`` (ImageFolder), plus
 ``<out>/manifest.json``. The archives already hold the layout, ``<split>/<class>/<image>``; each
 set is written by ``datasets/imagefolder_writer.py``, so an interrupted run continues where it
 stopped and a complete set is not touched. A per-class limit keeps the first N images of every
@@ -15,8 +15,9 @@ from pathlib import Path
 from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record
 from utils.base.io import atomic_path, write_text_atomic
 
-ID_NAME = "cifar10"
-ID_ARCHIVE = "cifar10.tar"
+# ID set (folder name = the name eval.py reports) -> (archive, display name)
+ID_SETS = {"cifar10": ("cifar10.tar", "CIFAR-10"), "cifar100": ("cifar100.tar", "CIFAR-100")}
+DEFAULT_ID = "cifar10"
 # OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for)
 OOD_SETS = {
     "SVHN": ("svhn.tar", "SVHN cropped digits, the first 10,000 of the 26,032 test images, 32x32",
@@ -31,7 +32,14 @@ OOD_SETS = {
                     "Places (second stand-in: scenes, not Places365)"),
     "CIFAR100": ("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
                  "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)"),
+    "CIFAR10": ("cifar10.tar", "CIFAR-10 test split, 10,000 images of 10 classes, 32x32 JPEG",
+                "CIFAR-10 (the near-OOD set of CIFAR-100 as ID)"),
 }
+
+
+def default_ood_sets(id_name):
+    """Every OOD set that is not the ID set itself (CIFAR-10 as ID leaves out CIFAR10, and so on)."""
+    return [name for name, (archive, _, _) in OOD_SETS.items() if archive != ID_SETS[id_name][0]]
 # Tiny ImageNet's train split (an ImageNet stand-in for pretraining, scripts/pretrain.sh): images
 # train/<wnid>/<wnid>_<i>.JPEG, plus the object box of each image and the class names. Images with
 # i % TIN_VAL_EVERY == 0 (10 of each class's 500, 2 %) form our val split: never trained on, they give
@@ -135,21 +143,30 @@ def find_archive(shared, name):
 
 
 def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=None, ood_per_class=None,
-                  log=print):
-    """Unpack CIFAR-10 and every named OOD set whose archive is in `shared`; write <out>/manifest.json.
-    Returns the OOD split folders that exist. CIFAR-10 is required; a missing OOD archive is skipped."""
+                  log=print, id_name=DEFAULT_ID):
+    """Unpack the ID set `id_name` (train and test) and the test split of every named OOD set whose
+    archive is in `shared`; write <out>/manifest.json. Returns the OOD split folders that exist. The ID
+    archive is required; a missing OOD archive is skipped; an OOD set cut from the ID archive is refused."""
     shared, out = Path(shared), Path(out)
+    if id_name not in ID_SETS:
+        raise ValueError(f"unknown ID set {id_name!r}; known: {', '.join(ID_SETS)}")
     unknown = [name for name in ood_names if name not in OOD_SETS]
     if unknown:
         raise ValueError(f"unknown OOD set(s) {unknown}; known: {', '.join(OOD_SETS)}")
-    id_archive = find_archive(shared, ID_ARCHIVE)
+    id_archive_name = ID_SETS[id_name][0]
+    own = [name for name in ood_names if OOD_SETS[name][0] == id_archive_name]
+    if own:
+        raise ValueError(f"OOD set(s) {own} come from the ID set's own archive {id_archive_name}: with {id_name} as "
+                         f"ID choose among {', '.join(default_ood_sets(id_name))}")
+    id_archive = find_archive(shared, id_archive_name)
     if id_archive is None:
-        raise FileNotFoundError(f"{shared / ID_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder holding "
-                                f"the shared archives ({ID_ARCHIVE}, {', '.join(a for a, _, _ in OOD_SETS.values())})")
+        archives = dict.fromkeys([a for a, _ in ID_SETS.values()] + [a for a, _, _ in OOD_SETS.values()])
+        raise FileNotFoundError(f"{shared / id_archive_name} (or .gz) not found: set SHARED_DATA to the folder "
+                                f"holding the shared archives ({', '.join(archives)})")
     manifest = {"shared": str(shared), "id": {}, "ood": {}}  # as given: relative to the checkout by default
-    images = unpack_set(id_archive, out / ID_NAME, {"train": train_per_class, "test": test_per_class})
-    log(f"{out / ID_NAME}: {images} from {id_archive}")
-    manifest["id"][ID_NAME] = {"archive": ID_ARCHIVE, "images": images}
+    images = unpack_set(id_archive, out / id_name, {"train": train_per_class, "test": test_per_class})
+    log(f"{out / id_name}: {images} from {id_archive}")
+    manifest["id"][id_name] = {"archive": id_archive_name, "images": images}
     splits = []
     for name in ood_names:
         archive, content, stands_for = OOD_SETS[name]

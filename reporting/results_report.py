@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.shared_archives import DEFAULT_ID, ID_SETS
 from reporting.ablation_table import variant_tables
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
@@ -66,7 +67,7 @@ def caveat(settings):
             "the model, schedule and resolution of the settings below. The OOD sets are what the shared "
             "data folder holds: SVHN is the first 10,000 of the 26,032 images of its test split (the paper "
             "uses all of them), Textures is 10 of DTD's 47 classes, MNIST is a second digit set, and Scene15 "
-            "and IntelScenes are stand-ins for Places, not that set. The CIFAR-10 images are JPEG re-encodings of the "
+            "and IntelScenes are stand-ins for Places, not that set. The CIFAR images are JPEG re-encodings of the "
             "originals. Read the tables as a comparison of DFB with its base scores under the same conditions, "
             "not as a reproduction of the published figures.")
     return "> " + text
@@ -138,6 +139,8 @@ class Run:
         self.dir = Path(run_dir)
         self.info = read_json(self.dir / "run_info.json", "reporting.run_record info")
         settings = self.info["settings"]
+        self.id_name = settings.get("ID") or DEFAULT_ID  # runs made before ID was a setting: CIFAR-10
+        self.id_label = ID_SETS[self.id_name][1]
         self.seeds_asked = settings.get("SEEDS", settings.get("SEED", "0")).split()
         self.seeds = [s for s in self.seeds_asked if self.evaluated(f"seed{s}")]
         if not self.seeds:
@@ -221,7 +224,7 @@ def setup_section(run):
 
 
 def data_section(manifest):
-    rows = [(f"{name} (ID)", entry["archive"], "CIFAR-10", ", ".join(f"{split} {count:,}" for split, count
+    rows = [(f"{name} (ID)", entry["archive"], ID_SETS[name][1], ", ".join(f"{split} {count:,}" for split, count
                                                                     in entry["images"].items()))
             for name, entry in manifest["id"].items()]
     rows += [(name, entry["archive"], f"{entry['content']}; stands for {entry['stands_for']}",
@@ -275,7 +278,7 @@ def accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, dfb_final):
         markdown_table(["metric", "%", "from"], cls_rows) + \
         ["", f"DFB network per seed (`results_dfb_seed<s>/accuracy.json`, `runs/dfb_seed<s>/final_metrics.json`; "
              f"{spread} over seeds, sample standard deviation). The mask figures compare its dense prediction "
-             f"with the pseudo masks of held-out training images; there are no true masks for CIFAR-10.", ""] + \
+             f"with the pseudo masks of held-out training images; there are no true masks for {run.id_label}.", ""] + \
         markdown_table(["metric"] + [f"seed {s} %" for s in run.seeds] + [f"{spread} %"], dfb_rows) + [""]
 
 
@@ -346,7 +349,7 @@ def ood_section(run, fusion):
     seeds = (f"mean ± sample standard deviation over the {len(run.seeds)} DFB seeds ({', '.join(run.seeds)})"
              if len(run.seeds) > 1 else f"one DFB seed ({run.seeds[0]}), so no spread")
     lines = ["## OOD detection", "",
-             f"ID positives: the CIFAR-10 test split. All values in %. For each base score x: *x · classifier* = x "
+             f"ID positives: the {run.id_label} test split. All values in %. For each base score x: *x · classifier* = x "
              f"on the K-class classifier (one network: **no seed spread**); *x · DFB net* = x on the K foreground "
              f"logits and features of the (K+1)-class DFB network, without the background term; *DFB-x* = x on "
              f"the DFB network fused with its background logit (`{fusion}` mode, `utils/ood/fusion.py`). DFB rows: "
@@ -534,7 +537,7 @@ def pseudo_mask_grid(run, path):
     """Pseudo masks of the first training images of every class, one row per class."""
     from PIL import Image
     mask_root = run.dir / MASK_DIR
-    train = repo_path(run.info["settings"]["DATA_DIR"]) / "cifar10" / "train"
+    train = repo_path(run.info["settings"]["DATA_DIR"]) / run.id_name / "train"
     examples = folder_examples(train, GRID_EXAMPLES, mask_root)
     rows = [(name, [(image, np.asarray(Image.open(mask))) for image, mask in shown]) for name, shown in examples.items()]
     from reporting.plots import save_overlay_grid
@@ -554,7 +557,7 @@ def dense_grid(run, path, suffix):
                                                    expect_task="dfb")
     model.eval()
     data = repo_path(run.info["settings"]["DATA_DIR"])
-    sets = {"CIFAR-10 test": data / "cifar10" / "test", **{ood: data / ood / "test" for ood in run.ood_names}}
+    sets = {f"{run.id_label} test": data / run.id_name / "test", **{ood: data / ood / "test" for ood in run.ood_names}}
     rows = []
     for label, root in sets.items():
         # a few examples of each class folder, so a row shows more than one class
@@ -624,7 +627,7 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
                    dense_grid(run, target / f"grid_dense_maps_{name}.png", name)) for name in run.ablations]
     figures = run_figures(run.dir)
     linked = publish_figures(run.dir, figures, figures_to) if figures_to else [run.dir / path for path in figures]
-    lines = ["# DFB on CIFAR-10: a small run on real data (scripts/reproduce_small.sh)", "",
+    lines = [f"# DFB on {run.id_label}: a small run on real data (scripts/reproduce_small.sh)", "",
              caveat(run.info["settings"]), ""]
     lines += setup_section(run) + data_section(manifest) + times_section(times)
     lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# DFB on real data: CIFAR-10 as ID, every real OOD set of the shared data folder, the whole
-# pipeline, then a Markdown report of the run.
+# DFB on real data: CIFAR-10 (or CIFAR-100) as ID, every real OOD set of the shared data folder, the
+# whole pipeline, then a Markdown report of the run.
 #
 #   bash scripts/reproduce_small.sh                       # PRESET=gpu: ~8 minutes of one H100 / H200
 #   PRESET=cpu SEEDS="0 1 2" bash scripts/reproduce_small.sh   # a 2-core CPU machine
+#   ID=cifar100 PRESET=cpu_pretrained OUT=runs/c100 bash scripts/reproduce_small.sh   # CIFAR-100 as ID
 #   -> runs/reproduce_small/RESULTS.md
 #
 # PRESET names configs/reproduce_<PRESET>.env, which sets the model, sizes, steps and training
@@ -29,11 +30,14 @@
 # different OOD numbers; the OOD sets are stand-ins (datasets/shared_archives.py says for what).
 #
 # Environment (defaults in brackets; "preset" = from configs/reproduce_<PRESET>.env):
-#   PRESET           gpu or cpu [gpu]
+#   PRESET           gpu, cpu or cpu_pretrained [gpu]
+#   ID               the ID set: cifar10 or cifar100 (train and test splits of its shared archive) [cifar10]
 #   SHARED_DATA      the shared archives, .tar or .tar.gz [../shared/data beside the checkout]
 #   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
-#   OUT              run folder [runs/reproduce_small]    DATA_DIR  unpacked sets [dataset/reproduce_small/<sizes>]
-#   OOD_SETS         ["CIFAR100 SVHN Textures MNIST Scene15 IntelScenes"], those whose archive exists
+#   OUT              run folder [runs/reproduce_small]
+#   DATA_DIR         unpacked sets [dataset/reproduce_small/<sizes>; cifar100_<sizes> with ID=cifar100]
+#   OOD_SETS         those whose archive exists ["CIFAR100 SVHN Textures MNIST Scene15 IntelScenes"; with
+#                    ID=cifar100 CIFAR10 in place of CIFAR100]
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
 #   SEED             seed of the classifier and its evaluation [0]
 #   SEEDS            seeds of the DFB stage, space-separated [$SEED]; classifier and masks are shared
@@ -71,13 +75,19 @@ source "$PRESET_FILE"
 
 SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
-OOD_SETS=${OOD_SETS:-CIFAR100 SVHN Textures MNIST Scene15 IntelScenes}
+ID=${ID:-cifar10}
+case "$ID" in
+  cifar10) OOD_SETS=${OOD_SETS:-CIFAR100 SVHN Textures MNIST Scene15 IntelScenes}; DATA_PREFIX= ;;
+  cifar100) OOD_SETS=${OOD_SETS:-CIFAR10 SVHN Textures MNIST Scene15 IntelScenes}; DATA_PREFIX=cifar100_ ;;
+  *) echo "[error] ID=$ID: expected cifar10 or cifar100" >&2; exit 2 ;;
+esac
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}
 TEST_PER_CLASS=${TEST_PER_CLASS:-}
 OOD_PER_CLASS=${OOD_PER_CLASS:-}
 # dataset/* is git-ignored; one folder per subsampling so a tiny test never mixes with the full sets
 SIZES=train${TRAIN_PER_CLASS:-all}_test${TEST_PER_CLASS:-all}_ood${OOD_PER_CLASS:-all}
-DATA_DIR=${DATA_DIR:-dataset/reproduce_small/$SIZES}
+# (a folder per ID set too: CIFAR-100's folder holds CIFAR10/, CIFAR-10's CIFAR100/, never both)
+DATA_DIR=${DATA_DIR:-dataset/reproduce_small/$DATA_PREFIX$SIZES}
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-$SEED}
 FUSION=${FUSION:-logit}
@@ -89,7 +99,7 @@ if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; the
 fi
 FROM_RUN=${FROM_RUN:-}
 PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
-SETTINGS=(PRESET FROM_RUN PRETRAIN_WHEN_MISSING SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
+SETTINGS=(PRESET ID FROM_RUN PRETRAIN_WHEN_MISSING SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
           RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
           FUSION FUSION_VAL_OOD KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
@@ -113,7 +123,7 @@ while IFS= read -r line; do
 done <<< "$DFB_ABLATIONS"
 
 mkdir -p "$OUT/.stages"
-ID="$DATA_DIR/cifar10"
+ID_DIR="$DATA_DIR/$ID"
 CLS_CKPT="$OUT/cls_pretrained_models/classifier.pth.tar"
 MASKS="$OUT/masks/train"  # beside the run, not the data: masks belong to this run's classifier
 
@@ -138,12 +148,12 @@ run_stage() {  # run_stage <stage> <command...>: timed, and skipped once it has 
 }
 
 unpack_data() {  # OOD_SETS unquoted on purpose: one argument per set
-  $PY unpack_shared_data.py --shared "$SHARED_DATA" --out "$DATA_DIR" --ood $OOD_SETS \
+  $PY unpack_shared_data.py --shared "$SHARED_DATA" --out "$DATA_DIR" --id "$ID" --ood $OOD_SETS \
     --train_per_class "$TRAIN_PER_CLASS" --test_per_class "$TEST_PER_CLASS" --ood_per_class "$OOD_PER_CLASS" \
     > "$OUT/ood_splits.txt" && cp "$DATA_DIR/manifest.json" "$OUT/data_manifest.json"
 }
 
-TRAIN_FLAGS=(--datadir "$ID/train" --test_datadir "$ID/test" --model "$MODEL" --pretrained "$PRETRAINED"
+TRAIN_FLAGS=(--datadir "$ID_DIR/train" --test_datadir "$ID_DIR/test" --model "$MODEL" --pretrained "$PRETRAINED"
              --base_lr "$BASE_LR" --resolution "$RESOLUTION" --train_resize "$TRAIN_RESIZE" --batch "$BATCH"
              --device "$DEVICE" --workers "$WORKERS" --logdir "$OUT/runs" --eval_every 0)
 
@@ -157,7 +167,7 @@ evaluate() {  # evaluate <checkpoint> <result folder> <seed> [dfb]
       ood+=("$split")
     fi
   done
-  $PY eval.py --model_path "$1" --id_train_path "$ID/train" --id_test_path "$ID/test" --ood_path "${ood[@]}" \
+  $PY eval.py --model_path "$1" --id_train_path "$ID_DIR/train" --id_test_path "$ID_DIR/test" --ood_path "${ood[@]}" \
     --logdir "$2" --device "$DEVICE" --workers "$WORKERS" --batch "$EVAL_BATCH" --fusion "$FUSION" \
     --knn_k "$KNN_K" --seed "$3" "${validation[@]}"
 }
@@ -220,8 +230,8 @@ read -r -a cls_flags <<< "$CLS_FLAGS"
 read -r -a cam_flags <<< "$CAM_FLAGS"
 run_stage train_cls $PY train.py --task cls --name cls --steps "$STEPS_CLS" --export "$CLS_CKPT" --seed "$SEED" \
   "${TRAIN_FLAGS[@]}" "${cls_flags[@]}"
-run_stage make_cam $PY make_cam.py --dataset="$ID/train" --model_path="$CLS_CKPT" \
-  --head_size="$(find "$ID/train" -mindepth 1 -maxdepth 1 -type d | wc -l | tr -d ' ')" --out "$MASKS" \
+run_stage make_cam $PY make_cam.py --dataset="$ID_DIR/train" --model_path="$CLS_CKPT" \
+  --head_size="$(find "$ID_DIR/train" -mindepth 1 -maxdepth 1 -type d | wc -l | tr -d ' ')" --out "$MASKS" \
   --batch "$CAM_BATCH" --device "$DEVICE" --workers "$WORKERS" "${cam_flags[@]}"
 run_stage eval_cls evaluate "$CLS_CKPT" "$OUT/results_cls" "$SEED"
 for s in "${SEED_LIST[@]}"; do
