@@ -290,3 +290,32 @@ def test_masks_come_from_the_split_when_complete_else_random(tmp_path):
                               np.zeros((9, 9), np.uint8))
     with pytest.raises(ValueError, match="differ in size"):
         benchmark.read_masks(own, samples)
+
+
+def test_cpu_preset_benchmark_measures_the_step_of_the_cpu_run_presets():
+    """configs/benchmark_cpu-preset.toml times what configs/reproduce_cpu*.env train with."""
+    import subprocess
+    bench = benchmark.read_preset("cpu-preset")
+    for name in ("cpu", "cpu_pretrained"):
+        script = f"source configs/reproduce_{name}.env && echo $MODEL $RESOLUTION $BATCH $WORKERS"
+        values = subprocess.run(["bash", "-c", script], cwd=benchmark.PRESET_DIR.parent, capture_output=True,
+                                text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+        assert values == [bench["model"], str(bench["resolution"]), str(bench["batch"]), str(bench["workers"])], name
+    assert bench["amp"] == "bf16" and bench["threads"] == 2
+
+
+def test_profile_step_groups_every_operator_and_adds_up(capsys):
+    from bench import profile_step
+    assert [profile_step.kind_of(name) for name in ("aten::mkldnn_convolution", "aten::convolution_backward",
+                                                    "aten::native_layer_norm_backward", "aten::native_group_norm",
+                                                    "aten::threshold_backward", "aten::_to_copy", "aten::add_")] == \
+        ["convolution", "convolution", "weight standardisation (layer_norm)", "GroupNorm", "ReLU",
+         "dtype casts (autocast)", "other element-wise / memory"]
+    result = profile_step.main(["--batch", "4", "--resolution", "32", "--threads", "1", "--warmup", "1",
+                                "--steps", "2", "--repeats", "1", "--task", "dfb"])
+    printed = capsys.readouterr().out
+    assert "| forward + loss |" in printed and "| convolution |" in printed
+    assert set(result["phases"]) == set(profile_step.PHASES)
+    # the operators' self times add up to the phases' times, which add up to the step (profiler overhead aside)
+    assert sum(result["kinds"].values()) == pytest.approx(sum(result["phases"].values()), rel=0.35)
+    assert sum(result["phases"].values()) <= result["profiled_wall_ms"] * 1.05
