@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from datasets.shared_archives import unpack_shared
 from datasets.synthetic import generate_benchmark
 from models.resnetv2 import KNOWN_MODELS
 
@@ -86,3 +87,42 @@ def test_readme_flow_with_documented_variables(data_root):
         rows = (data_root / "results" / f"synthetic_{stage}" / "results.csv").read_text().splitlines()
         assert rows[0] == "method,id_dataset,ood_dataset,fpr95,auroc,aupr_in,aupr_out"
         assert {row.split(",")[2] for row in rows[1:]} == {"SynthNewObjects", "SynthClutter"}
+
+
+@pytest.mark.slow
+def test_readme_flow_with_cifar100_as_id_on_real_images(shared_data, tmp_path):
+    """The 100-class path: a 100-class classifier, CAMs with --head_size=100, masks labelled 0..100, a
+    101-class dense head and 100 foreground logits in every score, on real CIFAR-100 images."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    root = tmp_path / "dataset"
+    # 12 images per class: eval.py's seeded half for the fusions leaves every class some to fit on
+    unpack_shared(shared_data, root, ["CIFAR10", "SVHN"], train_per_class=12, test_per_class=1, ood_per_class=3,
+                  log=lambda _: None, id_name="cifar100")
+    env = {"DATA_ROOT": str(root), "DATASETS": "cifar100", "OOD_SETS": "SVHN CIFAR10", "MODEL": "ResNetV2-Tiny",
+           "PRETRAINED": "none", "STEPS": "6", "BATCH": "16", "RESOLUTION": "32", "LOGDIR": str(tmp_path / "runs"),
+           "CLS_DIR": str(tmp_path / "cls"), "RESULTS": str(tmp_path / "results")}
+    for step in (lambda: run_script("train_cls.sh", env),
+                 lambda: subprocess.run([sys.executable, "make_cam.py", f"--dataset={root}/cifar100/train",
+                                         f"--model_path={tmp_path}/cls/cifar100.pth.tar", "--head_size=100",
+                                         "--labeled", "--device=cpu", "--workers=0"], cwd=REPO, capture_output=True, text=True),
+                 lambda: run_script("train.sh", env),
+                 lambda: run_script("eval.sh", env)):
+        result = step()
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    masks = sorted((root / "cifar100" / "train_mask").rglob("*.png"))
+    assert len(masks) == 1200
+    labels = set()
+    for path in masks:
+        labels |= set(np.unique(np.asarray(Image.open(path))).tolist())
+    # docs/CONTRACTS.md: k = foreground of class k, 100 = background; --labeled: each folder its own class
+    assert labels <= set(range(101)) and 100 in labels and len(labels - {100}) >= 90
+    checkpoint = torch.load(tmp_path / "runs" / "cifar100_dfb" / "checkpoint.pth.tar", map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["head_size"] == 101
+    for stage, width in (("dfb", 101), ("cls", 100)):
+        results = tmp_path / "results" / f"cifar100_{stage}"
+        rows = (results / "results.csv").read_text().splitlines()
+        assert {row.split(",")[2] for row in rows[1:]} == {"SVHN", "CIFAR10"}
+        assert np.load(results / "logits" / "CIFAR10.npy").shape == (30, width)
