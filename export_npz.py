@@ -11,7 +11,8 @@ import argparse
 
 import numpy as np
 
-from utils.base.checkpoint import file_digest, load_network
+from models.loading import load_network
+from utils.base.checkpoint import file_digest
 from utils.base.cli import run_cli
 from utils.base.io import atomic_path
 

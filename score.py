@@ -11,7 +11,7 @@ PNG per image: the image beside the dense network's background probability.
 import argparse
 
 from utils.base.cli import run_cli
-from utils.ood.detector import Detector, write_csv
+from utils.scoring.main import run
 
 
 def parse_args(argv=None):
@@ -32,18 +32,6 @@ def parse_args(argv=None):
     if args.batch < 1:
         parser.error("--batch must be >= 1")
     return args
-
-
-def run(args):
-    detector = Detector.load(args.detector, model_path=args.model_path, device=args.device)
-    print(f"[score] {detector.describe()}")
-    rows = detector.score_paths(args.images, batch=args.batch, workers=args.workers, skip_corrupt=args.skip_corrupt,
-                                maps=args.maps, progress=True)
-    write_csv(args.out, rows)
-    flagged = sum(row["is_ood"] for row in rows)
-    print(f"[score] {len(rows)} images, {flagged} OOD at threshold {detector.threshold:.6g}: {args.out}"
-          + (f"; maps in {args.maps}" if args.maps else ""))
-    return rows
 
 
 def main(argv=None):

@@ -41,8 +41,9 @@ def complete_record(dataset_dir, settings=None):
     return record
 
 
-def archive_images(archive_path):
-    """Yield (member path parts, file object) for every image file in a tarball, in archive order.
+def archive_members(archive_path, keep):
+    """Yield (member path parts, file object) for every file of a tarball whose parts `keep` accepts,
+    in archive order.
 
     The archive is streamed, never extracted as a whole, and hidden files or macOS resource
     forks are skipped. Member names that climb out of the archive are refused.
@@ -56,9 +57,13 @@ def archive_images(archive_path):
                 raise ValueError(f"{archive_path}: refusing member {member.name!r} (contains '..')")
             if any(part.startswith(".") or part == "__MACOSX" for part in parts):
                 continue
-            if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            yield parts, tar.extractfile(member)
+            if keep(parts):
+                yield parts, tar.extractfile(member)
+
+
+def archive_images(archive_path):
+    """archive_members of the image files of a tarball."""
+    return archive_members(archive_path, lambda parts: parts[-1].lower().endswith(IMAGE_EXTENSIONS))
 
 
 class ImageFolderWriter:

@@ -9,10 +9,9 @@ class folder (archive order is sorted), for tiny test runs; None keeps every ima
 """
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
-from datasets.imagefolder_writer import ImageFolderWriter, archive_images, complete_record
+from datasets.imagefolder_writer import ImageFolderWriter, archive_images, archive_members, complete_record
 from utils.base.io import atomic_path, write_text_atomic
 
 # ID set (folder name = the name eval.py reports) -> (archive, display name)
@@ -59,15 +58,8 @@ def unpack_set(archive, dataset_dir, per_class):
     if record is not None:
         return {split: record["images"][split] for split in per_class}
     writer = ImageFolderWriter(dataset_dir, archive, settings)
-    taken = {}  # (split, class) -> images kept
-    for parts, stream in archive_images(archive):
-        if len(parts) != 3 or parts[0] not in per_class:
-            continue
-        folder, limit = tuple(parts[:2]), per_class[parts[0]]
-        if limit is not None and taken.get(folder, 0) >= limit:
-            continue
-        taken[folder] = taken.get(folder, 0) + 1
-        writer.copy(*parts, stream)
+    copy_first_per_class(archive, writer, lambda parts: parts if len(parts) == 3 and parts[0] in per_class else None,
+                         lambda parts: per_class[parts[0]])
     images = writer.images_per_split(per_class)
     empty = [split for split, count in images.items() if count == 0]
     if empty:
@@ -76,17 +68,32 @@ def unpack_set(archive, dataset_dir, per_class):
     return images
 
 
+def copy_first_per_class(archive, writer, place, limit):
+    """Copy the image members of `archive` that place(parts) puts somewhere ((split, class, file name),
+    or None to leave the member out) through `writer`, at most limit(parts) (None: all) from each
+    folder of the archive; returns {archive folder: images copied}."""
+    taken = {}
+    for parts, stream in archive_images(archive):
+        target = place(parts)
+        if target is None:
+            continue
+        folder, cap = tuple(parts[:-1]), limit(parts)
+        if cap is not None and taken.get(folder, 0) >= cap:
+            continue
+        taken[folder] = taken.get(folder, 0) + 1
+        writer.copy(*target, stream)
+    return taken
+
+
 def extract_files(archive, names, out_dir):
     """Copy the top-level non-image members `names` of `archive` into `out_dir` (atomically; kept when
     already there). A name the archive does not hold is an error."""
     wanted = [name for name in names if not (Path(out_dir) / name).is_file()]
     if wanted:
-        with tarfile.open(archive, "r|*") as tar:
-            for member in tar:
-                if member.isfile() and member.name in wanted:
-                    with atomic_path(Path(out_dir) / member.name) as tmp, open(tmp, "wb") as f:
-                        shutil.copyfileobj(tar.extractfile(member), f)
-                    wanted.remove(member.name)
+        for parts, stream in archive_members(archive, lambda parts: len(parts) == 1 and parts[0] in wanted):
+            with atomic_path(Path(out_dir) / parts[0]) as tmp, open(tmp, "wb") as f:
+                shutil.copyfileobj(stream, f)
+            wanted.remove(parts[0])
     if wanted:
         raise ValueError(f"{archive}: no member(s) {wanted} at the top level")
 
@@ -115,15 +122,9 @@ def unpack_tin(shared, out, per_class=None, log=print):
         images = record["images"]
     else:
         writer = ImageFolderWriter(dataset_dir, archive, settings)
-        taken = {}
-        for parts, stream in archive_images(archive):
-            if len(parts) != 3 or parts[0] != "train":
-                continue
-            wnid, filename = parts[1:]
-            if per_class is not None and taken.get(wnid, 0) >= per_class:
-                continue
-            taken[wnid] = taken.get(wnid, 0) + 1
-            writer.copy(tin_split(filename), wnid, filename, stream)
+        taken = copy_first_per_class(
+            archive, writer, lambda parts: (tin_split(parts[2]), *parts[1:]) if len(parts) == 3 and parts[0] == "train"
+            else None, lambda parts: per_class)
         if not taken:
             raise ValueError(f"{archive}: no images under train/<wnid>/")
         images = writer.images_per_split()

@@ -49,6 +49,7 @@ SPREAD_RULE = 2.0
 # round; its TinyImageNet near-OOD set is not among ours); every other OOD set counts as far-OOD
 NEAR_OOD_SETS = ("CIFAR100", "CIFAR10")
 GRID_EXAMPLES = 8  # examples per row of the figure grids
+GRID_CLASSES = 10  # rows of the pseudo-mask grid at most
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
             "logprob": "S = S_fg + s · T · log(1 − p_bg)"}
@@ -534,15 +535,19 @@ def folder_examples(root, per_row, mask_root=None):
 
 
 def pseudo_mask_grid(run, path):
-    """Pseudo masks of the first training images of every class, one row per class."""
+    """Pseudo masks of the first training images of each class, one row per class (at most GRID_CLASSES)."""
     from PIL import Image
     mask_root = run.dir / MASK_DIR
     train = repo_path(run.info["settings"]["DATA_DIR"]) / run.id_name / "train"
     examples = folder_examples(train, GRID_EXAMPLES, mask_root)
-    rows = [(name, [(image, np.asarray(Image.open(mask))) for image, mask in shown]) for name, shown in examples.items()]
-    from reporting.plots import save_overlay_grid
     num_classes = sum(1 for folder in train.iterdir() if folder.is_dir())
-    return save_overlay_grid(rows, num_classes, path, title="pseudo masks (make_cam.py), training images")
+    # at most GRID_CLASSES rows, evenly spaced over the classes: 100 rows would not fit one screen
+    step = -(-len(examples) // GRID_CLASSES)
+    shown_classes = list(examples)[::step]
+    rows = [(name, [(image, np.asarray(Image.open(mask))) for image, mask in examples[name]]) for name in shown_classes]
+    from utils.figures.plots import save_overlay_grid
+    which = f", {len(rows)} of {num_classes} classes (every {step}th)" if step > 1 else ""
+    return save_overlay_grid(rows, num_classes, path, title=f"pseudo masks (make_cam.py), training images{which}")
 
 
 def dense_grid(run, path, suffix):
@@ -551,8 +556,8 @@ def dense_grid(run, path, suffix):
     import torch
 
     from datasets.batch_augment import test_resize
-    from reporting.plots import save_overlay_grid
-    from utils.base.checkpoint import load_network
+    from utils.figures.plots import save_overlay_grid
+    from models.loading import load_network
     model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_{suffix}" / "checkpoint.pth.tar",
                                                    expect_task="dfb")
     model.eval()
@@ -596,7 +601,7 @@ def figures_section(grids, figures, out_dir):
         link = Path(os.path.relpath(path, out_dir)).as_posix()
         lines += [f"{caption}:", "", f"![{caption}]({link})", ""]
     lines += ["Every figure of the run: score histograms and ROC curves (`figures/` of each evaluation), the dense "
-              "predictions (`dense_maps.png`, one image per row) and pseudo masks (`overlays.png`):", ""]
+              "predictions (`dense_maps.png`, one row per set) and pseudo masks (`overlays.png`):", ""]
     for path in figures:
         link = Path(os.path.relpath(path, out_dir)).as_posix()
         lines.append(f"- [{link}]({link})")

@@ -8,6 +8,7 @@
 # others as DFB_ABLATIONS, so it resumes like it and accepts its variables (FROM_RUN among them).
 #
 #   bash scripts/dfb_ablation.sh                     # PRESET=cpu; -> runs/dfb_ablation/ABLATION.md
+#   ID=cifar100 PRESET=cpu_pretrained bash scripts/dfb_ablation.sh   # the same with CIFAR-100 as ID
 #   FROM_RUN=../shared/runs/cifar10_cpu_classifier_and_masks.tar.gz bash scripts/dfb_ablation.sh
 #   SEEDS="0 1 2" ... bash scripts/dfb_ablation.sh    # the first variant with three seeds (docs/RESULTS.md, CPU run 3)
 #

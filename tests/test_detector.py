@@ -1,5 +1,5 @@
-"""The fitted detector (eval.py --save_detector), score.py and utils.ood.detector.Detector: an image
-scores as eval.py scored it, the threshold keeps 95 % of the held-out ID images, the CSV follows
+"""The fitted detector (eval.py --save_detector): utils.ood.detector.Detector on eval.py's arrays, and
+score.py with utils.scoring.engine.ImageScorer on image files: an image scores as eval.py scored it, the threshold keeps 95 % of the held-out ID images, the CSV follows
 docs/SCORE.md, and bad input ends in one line with exit status 2.
 
 A dfb checkpoint with random weights on the synthetic benchmark, as tests/test_eval_protocol.py."""
@@ -22,9 +22,9 @@ from datasets.batch_augment import test_resize
 from datasets.folder import list_samples
 from models.resnetv2 import create_model
 from utils.base.checkpoint import save_checkpoint
-from utils.ood.detector import (CSV_COLUMNS, Detector, keep_threshold, read_detector, state_from_plain,
-                                state_to_plain)
+from utils.ood.detector import Detector, keep_threshold, read_detector, state_from_plain, state_to_plain
 from utils.ood.scores import IDTrainStats, make_scores
+from utils.scoring.engine import CSV_COLUMNS, ImageScorer
 from tests.helpers import assert_input_error, random_dfb_checkpoint, run_cli, synthetic_world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def detector(world):
-    return Detector.load(world["detector"], device="cpu")
+def scorer(world):
+    return ImageScorer.load(world["detector"], device="cpu")
 
 
 def in_eval_order(rows, folder):
@@ -57,10 +57,11 @@ def in_eval_order(rows, folder):
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_detector_scores_equal_the_scores_eval_wrote(world, detector, name):
-    rows = in_eval_order(detector.score_paths([world["folders"][name]], batch=5), world["folders"][name])
+def test_detector_scores_equal_the_scores_eval_wrote(world, scorer, name):
+    rows = in_eval_order(scorer.score_paths([world["folders"][name]], batch=5), world["folders"][name])
     scores = world["logdir"] / "scores"
-    assert detector.method == "ViM" and detector.fusion["name"] == "DFB-ViM" and detector.fusion["mode"] == "logit"
+    fusion = scorer.detector.fusion
+    assert scorer.detector.method == "ViM" and fusion["name"] == "DFB-ViM" and fusion["mode"] == "logit"
     for column, method in (("score", "DFB-ViM"), ("fg_score", "ViM"), ("bg_score", "Background")):
         np.testing.assert_allclose([row[column] for row in rows], np.load(scores / method / f"{name}.npy"),
                                    rtol=1e-5, atol=1e-5, err_msg=column)
@@ -69,12 +70,27 @@ def test_detector_scores_equal_the_scores_eval_wrote(world, detector, name):
     probabilities = softmax(logits.astype(np.float64), axis=1)
     assert [row["pred_class"] for row in rows] == [world["classes"][i] for i in probabilities.argmax(1)]
     np.testing.assert_allclose([row["pred_prob"] for row in rows], probabilities.max(1), rtol=1e-5, atol=1e-6)
-    assert [row["is_ood"] for row in rows] == [row["score"] < detector.threshold for row in rows]
+    assert [row["is_ood"] for row in rows] == [row["score"] < scorer.threshold for row in rows]
 
 
-def test_background_fraction_is_that_of_the_dense_argmax(world, detector):
+
+@pytest.mark.parametrize("name", SETS)
+def test_detector_on_evals_own_arrays_gives_evals_scores(world, name):
+    """Arrays in, scores out: the logits and features eval.py cached for a set give back its saved scores."""
+    cached = np.load(next((world["logdir"] / "cache").glob(f"{name}-*.npz")))
+    detector = Detector.load(world["detector"])
+    out = detector.score(cached["logits"], cached["features"])
+    scores = world["logdir"] / "scores"
+    for column, method in (("score", "DFB-ViM"), ("fg_score", "ViM"), ("bg_score", "Background")):
+        np.testing.assert_allclose(out[column], np.load(scores / method / f"{name}.npy"), rtol=1e-6, atol=1e-6,
+                                   err_msg=column)
+    np.testing.assert_array_equal(out["is_ood"], out["score"] < detector.threshold)
+    with pytest.raises(ValueError, match=f"logits \\[B, {len(world['classes']) + 1}\\]"):
+        detector.score(cached["logits"][:, :-1], cached["features"])
+
+def test_background_fraction_is_that_of_the_dense_argmax(world, scorer):
     path = list_samples(world["folders"]["SynthNewBackgrounds"])[0][0]
-    row = detector.score_paths([path])[0]
+    row = scorer.score_paths([path])[0]
     model = create_model("ResNetV2-Tiny", head_size=len(world["classes"]) + 1)
     model.load_state_dict(torch.load(world["checkpoint"], weights_only=False)["model"])
     image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None]
@@ -84,19 +100,19 @@ def test_background_fraction_is_that_of_the_dense_argmax(world, detector):
     assert row["bg_fraction"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_threshold_keeps_95_percent_of_the_held_out_id_images_and_no_more_than_needed(world, detector):
+def test_threshold_keeps_95_percent_of_the_held_out_id_images_and_no_more_than_needed(world, scorer):
     selection = json.loads((world["logdir"] / "fusion_selection.json").read_text())["validation_images"]
     spec = read_detector(world["detector"])
     assert spec["threshold"]["images"]["digest"] == selection["digest"]
     held_out = [Path(world["sets"]["id_train"]) / path for path in selection["images"]]
-    scores = np.array([row["score"] for row in detector.score_paths(held_out, batch=16)])
+    scores = np.array([row["score"] for row in scorer.score_paths(held_out, batch=16)])
     # The threshold is one of these images' scores as eval.py computed them (other batch size, so
     # other convolution blocking): scored again they may differ in the last bits, e.g. with one thread.
-    rounding = 1e-5 * max(1.0, abs(detector.threshold))
-    kept = scores >= detector.threshold - rounding
+    rounding = 1e-5 * max(1.0, abs(scorer.threshold))
+    kept = scores >= scorer.threshold - rounding
     assert kept.mean() >= 0.95
     # the tightest such threshold: one score more below it would keep fewer than 95 %
-    assert (scores > detector.threshold + rounding).mean() < 0.95 or (scores < detector.threshold - rounding).sum() == 0
+    assert (scores > scorer.threshold + rounding).mean() < 0.95 or (scores < scorer.threshold - rounding).sum() == 0
     assert spec["threshold"]["kept_fraction"] == pytest.approx(kept.mean())
 
 
@@ -129,7 +145,7 @@ def score_md_columns():
     return re.findall(r"^\| `(\w+)` \|", text, flags=re.MULTILINE)
 
 
-def test_cli_csv_follows_score_md_and_matches_the_api(world, detector, tmp_path, capsys):
+def test_cli_csv_follows_score_md_and_matches_the_api(world, scorer, tmp_path, capsys):
     folder = world["folders"]["SynthNewBackgrounds"]
     out = tmp_path / "scores.csv"
     status, stdout, err = run_cli(score_cli, ["--detector", str(world["detector"]), "--images", str(folder), "--out", str(out),
@@ -141,7 +157,7 @@ def test_cli_csv_follows_score_md_and_matches_the_api(world, detector, tmp_path,
         reader = csv.DictReader(f)
         assert reader.fieldnames == CSV_COLUMNS
         written = list(reader)
-    rows = detector.score_paths([folder], batch=7)  # the CLI's batches: the very same float operations
+    rows = scorer.score_paths([folder], batch=7)  # the CLI's batches: the very same float operations
     assert len(written) == len(rows) == 16
     for line, row in zip(written, rows):
         assert line["path"] == row["path"] and line["pred_class"] == row["pred_class"]
@@ -155,18 +171,18 @@ def test_cli_csv_follows_score_md_and_matches_the_api(world, detector, tmp_path,
         assert image.size == (4 * (32 + 2 + 32), 4 * 32)  # image | gap | map, x4 to reach 128 px
 
 
-def test_score_tensors_gives_the_numbers_of_score_paths(world, detector):
+def test_score_tensors_gives_the_numbers_of_score_paths(world, scorer):
     paths = [path for path, _ in list_samples(world["folders"]["synthetic_test"])[:5]]
-    rows = detector.score_paths(paths)
+    rows = scorer.score_paths(paths)
     batch = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
-    out = detector.score_tensors(batch)
+    out = scorer.score_tensors(batch)
     for column in ("score", "fg_score", "bg_score", "pred_prob", "bg_fraction"):
         np.testing.assert_allclose(out[column], [row[column] for row in rows], rtol=1e-5, atol=1e-6)
     assert list(out["pred_class"]) == [row["pred_class"] for row in rows]
-    as_float = detector.score_tensors(batch.float() / 255)  # floats in [0, 1]: the same images
+    as_float = scorer.score_tensors(batch.float() / 255)  # floats in [0, 1]: the same images
     np.testing.assert_allclose(as_float["score"], out["score"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="floats in \\[0, 1\\]"):
-        detector.score_tensors(batch.float())
+        scorer.score_tensors(batch.float())
 
 
 def test_detector_refuses_another_checkpoint(world, tmp_path, capsys):

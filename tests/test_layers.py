@@ -9,14 +9,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first; a module of layer i may import the project packages of layers 0..i
 LAYERS = [
-    ("models",),
     ("utils.base",),
+    ("models",),
     ("datasets",),
     ("utils.ood",),
+    ("utils.figures",),
+    ("utils.cam", "utils.train", "utils.evaluate", "utils.scoring"),
     ("reporting",),
-    ("utils.cam", "utils.train", "utils.evaluate"),
 ]
-STAGES = LAYERS[-1]
+STAGES = LAYERS[-2]
+# the method is arrays in, scores out: it reads no image file and builds no network
+METHOD_MAY_NOT_IMPORT = ("datasets", "models")
 
 
 def _package_of(module):
@@ -65,3 +68,11 @@ def test_imports_go_down_the_layers(name, path):
         if package in STAGES and package != own_package:
             assert not imported.startswith(package + ".main"), \
                 f"{name} imports the driver {imported} of another stage"
+
+
+@pytest.mark.parametrize("name,path", [(n, p) for n, p in _package_modules() if n.startswith("utils.ood")],
+                         ids=lambda value: str(value))
+def test_the_ood_method_reads_no_files_and_builds_no_network(name, path):
+    for imported in _imports(path):
+        assert not imported.startswith(tuple(f"{package}." for package in METHOD_MAY_NOT_IMPORT)) and \
+            imported not in METHOD_MAY_NOT_IMPORT, f"{name} imports {imported}"

@@ -13,7 +13,8 @@ import train
 from datasets.folder import ImageFolderDataset, decode_all
 from datasets.masks import PROVENANCE, mask_format_of
 from models.resnetv2 import create_model
-from utils.base.checkpoint import load_network, save_checkpoint
+from models.loading import load_network
+from utils.base.checkpoint import save_checkpoint
 
 TINY = "ResNetV2-Tiny"
 NUM_CLASSES = 2

@@ -16,7 +16,7 @@ from conftest import run_pipeline
 from datasets.folder import ImageFolderDataset, list_samples
 from datasets.synthetic import generate_benchmark
 from test_metrics import brute_force_fpr95
-from utils.base.checkpoint import load_network
+from models.loading import load_network
 from utils.ood.fusion import FUSIONS, background_score
 from utils.ood.scores import SCORE_CLASSES, energy, msp, odin
 from utils.train.main import holdout_split
@@ -117,6 +117,9 @@ def test_results_have_every_method_and_fusion(pipeline):
     assert "temperature scaling only" in notes and "Logits and features in fp32" in notes
     for figure in (results / "figures").glob("*.png"):
         assert Image.open(figure).format == "PNG"
+    # one row per set (ID test + OOD sets), a screen wide at most, not one image per row
+    width, height = Image.open(results / "figures" / "dense_maps.png").size
+    assert width <= 1600 and height <= 1000
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
-"""Tests of reporting/plots.py: figures are valid PNGs, mask overlays show the contract's values."""
+"""Tests of utils/figures/plots.py: figures are valid PNGs, mask overlays show the contract's values."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from reporting import plots
+from utils.figures import plots
 
 
 def _assert_png(path):

@@ -128,6 +128,36 @@ def test_cli_prints_the_ood_splits_and_logs_to_stderr(tmp_path, capsys):
     assert exit_info.value.code == 2 and "cifar10.tar" in capsys.readouterr().err
 
 
+
+def test_cifar100_as_id_takes_cifar10_as_ood_and_refuses_its_own_archive(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("cifar10.tar", "cifar100.tar"):
+        write_tar(shared / name, [f"{split}/{name[:-4]}_c{k}/{i}.png" for split in ("train", "test")
+                                  for k in range(2) for i in range(2)])
+    write_tar(shared / "mnist.tar", ["test/7/0.png"])
+    assert "CIFAR10" in shared_archives.default_ood_sets("cifar100")
+    assert "CIFAR100" not in shared_archives.default_ood_sets("cifar100")
+    assert "CIFAR10" not in shared_archives.default_ood_sets("cifar10")
+
+    unpack_shared_data.main(["--shared", str(shared), "--out", str(tmp_path / "data"), "--id", "cifar100"])
+
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "data" / "MNIST" / "test"), str(tmp_path / "data" / "CIFAR10" / "test")]
+    assert image_files(tmp_path / "data" / "cifar100") == [f"{split}/cifar100_c{k}/{i}.png"
+                                                           for split in ("test", "train") for k in range(2)
+                                                           for i in range(2)]
+    # the OOD copy of CIFAR-10 is its test split only
+    assert image_files(tmp_path / "data" / "CIFAR10") == [f"test/cifar10_c{k}/{i}.png" for k in range(2)
+                                                          for i in range(2)]
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert list(manifest["id"]) == ["cifar100"] and manifest["id"]["cifar100"]["archive"] == "cifar100.tar"
+    with pytest.raises(ValueError, match="own archive cifar100.tar"):
+        shared_archives.unpack_shared(shared, tmp_path / "other", ["CIFAR100"], id_name="cifar100")
+    with pytest.raises(ValueError, match="unknown ID set"):
+        shared_archives.unpack_shared(shared, tmp_path / "other", [], id_name="svhn")
+
+
 # --- run record -------------------------------------------------------------------------------
 
 def test_a_rerun_may_not_change_settings_that_change_results():
@@ -461,24 +491,30 @@ def torch_load_args(path):
 
 @pytest.mark.slow
 def test_pretrained_preset_fine_tunes_from_the_npz_and_its_ablation_starts_from_it(shared_data, tmp_path):
-    """PRESET=cpu_pretrained at tiny size, with the body of a random classifier as its npz: the classifier
-    and the ablation npz start from that file, the DFB seed from the classifier, each recorded with its
-    sha256; without the npz (and PRETRAIN_WHEN_MISSING=0) the script stops before any work."""
+    """PRESET=cpu_pretrained at tiny size with CIFAR-100 as ID, with the body of a random classifier as its
+    npz: the classifier and the ablation npz start from that file, the DFB seed from the classifier, each
+    recorded with its sha256; without the npz (and PRETRAIN_WHEN_MISSING=0) the script stops before any work."""
     from models.resnetv2 import create_model
     npz = tmp_path / "body.npz"
     torch.manual_seed(0)
     np.savez(npz, **create_model("ResNetV2-Tiny", head_size=3).npz_arrays())
     out = tmp_path / "out"
     env = dict(os.environ, **dict(TINY, PRESET="cpu_pretrained", SEEDS="0"), SHARED_DATA=str(shared_data),
-               OUT=str(out), DATA_DIR=str(tmp_path / "data"), PRETRAINED=str(npz), OOD_SETS="MNIST")
+               OUT=str(out), DATA_DIR=str(tmp_path / "data"), PRETRAINED=str(npz), OOD_SETS="CIFAR10 MNIST",
+               ID="cifar100")
     run_script(env)
+    report = (out / "RESULTS.md").read_text()
+    assert report.startswith("# DFB on CIFAR-100") and "ID positives: the CIFAR-100 test split" in report
+    assert "near-OOD: CIFAR10; far-OOD: MNIST" in report
+    assert torch.load(out / "runs" / "dfb_seed0" / "checkpoint.pth.tar", map_location="cpu",
+                      weights_only=False)["head_size"] == 101
     digest = hashlib.sha256(npz.read_bytes()).hexdigest()
     started = {name: json.loads((out / "runs" / name / "final_metrics.json").read_text())["initialised_from"]
                for name in ("cls", "dfb_seed0", "dfb_npz")}
     assert started["cls"] == {"from": "npz", "path": str(npz), "sha256": digest}
     assert started["dfb_npz"] == started["cls"]
     assert started["dfb_seed0"]["from"] == "classifier"
-    assert "npz" in table_rows((out / "RESULTS.md").read_text(), "## Ablations of the DFB stage")
+    assert "npz" in table_rows(report, "## Ablations of the DFB stage")
 
     missing = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
                              env=dict(env, OUT=str(tmp_path / "none"), PRETRAINED=str(tmp_path / "absent.npz"),

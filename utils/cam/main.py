@@ -23,8 +23,9 @@ from datasets.masks import (PROVENANCE, expected_values, invalid_values, mask_pa
                             zero_overlap_counts)
 from datasets.boxes import boxes_of_samples, read_boxes
 from datasets.sources import eval_batches, open_split
+from models.loading import load_network
 from utils.base import distributed
-from utils.base.checkpoint import file_digest, load_network
+from utils.base.checkpoint import file_digest
 from utils.base.distributed import RunContext, start_run
 from utils.base.io import remove_stale_temporaries, save_png_atomic, write_text_atomic
 from utils.base.run_flags import run_settings
@@ -217,7 +218,7 @@ def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: M
               f"(centre prior {localisation['centre_prior_box_iou']:.3f})")
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     if tally.preview:
-        from reporting.plots import save_mask_grid
+        from utils.figures.plots import save_mask_grid
         preview = tally.preview
         save_mask_grid(np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]), args.head_size,
                        out_root / "overlays.png", class_names=dataset.classes, true_masks=true_masks)

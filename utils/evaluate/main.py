@@ -30,8 +30,9 @@ import torch
 from datasets.batch_augment import patch_shuffle
 from datasets.folder import dataset_name
 from datasets.sources import open_split, relative_paths, restrict
+from models.loading import load_network
 from utils.base import distributed
-from utils.base.checkpoint import file_digest, load_network
+from utils.base.checkpoint import file_digest
 from utils.base.distributed import RunContext, start_run
 from utils.base.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.base.runtime import autocast, mixed_seed
@@ -499,25 +500,23 @@ def write_dense_layout(path, model, named_datasets, num_classes, resolution, arg
 
 @torch.no_grad()
 def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
-    """The dense network's view of a few images of every set: predicted mask and background probability."""
+    """The dense network's prediction on the first images of every set: a grid of one row per set."""
     from datasets.batch_augment import test_resize
-    from reporting.plots import save_mask_grid
-    images, masks, background = [], [], []
-    for _, dataset in named_datasets:
+    from utils.figures.plots import save_overlay_grid
+    rows = []
+    for name, dataset in named_datasets:
         batch = torch.stack([dataset[i]["image"] for i in range(min(per_set, len(dataset)))])
         with autocast(ctx.device, ctx.amp):
             dense = model.dense_logits(test_resize(batch.to(ctx.device), resolution), upsample=True).float()
-        images.append(torch.nn.functional.interpolate(batch.float(), size=(resolution, resolution)).to(torch.uint8))
-        masks.append(dense.argmax(1).to(torch.uint8).cpu())
-        background.append(dense.softmax(1)[:, num_classes].cpu())
-    save_mask_grid(torch.cat(images), torch.cat(masks).numpy(), num_classes, path,
-                   extra_maps={"background probability": torch.cat(background).numpy()},
-                   mask_title="dense prediction")
+        images = torch.nn.functional.interpolate(batch.float(), size=(resolution, resolution)).to(torch.uint8)
+        masks = dense.argmax(1).to(torch.uint8).cpu().numpy()
+        rows.append((name, [(image.permute(1, 2, 0).numpy(), mask) for image, mask in zip(images, masks)]))
+    save_overlay_grid(rows, num_classes, path, title="dense prediction of the DFB network; dimmed = background")
     print(f"[eval] dense maps of {per_set} images per set (" + ", ".join(n for n, _ in named_datasets) + f"): {path}")
 
 
 def draw_figures(out_dir, scores, id_test_name, ood_names):
-    from reporting.plots import plot_roc_curves, plot_score_histograms
+    from utils.figures.plots import plot_roc_curves, plot_score_histograms
     figures = out_dir / "figures"
     shown = [m for m in PLOTTED_METHODS if m in scores]
     drawn = []

@@ -232,6 +232,9 @@ def save_mask_grid(images, masks, num_classes, path, class_names=None, extra_map
     return _save(figure, path)
 
 
+TITLE_BAND_INCHES = 0.3
+
+
 def save_overlay_grid(rows, num_classes, path, max_pixels=(1600, 1000), title=""):
     """Mask overlays in a grid that fits one screen: one row per (label, examples), one column per example.
 
@@ -242,8 +245,10 @@ def save_overlay_grid(rows, num_classes, path, max_pixels=(1600, 1000), title=""
     if not rows or not all(examples for _, examples in rows):
         raise ValueError("rows: expected at least one (label, examples) row, each with at least one example")
     columns = max(len(examples) for _, examples in rows)
-    cell = min(max_pixels[0] / (columns + 0.6), max_pixels[1] / (len(rows) + 0.4)) / 100  # inches, 100 dpi
-    figure = _new_figure(cell * (columns + 0.6), cell * (len(rows) + 0.4))
+    title_band = TITLE_BAND_INCHES if title else 0.0  # a band of its own, so the title covers no image
+    cell = min(max_pixels[0] / (columns + 0.6), (max_pixels[1] - 100 * title_band) / (len(rows) + 0.4)) / 100
+    height = cell * (len(rows) + 0.4) + title_band  # inches, at 100 dpi
+    figure = _new_figure(cell * (columns + 0.6), height)
     grid = figure.subplots(len(rows), columns, squeeze=False)
     for row, (label, examples) in enumerate(rows):
         for column, axes in enumerate(grid[row]):
@@ -258,8 +263,8 @@ def save_overlay_grid(rows, num_classes, path, max_pixels=(1600, 1000), title=""
                             interpolation="nearest")
         grid[row][0].set_ylabel(label, fontsize="small")
     if title:
-        figure.suptitle(title, fontsize="medium")
-    figure.tight_layout(pad=0.3)
+        figure.suptitle(title, fontsize="medium", y=1 - 0.5 * title_band / height, va="center")
+    figure.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - title_band / height))
     # no bbox "tight": it would grow the canvas past max_pixels by the label margins
     path = Path(path)
     with atomic_path(path) as tmp:
