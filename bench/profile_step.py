@@ -4,6 +4,7 @@ bench/benchmark.py times and utils/train/engine.py runs), by phase and by kind o
     python -m bench.profile_step                          # the cpu presets' step: ResNetV2-Tiny, 64 px,
                                                           # batch 128, 2 threads, bf16, classifier
     python -m bench.profile_step --task dfb               # the dense step
+    python -m bench.profile_step --task dfb --classes 100 # the dense step of CIFAR-100 (a 101-class head)
     python -m bench.profile_step --channels_last --fused_sgd   # a lever, profiled the same way
 
 Prints two Markdown tables: the phases of a step (data, forward + loss, backward, optimiser) in
@@ -25,6 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.benchmark import prepare_data
+from datasets.masks import IGNORE_INDEX
 from datasets.sources import GlobalBatchIndices, InMemoryBatches
 from models.resnetv2 import create_model
 from utils.base.runtime import autocast
@@ -49,9 +51,23 @@ def kind_of(name):
     return next(kind for kind, keys in KINDS if any(key in name for key in keys))
 
 
+def with_classes(decoded, old_classes, classes, seed=0):
+    """The decoded subset relabelled for a head of `classes` classes: random labels, each mask's
+    foreground given its image's label, its background the value `classes` (mask contract), ignored
+    pixels kept."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, decoded["labels"].shape, generator=generator).to(decoded["labels"].dtype)
+    masks = decoded["masks"]
+    relabelled = torch.where(masks == old_classes, torch.full_like(masks, classes),
+                             labels.view(-1, 1, 1).to(masks.dtype).expand_as(masks))
+    relabelled[masks == IGNORE_INDEX] = IGNORE_INDEX
+    return {**decoded, "labels": labels, "masks": relabelled}
+
+
 def build_step(cfg, data, device):
     """The step of bench.benchmark.ours_train, split into phases by record_function."""
-    head = data["num_classes"] + (1 if cfg.task == "dfb" else 0)
+    num_classes = cfg.classes or data["num_classes"]
+    head = num_classes + (1 if cfg.task == "dfb" else 0)
     model = create_model(cfg.model, head, zero_head=False).to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -61,6 +77,8 @@ def build_step(cfg, data, device):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9,
                                 **({"fused": True} if cfg.fused_sgd else {}))
     decoded = copy.copy(data["decoded"])
+    if num_classes != data["num_classes"]:
+        decoded = with_classes(decoded, data["num_classes"], num_classes)
     if cfg.task != "dfb":
         decoded.pop("masks", None)
     batches = iter(InMemoryBatches(decoded, GlobalBatchIndices(len(decoded["labels"]), cfg.batch, seed=0),
@@ -75,7 +93,7 @@ def build_step(cfg, data, device):
             if cfg.task == "dfb":
                 loss, _ = dense_step(net, images, masks)
             else:
-                loss, _ = classification_step(net, images, labels, data["num_classes"], 0.0, None)
+                loss, _ = classification_step(net, images, labels, num_classes, 0.0, None)
         with record_function("backward"):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -92,7 +110,10 @@ def profile_step(cfg):
         data = prepare_data(SimpleNamespace(data=None, batch=cfg.batch, cam_images=0, eval_images=0, seed=0,
                                             resolution=cfg.resolution, workers=0), scratch)
         step = build_step(cfg, data, device)
-        for _ in range(cfg.warmup):
+        start = time.perf_counter()
+        step()  # with --compile, the compilation
+        first = time.perf_counter() - start
+        for _ in range(cfg.warmup - 1):
             step()
         walls = []  # the step's own speed, then the same steps under the profiler, which adds overhead
         for _ in range(cfg.repeats):
@@ -112,17 +133,17 @@ def profile_step(cfg):
         if event.key not in PHASES and not event.key.startswith("ProfilerStep"):
             kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e3 / cfg.steps
     wall = statistics.median(walls)
-    return {"wall_ms": 1e3 * wall, "profiled_wall_ms": 1e3 * profiled, "phases": phases, "kinds": dict(kinds),
+    return {"wall_ms": 1e3 * wall, "profiled_wall_ms": 1e3 * profiled, "first_step_s": first, "phases": phases, "kinds": dict(kinds),
             "images_per_s": cfg.batch / wall}
 
 
 def render(cfg, result):
     lever = ", ".join(name for name in ("channels_last", "compile", "fused_sgd") if getattr(cfg, name)) or "none"
-    lines = [f"{cfg.task} training step: {cfg.model}, {cfg.resolution} px, batch {cfg.batch}, "
+    lines = [f"{cfg.task} training step: {cfg.model}, {cfg.classes or 10} classes, {cfg.resolution} px, batch {cfg.batch}, "
              f"{torch.get_num_threads()} threads, amp {cfg.amp}, levers: {lever}; torch {torch.__version__}",
              f"wall {result['wall_ms']:.1f} ms per step ({result['images_per_s']:.0f} img/s; median of {cfg.repeats} "
              f"x {cfg.steps} steps after {cfg.warmup}), {result['profiled_wall_ms']:.1f} ms under the profiler, "
-             f"whose times the tables give", "",
+             f"whose times the tables give; the first step took {result['first_step_s']:.1f} s", "",
              "| phase | ms / step | % |", "|---|---|---|"]
     total = sum(result["phases"].values())
     lines += [f"| {phase} | {result['phases'].get(phase, 0.0):.1f} | {100 * result['phases'].get(phase, 0.0) / total:.1f} |"
@@ -148,9 +169,11 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="classes of the head (default: the 10 of the synthetic data); labels and masks relabelled")
     parser.add_argument("--fused_sgd", action="store_true", help="torch.optim.SGD(fused=True)")
     args = parser.parse_args(argv)
-    for name in ("resolution", "batch", "threads", "steps", "repeats"):
+    for name in ("resolution", "batch", "threads", "steps", "repeats", "warmup"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     return args
