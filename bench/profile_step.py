@@ -133,7 +133,9 @@ def profile_step(cfg):
         if event.key not in PHASES and not event.key.startswith("ProfilerStep"):
             kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e3 / cfg.steps
     wall = statistics.median(walls)
-    return {"wall_ms": 1e3 * wall, "profiled_wall_ms": 1e3 * profiled, "first_step_s": first, "phases": phases, "kinds": dict(kinds),
+    operators = sorted(((event.key, event.self_cpu_time_total / 1e3 / cfg.steps) for event in events
+                        if event.key not in PHASES), key=lambda item: -item[1])
+    return {"wall_ms": 1e3 * wall, "profiled_wall_ms": 1e3 * profiled, "first_step_s": first, "operators": operators, "phases": phases, "kinds": dict(kinds),
             "images_per_s": cfg.batch / wall}
 
 
@@ -153,6 +155,9 @@ def render(cfg, result):
     for kind, _ in KINDS:
         value = result["kinds"].get(kind, 0.0)
         lines.append(f"| {kind} | {value:.1f} | {100 * value / total:.1f} |")
+    if cfg.top:
+        lines += ["", f"| the {cfg.top} largest operators (self time) | kind | ms / step |", "|---|---|---|"]
+        lines += [f"| {name} | {kind_of(name)} | {ms:.1f} |" for name, ms in result["operators"][:cfg.top]]
     return "\n".join(lines)
 
 
@@ -171,6 +176,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--classes", type=int, default=None,
                         help="classes of the head (default: the 10 of the synthetic data); labels and masks relabelled")
+    parser.add_argument("--top", type=int, default=0, help="also list the N operators with the largest self time")
     parser.add_argument("--fused_sgd", action="store_true", help="torch.optim.SGD(fused=True)")
     args = parser.parse_args(argv)
     for name in ("resolution", "batch", "threads", "steps", "repeats", "warmup"):

@@ -312,9 +312,9 @@ def test_profile_step_groups_every_operator_and_adds_up(capsys):
         ["convolution", "convolution", "weight standardisation (layer_norm)", "GroupNorm", "ReLU",
          "dtype casts (autocast)", "other element-wise / memory"]
     result = profile_step.main(["--batch", "4", "--resolution", "32", "--threads", "1", "--warmup", "1",
-                                "--steps", "2", "--repeats", "1", "--task", "dfb"])
+                                "--steps", "2", "--repeats", "1", "--task", "dfb", "--top", "3"])
     printed = capsys.readouterr().out
-    assert "| forward + loss |" in printed and "| convolution |" in printed
+    assert "| forward + loss |" in printed and "| convolution |" in printed and "3 largest operators" in printed
     assert set(result["phases"]) == set(profile_step.PHASES)
     # the operators' self times add up to the phases' times, which add up to the step (profiler overhead aside)
     assert sum(result["kinds"].values()) == pytest.approx(sum(result["phases"].values()), rel=0.35)
