@@ -217,7 +217,7 @@ def ours_train(model, task, decoded, cfg, device, amp, channels_last=False, comp
         images, labels, masks = next(batches)
         with autocast(device, amp):
             if task == "train_dfb":
-                loss, _ = dense_step(net, images, masks)
+                loss, _ = dense_step(net, images, masks, pixel_accuracy=False)  # as train_loop between its logs
             else:
                 loss, _ = classification_step(net, images, labels, num_classes, 0.0, None)
         # No loss.item() here: train_loop reads the loss only every log_every steps, and the

@@ -9,7 +9,8 @@ bench/benchmark.py times and utils/train/engine.py runs), by phase and by kind o
 
 Prints two Markdown tables: the phases of a step (data, forward + loss, backward, optimiser) in
 milliseconds per step, and the operators grouped by kind (convolutions, the weight
-standardisation's layer norm, GroupNorm, ReLU, dtype casts of the autocast, pooling and resizing,
+standardisation's layer norm, GroupNorm, ReLU, copies (the autocast's dtype casts and layout
+copies), pooling and resizing,
 loss, optimiser, other element-wise work) by their self time. Self times are measured on the
 calling thread, which waits for its OpenMP workers inside each operator, so they add up to the
 step's wall time. Timings are this machine's: run it on an idle machine.
@@ -42,7 +43,7 @@ KINDS = (
     ("optimiser", ("_foreach", "sgd")),
     ("loss", ("log_softmax", "nll_loss", "cross_entropy")),
     ("pooling / resize", ("pool", "upsample", "interpolate", "grid_sampler", "mean")),
-    ("dtype casts (autocast)", ("_to_copy", "copy_", "aten::to")),
+    ("copies: dtype casts and layout (copy_)", ("_to_copy", "copy_", "aten::to")),
     ("other element-wise / memory", ("",)),
 )
 
@@ -91,7 +92,7 @@ def build_step(cfg, data, device):
                 images = images.contiguous(memory_format=torch.channels_last)
         with record_function("forward + loss"), autocast(device, cfg.amp):
             if cfg.task == "dfb":
-                loss, _ = dense_step(net, images, masks)
+                loss, _ = dense_step(net, images, masks, pixel_accuracy=False)  # as train_loop between its logs
             else:
                 loss, _ = classification_step(net, images, labels, num_classes, 0.0, None)
         with record_function("backward"):

@@ -310,7 +310,7 @@ def test_profile_step_groups_every_operator_and_adds_up(capsys):
                                                     "aten::native_layer_norm_backward", "aten::native_group_norm",
                                                     "aten::threshold_backward", "aten::_to_copy", "aten::add_")] == \
         ["convolution", "convolution", "weight standardisation (layer_norm)", "GroupNorm", "ReLU",
-         "dtype casts (autocast)", "other element-wise / memory"]
+         "copies: dtype casts and layout (copy_)", "other element-wise / memory"]
     result = profile_step.main(["--batch", "4", "--resolution", "32", "--threads", "1", "--warmup", "1",
                                 "--steps", "2", "--repeats", "1", "--task", "dfb", "--top", "3"])
     printed = capsys.readouterr().out

@@ -53,6 +53,7 @@ def test_label_smoothing_of_soft_targets_matches_torch_on_hard_labels():
     torch.testing.assert_close(by_hand, torch.tensor([[0.05, 0.85, 0.05, 0.05]]))
 
 
+
 def test_dense_network_pools_to_the_classifier_forward_and_adds_the_image_loss():
     torch.manual_seed(0)
     model = create_model("ResNetV2-Tiny", head_size=4, zero_head=False).eval()
@@ -68,5 +69,29 @@ def test_dense_network_pools_to_the_classifier_forward_and_adds_the_image_loss()
     expected = F.cross_entropy(model(images)[:, :3], labels, label_smoothing=0.1)
     torch.testing.assert_close(with_image - plain, 0.5 * expected, rtol=1e-4, atol=1e-5)
     assert stats["accuracy"] == (model(images)[:, :3].argmax(1) == labels).float().mean()
+    expected_pixels = (model.dense_logits(images, upsample=True).argmax(1) == masks).float().mean()
+    torch.testing.assert_close(stats["pixel_accuracy"], expected_pixels)
+    _, unlogged = dense_step(net, images, masks, labels, 3, pixel_accuracy=False)  # steps the loop does not log
+    assert set(unlogged) == {"accuracy"}
     with pytest.raises(ValueError, match="labels"):
         dense_step(net, images, masks, image_loss_weight=0.5)
+
+
+def test_the_loop_logs_the_dense_pixel_accuracy_on_its_logged_steps():
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+    torch.manual_seed(0)
+    model = create_model("ResNetV2-Tiny", head_size=4, zero_head=False)
+    batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 2]), torch.randint(0, 4, (2, 32, 32), dtype=torch.uint8))
+    writer = Writer()
+    train_loop(TrainLoopConfig(task="dfb", num_classes=3, schedule=[1, 2, 3, 4, 5], base_lr=0.01, start_step=0,
+                               mixup_alpha=0.0, seed=0, log_every=2),
+               RunContext(device=torch.device("cpu"), rank=0, world_size=1, amp="none", is_main=True),
+               net=DenseLogits(model), optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+               batches=iter([batch] * 5), writer=writer, show_progress=False)
+    assert [step for tag, step in writer.scalars if tag == "train/pixel_accuracy"] == [2, 4, 5]

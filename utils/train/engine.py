@@ -81,13 +81,18 @@ def classification_step(net, images, labels, num_classes, mixup_alpha, generator
     return loss, {"accuracy": correct}
 
 
-def dense_step(net, images, masks, labels=None, num_classes=None, image_loss_weight=0.0, label_smoothing=0.0):
+def dense_step(net, images, masks, labels=None, num_classes=None, image_loss_weight=0.0, label_smoothing=0.0,
+               pixel_accuracy=True):
     """Dense loss, plus image_loss_weight * cross-entropy of the pooled K foreground logits and the
-    image labels (which then must be given). With labels, also the image-level accuracy."""
+    image labels (which then must be given). With labels, also the image-level accuracy; with
+    pixel_accuracy, the pixel accuracy (an argmax over the [N, K+1, H, W] logits: the loop asks for it
+    only on the steps it logs)."""
     logits, pooled = net(images)
     loss = dense_loss(logits, masks)
-    valid = masks != IGNORE_INDEX
-    stats = {"pixel_accuracy": ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)}
+    stats = {}
+    if pixel_accuracy:
+        valid = masks != IGNORE_INDEX
+        stats["pixel_accuracy"] = ((logits.argmax(1) == masks) & valid).sum() / valid.sum().clamp_min(1)
     if labels is not None:
         foreground = pooled[:, :num_classes].float()
         stats["accuracy"] = (foreground.argmax(1) == labels).float().mean()
@@ -136,17 +141,18 @@ def train_loop(cfg: TrainLoopConfig, ctx: RunContext, *, net, optimizer, batches
             lr = cfg.lr_rule(step, schedule, cfg.base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            done = step + 1
+            # Reading the loss waits for the device, so it happens only every `log_every` steps.
+            logged = done % cfg.log_every == 0 or done == stop
             with autocast(ctx.device, ctx.amp):
-                loss, stats = _task_step(cfg, ctx, net, images, labels, masks, step)
+                loss, stats = _task_step(cfg, ctx, net, images, labels, masks, step, logged)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             guard.record(step, loss)
 
             window_images += images.shape[0]
-            done = step + 1
-            # Reading the loss waits for the device, so it happens only every `log_every` steps.
-            if done % cfg.log_every == 0 or done == stop:
+            if logged:
                 guard.check()
                 elapsed = time.perf_counter() - window_start
                 throughput = window_images / max(elapsed, 1e-9)
@@ -171,14 +177,15 @@ def train_loop(cfg: TrainLoopConfig, ctx: RunContext, *, net, optimizer, batches
     return stop
 
 
-def _task_step(cfg, ctx, net, images, labels, masks, step):
-    """(loss, stats) of one step of the task."""
+def _task_step(cfg, ctx, net, images, labels, masks, step, logged):
+    """(loss, stats) of one step of the task; stats that cost a pass over the dense logits only when logged."""
     if cfg.task == "cls":
         # the same MixUp draw on every rank: it is made for the global batch
         generator = step_generator(cfg.seed + 1, step, ctx.device)
         return classification_step(net, images, labels, cfg.num_classes, cfg.mixup_alpha, generator,
                                    cfg.label_smoothing, ctx.rank, gather_global_batch if ctx.world_size > 1 else None)
-    return dense_step(net, images, masks, labels, cfg.num_classes, cfg.image_loss_weight, cfg.label_smoothing)
+    return dense_step(net, images, masks, labels, cfg.num_classes, cfg.image_loss_weight, cfg.label_smoothing,
+                      pixel_accuracy=logged)
 
 
 class NonFiniteLossGuard:
