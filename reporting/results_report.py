@@ -556,8 +556,8 @@ def dense_grid(run, path, suffix):
     import torch
 
     from datasets.batch_augment import test_resize
-    from utils.figures.plots import save_overlay_grid
     from models.loading import load_network
+    from utils.figures.plots import save_overlay_grid
     model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_{suffix}" / "checkpoint.pth.tar",
                                                    expect_task="dfb")
     model.eval()
