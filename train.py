@@ -44,10 +44,11 @@ def build_parser():
     defines_run(parser.add_argument("--steps", type=int, default=None,
                                     help="total steps (default: BiT HyperRule; the schedule is scaled to fit)"))
     defines_run(parser.add_argument("--mixup", type=float, default=None, help="cls MixUp alpha (default: HyperRule)"))
-    defines_run(parser.add_argument("--schedule", choices=["bit", "cosine"], default="bit",
+    defines_run(parser.add_argument("--schedule", choices=["bit", "cosine", "linear"], default="bit",
                                     help="learning-rate rule: bit = BiT HyperRule (warm-up, x0.1 steps; the "
                                          "paper's); cosine = the same warm-up, then half a cosine to 0 at the "
-                                         "last step (from scratch)"))
+                                         "last step (from scratch); linear = the same warm-up, then a straight "
+                                         "line to 0 at the last step (the fast CIFAR recipes)"))
     defines_run(parser.add_argument("--warmup_steps", type=int, default=None,
                                     help="linear warm-up steps (default: the schedule's, 500 of 10k scaled with "
                                          "--steps)"))

@@ -37,11 +37,17 @@ GROUP_NORM_EPS = 1e-5
 
 @dataclass(frozen=True)
 class ResNetV2Config:
-    """Depth (units per block), width and stride of the last block of one named model."""
+    """Depth (units per block), width and stride of the last block of one named model; for the
+    CIFAR-resolution family (stem "cifar") also its unit, root width, block widths and strides."""
     block_units: tuple
     width_factor: float
     has_pretrained_weights: bool = True
     last_block_stride: int = 2
+    stem: str = "bit"  # "bit": 7x7 stride-2 conv + 3x3 stride-2 max pool; "cifar": one 3x3 stride-1 conv
+    unit: str = "bottleneck"  # "bottleneck" (BiT) or "basic" (a pre-activation pair of 3x3 convs)
+    root_width: int | None = None  # None: 64 * width_factor (BiT)
+    block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
+    block_strides: tuple | None = None  # None: 1, 2, 2, last_block_stride (BiT)
 
 
 _BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -58,6 +64,20 @@ KNOWN_MODELS = {
 # gives at 128 pixels, at a fraction of the cost: CAMs and dense logits stay meaningful.
 KNOWN_MODELS["ResNetV2-Tiny"] = ResNetV2Config((1, 1, 1, 1), 0.5, has_pretrained_weights=False,
                                                last_block_stride=1)
+# CIFAR resolution, BiT-style (pre-activation, GroupNorm, weight-standardised convs, BiT's npz keys):
+# a 3x3 stem keeps the 32-pixel image's resolution and three stride-2 stages of pre-activation
+# basic units bring it to a 4x4 final map (the map BiT-M-R50x1 gives at 128 pixels), the shape of
+# the fast CIFAR recipes (a few wide 3x3 convs per stage). No pretrained weights. The widths and
+# depth were chosen by measurement: docs/CIFAR_RECIPE.md.
+KNOWN_MODELS.update({
+    name: ResNetV2Config(units, 1.0, has_pretrained_weights=False, stem="cifar", unit="basic",
+                         root_width=root, block_widths=widths, block_strides=(2,) * len(units))
+    for name, units, root, widths in (
+        ("ResNetV2-C32-S", (1, 1, 1), 32, (64, 128, 256)),
+        ("ResNetV2-C32-M", (1, 1, 1), 32, (96, 192, 384)),
+        ("ResNetV2-C32-L", (1, 1, 1), 64, (128, 256, 512)),
+    )
+})
 
 
 class StdConv2d(nn.Conv2d):
@@ -154,29 +174,86 @@ def _head_conv(feature_dim, head_size, zero_init):
     return conv
 
 
-class ResNetV2(nn.Module):
-    """BiT ResNetV2 with widths root 64*wf, block i: cout = 256*wf*2^(i-1), cmid = cout/4,
-    strides 1, 2, 2, last_block_stride (2 in BiT: output stride 32); feature_dim D = 2048*wf."""
+class PreActBasic(nn.Module):
+    """Pre-activation residual pair of 3x3 convs (He et al., "Identity Mappings in Deep Residual
+    Networks", the unit of their CIFAR networks), with the stride on the first conv:
 
-    def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
-                 last_block_stride=2):
+        a = ReLU(GN1(x));  r = proj(a) if the unit projects else x
+        out = conv2(ReLU(GN2(conv1(a)))) + r
+
+    Its layers carry the bottleneck's names (gn1, conv1, gn2, conv2, downsample), so BiT's npz keys
+    (a/, b/, a/proj) name them too."""
+
+    def __init__(self, cin, cout, stride):
         super().__init__()
-        if len(block_units) != 4 or any(int(n) < 1 for n in block_units):
-            raise ValueError(f"block_units must be 4 positive counts, got {block_units!r}")
-        root_width = int(64 * width_factor)
-        self.model_name = model_name
-        self.feature_dim = int(2048 * width_factor)
-        self.root = nn.Sequential(OrderedDict([
+        self.gn1 = _group_norm(cin)
+        self.conv1 = StdConv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.gn2 = _group_norm(cout)
+        self.conv2 = StdConv2d(cout, cout, kernel_size=3, padding=1, bias=False)
+        projects = stride != 1 or cin != cout
+        self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+                           if projects else None)
+
+    def forward(self, x):
+        activated = F.relu(self.gn1(x))
+        residual = x if self.downsample is None else self.downsample(activated)
+        out = self.conv1(activated)
+        out = self.conv2(F.relu(self.gn2(out)))
+        return out + residual
+
+
+def _root(stem, root_width):
+    if stem == "bit":
+        return nn.Sequential(OrderedDict([
             ("conv", StdConv2d(3, root_width, kernel_size=7, stride=2, padding=3, bias=False)),
             ("pad", nn.ConstantPad2d(1, 0.0)),
             ("pool", MaxPool3x3Stride2()),
         ]))
+    if stem == "cifar":
+        return nn.Sequential(OrderedDict([
+            ("conv", StdConv2d(3, root_width, kernel_size=3, stride=1, padding=1, bias=False))]))
+    raise ValueError(f"unknown stem {stem!r}: expected 'bit' or 'cifar'")
+
+
+def _unit(kind, cin, cout, stride):
+    if kind == "bottleneck":
+        return PreActBottleneck(cin, cout, cout // 4, stride)
+    if kind == "basic":
+        return PreActBasic(cin, cout, stride)
+    raise ValueError(f"unknown unit {kind!r}: expected 'bottleneck' or 'basic'")
+
+
+class ResNetV2(nn.Module):
+    """BiT ResNetV2. BiT's widths: root 64*wf, block i: cout = 256*wf*2^(i-1), cmid = cout/4,
+    strides 1, 2, 2, last_block_stride (2 in BiT: output stride 32); feature_dim D = 2048*wf.
+    root_width / block_widths / block_strides replace those rules (any number of blocks), stem
+    "cifar" the 7x7 stride-2 conv and pool by one 3x3 stride-1 conv, unit "basic" the bottleneck
+    by a pre-activation pair of 3x3 convs; D is the last block's width."""
+
+    def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
+                 last_block_stride=2, stem="bit", unit="bottleneck", root_width=None, block_widths=None,
+                 block_strides=None):
+        super().__init__()
+        bit_layout = block_widths is None and block_strides is None
+        if (bit_layout and len(block_units) != 4) or not block_units or any(int(n) < 1 for n in block_units):
+            raise ValueError(f"block_units must be 4 positive counts (or one per block of block_widths), "
+                             f"got {block_units!r}")
+        if block_widths is None:
+            block_widths = tuple(int(256 * width_factor) * 2 ** i for i in range(len(block_units)))
+        if block_strides is None:
+            block_strides = (1, 2, 2, last_block_stride)
+        elif last_block_stride == 1:  # half_stride: the last block keeps the resolution
+            block_strides = (*block_strides[:-1], 1)
+        if not len(block_units) == len(block_widths) == len(block_strides):
+            raise ValueError(f"one count, width and stride per block: got {block_units!r}, {block_widths!r}, "
+                             f"{block_strides!r}")
+        root_width = int(64 * width_factor) if root_width is None else root_width
+        self.model_name = model_name
+        self.feature_dim = block_widths[-1]  # 2048 * width_factor in BiT's layout
+        self.root = _root(stem, root_width)
         blocks, cin = [], root_width
-        for index, units in enumerate(block_units, start=1):
-            cout = int(256 * width_factor) * 2 ** (index - 1)
-            stride = 1 if index == 1 else (last_block_stride if index == 4 else 2)
-            unit_list = [(f"unit{u:02d}", PreActBottleneck(cin if u == 1 else cout, cout, cout // 4,
-                                                           stride if u == 1 else 1))
+        for index, (units, cout, stride) in enumerate(zip(block_units, block_widths, block_strides), start=1):
+            unit_list = [(f"unit{u:02d}", _unit(unit, cin if u == 1 else cout, cout, stride if u == 1 else 1))
                          for u in range(1, int(units) + 1)]
             blocks.append((f"block{index}", nn.Sequential(OrderedDict(unit_list))))
             cin = cout
@@ -250,7 +327,9 @@ def create_model(name: str, head_size: int, zero_head: bool = True, half_stride:
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(KNOWN_MODELS)}")
     config = KNOWN_MODELS[name]
     return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
-                    model_name=name, last_block_stride=1 if half_stride else config.last_block_stride)
+                    model_name=name, last_block_stride=1 if half_stride else config.last_block_stride,
+                    stem=config.stem, unit=config.unit, root_width=config.root_width,
+                    block_widths=config.block_widths, block_strides=config.block_strides)
 
 
 # -- BiT .npz checkpoints ------------------------------------------------------------------
@@ -277,7 +356,7 @@ def npz_key_map(model: ResNetV2) -> dict[str, str]:
     for block_name, block in model.body.named_children():
         for unit_name, unit in block.named_children():
             for layer_name, npz_layer in _UNIT_LAYERS_NPZ.items():
-                layer = getattr(unit, layer_name)
+                layer = getattr(unit, layer_name, None)  # a basic unit has no gn3 / conv3
                 if layer is not None:
                     keys.update(_layer_keys(f"body.{block_name}.{unit_name}.{layer_name}",
                                             f"resnet/{block_name}/{unit_name}/{npz_layer}", layer))

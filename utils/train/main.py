@@ -342,7 +342,8 @@ def describe_run(args, data: TrainingData, head_size: int, schedule, mixup_alpha
           f"images={len(data.train_indices)} held-out={len(data.holdout_indices)} device={ctx.device} amp={ctx.amp} "
           f"processes={ctx.world_size} data={'in memory' if in_memory else 'worker loader'}")
     dfb = args.task == "dfb"
-    rule = "warm-up, x0.1 steps, stop" if args.schedule == "bit" else "warm-up, cosine to 0 at stop"
+    rule = {"bit": "warm-up, x0.1 steps, stop", "cosine": "warm-up, cosine to 0 at stop",
+            "linear": "warm-up, linear to 0 at stop"}[args.schedule]
     print(f"[train] schedule {schedule} ({rule}), base lr {args.base_lr}, weight decay {args.weight_decay}, "
           f"nesterov {args.nesterov}, label smoothing {args.label_smoothing}, batch {args.batch}, "
           f"mixup {mixup_alpha}, resize {data.train_size} -> "

@@ -2,8 +2,8 @@
 
 The whole training rule in pure functions: schedule boundaries, learning rate, MixUp
 alpha and the scaling of the schedule to a user-chosen number of steps. `get_cosine_lr`
-is an opt-in alternative for training from scratch (train.py --schedule cosine); the
-BiT rule stays the default.
+and `get_linear_lr` are opt-in alternatives for training from scratch (train.py --schedule
+cosine / linear); the BiT rule stays the default.
 
 DFB's release keeps BiT's rule with one change: every dataset of 3k to 500k images
 (CIFAR-10/100 included) gets the 10k-step schedule.
@@ -90,7 +90,18 @@ def get_cosine_lr(step, schedule, base_lr):
     return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (stop - warmup)))
 
 
-LR_RULES = {"bit": get_lr, "cosine": get_cosine_lr}
+def get_linear_lr(step, schedule, base_lr):
+    """Learning rate of step `step` (0-based, < stop): linear warm-up over the schedule's first
+    boundary, then a straight line from base_lr down to 0 at the schedule's stop step (the decay of
+    the fast CIFAR recipes, e.g. the DAWNBench ResNet-9 and airbench; train.py --schedule linear)."""
+    warmup, stop = schedule[0], schedule[-1]
+    _check_step(step, stop)
+    if step < warmup:
+        return base_lr * step / warmup
+    return base_lr * (stop - step) / (stop - warmup)
+
+
+LR_RULES = {"bit": get_lr, "cosine": get_cosine_lr, "linear": get_linear_lr}
 
 
 def get_mixup(dataset_size):

@@ -1,0 +1,104 @@
+"""The numbers the classifier-recipe pilots need (docs/CIFAR_RECIPE.md), as a small CLI:
+
+    python -m bench.recipe_pilots steps --model ResNetV2-C32-M --resolution 32 --batch 256 --pflop 0.1
+        -> the number of steps whose training compute is that budget
+    python -m bench.recipe_pilots table --runs runs/cifar_pilots name1 name2 ...
+        -> a Markdown table of each pilot's val top-1, plain and with flip test-time augmentation
+
+Training compute is counted as docs/PRETRAINED.md counts it: 3 x the forward FLOPs of
+torch.utils.flop_counter (2 per multiply-add) x the images seen. Test-time augmentation's forwards
+are not training compute and are counted apart.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from bench.benchmark import count_flops
+from datasets.sources import open_split, relative_paths, restrict
+from models.loading import load_network
+from models.resnetv2 import create_model
+from utils.evaluate.engine import extract, top1
+
+
+def forward_flops(model_name: str, resolution: int, head_size: int = 10) -> int:
+    """FLOPs of one forward of one image."""
+    model = create_model(model_name, head_size=head_size, zero_head=False).eval()
+    return count_flops(lambda m, x: m(x), model, resolution, torch.device("cpu"))
+
+
+def training_pflop(model_name: str, resolution: int, images_seen: int, head_size: int = 10) -> float:
+    return 3 * forward_flops(model_name, resolution, head_size) * images_seen / 1e15
+
+
+def steps_for_budget(model_name: str, resolution: int, batch: int, pflop: float, head_size: int = 10) -> int:
+    """The most steps of `batch` images whose training compute stays within `pflop`."""
+    per_step = 3 * forward_flops(model_name, resolution, head_size) * batch / 1e15
+    return int(pflop // per_step)
+
+
+class FlipAveraged(torch.nn.Module):
+    """A classifier whose logits and pooled features are the means over the image and its mirror
+    (flip test-time augmentation: two forwards per image)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward_with_features(self, images):
+        logits, features = self.model.forward_with_features(images)
+        mirrored_logits, mirrored_features = self.model.forward_with_features(images.flip(-1))
+        return (logits + mirrored_logits) / 2, (features + mirrored_features) / 2
+
+    def forward(self, images):
+        return self.forward_with_features(images)[0]
+
+
+def holdout_top1(run_dir: Path, datadir: str, batch: int = 256) -> dict:
+    """Top-1 of a finished run's checkpoint on the images it held out, plain and flip-averaged."""
+    model, checkpoint, _, head_size = load_network(run_dir / "checkpoint.pth.tar", expect_task="cls")
+    held_out = set(checkpoint["holdout_samples"] or ())
+    if not held_out:
+        raise ValueError(f"{run_dir}: the run held no images out (train it with --holdout)")
+    resolution = checkpoint["resolution"]
+    dataset = open_split(datadir, resolution, classes=checkpoint["classes"])
+    dataset = restrict(dataset, [i for i, path in enumerate(relative_paths(dataset)) if path in held_out])
+    result = {}
+    for name, net in (("val_top1", model.eval()), ("val_top1_flip", FlipAveraged(model).eval())):
+        outputs = extract(net, dataset, resolution, torch.device("cpu"), batch, "bf16", workers=0, desc=name)
+        result[name] = top1(outputs["logits"], outputs["labels"])
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    steps = commands.add_parser("steps", help="steps of a training-compute budget")
+    steps.add_argument("--model", required=True)
+    steps.add_argument("--resolution", type=int, required=True)
+    steps.add_argument("--batch", type=int, required=True)
+    steps.add_argument("--pflop", type=float, required=True)
+    steps.add_argument("--head_size", type=int, default=10)
+    table = commands.add_parser("table", help="val top-1 of finished pilots")
+    table.add_argument("--runs", required=True, help="the folder holding one run folder per pilot")
+    table.add_argument("--datadir", required=True, help="the training split the pilots held images out of")
+    table.add_argument("names", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "steps":
+        print(steps_for_budget(args.model, args.resolution, args.batch, args.pflop, args.head_size))
+        return
+    print("| pilot | model | steps x batch | training PFLOP | val top-1 % | val top-1 % (flip TTA) |\n|---|---|---|---|---|---|")
+    for name in args.names:
+        run_dir = Path(args.runs) / name
+        metrics = json.loads((run_dir / "final_metrics.json").read_text())
+        run_args = torch.load(run_dir / "checkpoint.pth.tar", map_location="cpu", weights_only=False)["args"]
+        images = metrics["steps"] * run_args["batch"]
+        pflop = training_pflop(run_args["model"], run_args["resolution"], images)
+        tta = holdout_top1(run_dir, args.datadir)
+        print(f"| {name} | {run_args['model']} | {metrics['steps']} x {run_args['batch']} | {pflop:.3f} | "
+              f"{100 * tta['val_top1']:.2f} | {100 * tta['val_top1_flip']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
