@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from utils.train.schedule import get_cosine_lr, get_lr, get_mixup, get_schedule, scale_schedule, with_warmup
+from utils.train.schedule import (LR_RULES, get_cosine_lr, get_linear_lr, get_lr, get_mixup, get_schedule,
+                                  scale_schedule, with_warmup)
 
 
 def test_cifar_schedule_is_the_dfb_rule():
@@ -68,3 +69,16 @@ def test_scaled_schedule_keeps_proportions():
     assert tiny == sorted(set(tiny)) and tiny[-1] == 6
     with pytest.raises(ValueError, match="--steps"):
         scale_schedule([500, 3000, 6000, 9000, 10_000], 3)
+
+
+def test_linear_rule_warms_up_then_falls_in_a_straight_line_to_zero():
+    schedule = [10, 30, 60, 90, 110]  # only the warm-up and the stop matter to this rule
+    rates = [get_linear_lr(step, schedule, 0.4) for step in range(110)]
+    assert rates[0] == 0 and rates[5] == pytest.approx(0.2) and rates[10] == pytest.approx(0.4)
+    # after the warm-up: 0.4 * (110 - step) / 100, computed here as a straight line through two points
+    for step in range(10, 110):
+        assert rates[step] == pytest.approx(0.4 - 0.004 * (step - 10))
+    assert rates[-1] == pytest.approx(0.004) and min(rates) >= 0
+    assert LR_RULES["linear"] is get_linear_lr
+    with pytest.raises(ValueError, match="outside"):
+        get_linear_lr(110, schedule, 0.4)
