@@ -48,6 +48,7 @@ class ResNetV2Config:
     root_width: int | None = None  # None: 64 * width_factor (BiT)
     block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
     block_strides: tuple | None = None  # None: 1, 2, 2, last_block_stride (BiT)
+    norm: str = "group"  # "group" (BiT) or "batch" (no npz form)
 
 
 _BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -69,14 +70,16 @@ KNOWN_MODELS["ResNetV2-Tiny"] = ResNetV2Config((1, 1, 1, 1), 0.5, has_pretrained
 # basic units bring it to a 4x4 final map (the map BiT-M-R50x1 gives at 128 pixels), the shape of
 # the fast CIFAR recipes (a few wide 3x3 convs per stage). No pretrained weights. The widths and
 # depth were chosen by measurement: docs/CIFAR_RECIPE.md.
+_CIFAR_SIZES = (("S", (1, 1, 1), 32, (64, 128, 256)),
+                ("M", (1, 1, 1), 32, (96, 192, 384)),
+                ("L", (1, 1, 1), 64, (128, 256, 512)))
 KNOWN_MODELS.update({
-    name: ResNetV2Config(units, 1.0, has_pretrained_weights=False, stem="cifar", unit="basic",
-                         root_width=root, block_widths=widths, block_strides=(2,) * len(units))
-    for name, units, root, widths in (
-        ("ResNetV2-C32-S", (1, 1, 1), 32, (64, 128, 256)),
-        ("ResNetV2-C32-M", (1, 1, 1), 32, (96, 192, 384)),
-        ("ResNetV2-C32-L", (1, 1, 1), 64, (128, 256, 512)),
-    )
+    f"ResNetV2-C32-{size}{suffix}": ResNetV2Config(units, 1.0, has_pretrained_weights=False, stem="cifar",
+                                                   unit="basic", root_width=root, block_widths=widths,
+                                                   block_strides=(2,) * len(units), norm=norm)
+    for size, units, root, widths in _CIFAR_SIZES
+    # "-BN": the same network with BatchNorm for GroupNorm, only to measure what GroupNorm costs
+    for suffix, norm in (("", "group"), ("-BN", "batch"))
 })
 
 
@@ -123,6 +126,12 @@ def _group_norm(channels):
     return nn.GroupNorm(GROUP_NORM_GROUPS, channels, eps=GROUP_NORM_EPS)
 
 
+# The normalisation layer of a network. BiT's GroupNorm is the default of every named model;
+# BatchNorm exists to measure what GroupNorm costs (docs/CIFAR_RECIPE.md), and a BatchNorm network
+# has no BiT npz form (its running statistics have no key there).
+NORM_LAYERS = {"group": _group_norm, "batch": nn.BatchNorm2d}
+
+
 class PreActBottleneck(nn.Module):
     """Pre-activation bottleneck (He et al., "Identity Mappings in Deep Residual Networks"),
     with the stride on the 3x3 conv:
@@ -133,13 +142,13 @@ class PreActBottleneck(nn.Module):
     The unit projects when stride != 1 or cin != cout (1x1 conv, same stride).
     """
 
-    def __init__(self, cin, cout, cmid, stride):
+    def __init__(self, cin, cout, cmid, stride, norm=_group_norm):
         super().__init__()
-        self.gn1 = _group_norm(cin)
+        self.gn1 = norm(cin)
         self.conv1 = StdConv2d(cin, cmid, kernel_size=1, bias=False)
-        self.gn2 = _group_norm(cmid)
+        self.gn2 = norm(cmid)
         self.conv2 = StdConv2d(cmid, cmid, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.gn3 = _group_norm(cmid)
+        self.gn3 = norm(cmid)
         self.conv3 = StdConv2d(cmid, cout, kernel_size=1, bias=False)
         projects = stride != 1 or cin != cout
         self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
@@ -157,9 +166,9 @@ class PreActBottleneck(nn.Module):
 class BiTHead(nn.Module):
     """Holds the head's parameters (gn, conv); ResNetV2 decides how they are applied."""
 
-    def __init__(self, feature_dim, head_size, zero_init):
+    def __init__(self, feature_dim, head_size, zero_init, norm=_group_norm):
         super().__init__()
-        self.gn = _group_norm(feature_dim)
+        self.gn = norm(feature_dim)
         self.conv = _head_conv(feature_dim, head_size, zero_init)
 
 
@@ -184,11 +193,11 @@ class PreActBasic(nn.Module):
     Its layers carry the bottleneck's names (gn1, conv1, gn2, conv2, downsample), so BiT's npz keys
     (a/, b/, a/proj) name them too."""
 
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, norm=_group_norm):
         super().__init__()
-        self.gn1 = _group_norm(cin)
+        self.gn1 = norm(cin)
         self.conv1 = StdConv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.gn2 = _group_norm(cout)
+        self.gn2 = norm(cout)
         self.conv2 = StdConv2d(cout, cout, kernel_size=3, padding=1, bias=False)
         projects = stride != 1 or cin != cout
         self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
@@ -215,11 +224,11 @@ def _root(stem, root_width):
     raise ValueError(f"unknown stem {stem!r}: expected 'bit' or 'cifar'")
 
 
-def _unit(kind, cin, cout, stride):
+def _unit(kind, cin, cout, stride, norm):
     if kind == "bottleneck":
-        return PreActBottleneck(cin, cout, cout // 4, stride)
+        return PreActBottleneck(cin, cout, cout // 4, stride, norm)
     if kind == "basic":
-        return PreActBasic(cin, cout, stride)
+        return PreActBasic(cin, cout, stride, norm)
     raise ValueError(f"unknown unit {kind!r}: expected 'bottleneck' or 'basic'")
 
 
@@ -232,8 +241,10 @@ class ResNetV2(nn.Module):
 
     def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
                  last_block_stride=2, stem="bit", unit="bottleneck", root_width=None, block_widths=None,
-                 block_strides=None):
+                 block_strides=None, norm="group"):
         super().__init__()
+        if norm not in NORM_LAYERS:
+            raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORM_LAYERS)}")
         bit_layout = block_widths is None and block_strides is None
         if (bit_layout and len(block_units) != 4) or not block_units or any(int(n) < 1 for n in block_units):
             raise ValueError(f"block_units must be 4 positive counts (or one per block of block_widths), "
@@ -253,12 +264,14 @@ class ResNetV2(nn.Module):
         self.root = _root(stem, root_width)
         blocks, cin = [], root_width
         for index, (units, cout, stride) in enumerate(zip(block_units, block_widths, block_strides), start=1):
-            unit_list = [(f"unit{u:02d}", _unit(unit, cin if u == 1 else cout, cout, stride if u == 1 else 1))
+            unit_list = [(f"unit{u:02d}", _unit(unit, cin if u == 1 else cout, cout, stride if u == 1 else 1,
+                                                NORM_LAYERS[norm]))
                          for u in range(1, int(units) + 1)]
             blocks.append((f"block{index}", nn.Sequential(OrderedDict(unit_list))))
             cin = cout
         self.body = nn.Sequential(OrderedDict(blocks))
-        self.head = BiTHead(self.feature_dim, head_size, zero_head)
+        self.head = BiTHead(self.feature_dim, head_size, zero_head, NORM_LAYERS[norm])
+        self.norm = norm
 
     @property
     def head_size(self) -> int:
@@ -329,7 +342,7 @@ def create_model(name: str, head_size: int, zero_head: bool = True, half_stride:
     return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
                     model_name=name, last_block_stride=1 if half_stride else config.last_block_stride,
                     stem=config.stem, unit=config.unit, root_width=config.root_width,
-                    block_widths=config.block_widths, block_strides=config.block_strides)
+                    block_widths=config.block_widths, block_strides=config.block_strides, norm=config.norm)
 
 
 # -- BiT .npz checkpoints ------------------------------------------------------------------
@@ -352,6 +365,9 @@ def _layer_keys(torch_prefix, npz_prefix, layer):
 
 def npz_key_map(model: ResNetV2) -> dict[str, str]:
     """dict: torch parameter name -> key of the official BiT .npz (convs stored HWIO there)."""
+    if model.norm != "group":
+        raise ValueError(f"model {model.model_name!r} uses {model.norm} norm, which has no BiT .npz form "
+                         f"(BiT's npz holds GroupNorm scales and offsets only)")
     keys = _layer_keys("root.conv", "resnet/root_block/standardized_conv2d", model.root.conv)
     for block_name, block in model.body.named_children():
         for unit_name, unit in block.named_children():

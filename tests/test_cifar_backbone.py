@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from models.resnetv2 import KNOWN_MODELS, create_model, npz_key_map
 from tests.test_resnetv2 import fake_npz_arrays, standardized, torch_layout
 
-CIFAR_MODELS = [name for name in KNOWN_MODELS if name.startswith("ResNetV2-C32-")]
+CIFAR_MODELS = [name for name in KNOWN_MODELS if name.startswith("ResNetV2-C32-") and not name.endswith("-BN")]
 SMALL = "ResNetV2-C32-S"
 
 
@@ -140,3 +140,15 @@ def test_pooled_dense_logits_equal_image_logits_and_cam_is_their_positive_part(r
     torch.testing.assert_close(pooled @ weight.T + bias, logits, rtol=0, atol=1e-5)
     assert torch.equal(cam, dense.clamp(min=0))
     assert upsampled.shape == (3, 11, resolution, resolution)
+
+
+def test_the_batchnorm_twin_differs_only_in_its_norm_layers_and_has_no_npz_form():
+    group, batch = create_model(SMALL, head_size=10), create_model(SMALL + "-BN", head_size=10)
+    names = {n: type(m) for n, m in group.named_modules()}
+    twins = {n: type(m) for n, m in batch.named_modules()}
+    assert names.keys() == twins.keys()
+    differing = {n for n in names if names[n] is not twins[n]}
+    assert differing and all(names[n] is torch.nn.GroupNorm and twins[n] is torch.nn.BatchNorm2d for n in differing)
+    assert batch.feature_map(torch.randn(2, 3, 32, 32)).shape == (2, 256, 4, 4)
+    with pytest.raises(ValueError, match="no BiT .npz form"):
+        batch.npz_arrays()
