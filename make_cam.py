@@ -45,8 +45,10 @@ def build_parser():
                         help="folder of ground-truth masks (same contract): report the pseudo masks' IoU")
     parser.add_argument("--boxes", default=None,
                         help="CSV of object boxes (file,...,x0,y0,x1,y1; e.g. Tiny ImageNet's train_boxes.csv): "
-                             "score every image's CAM against its box (pointing accuracy, mask-box IoU, and a "
-                             "centred box of the mean size as baseline) into summary.json")
+                             "score every image's CAM against its box into summary.json: pointing accuracy (the "
+                             "peak inside the box) of the network's scale-1 CAM, of the multi-scale CAM before the "
+                             "blur and of the blurred one the masks threshold; mask-box IoU; and a centred box of "
+                             "the mean size as baseline")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")

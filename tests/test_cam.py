@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from utils.cam.activation_maps import cams_to_masks, gaussian_blur, multiscale_cam, pseudo_masks
+from utils.cam.activation_maps import class_activations, cams_to_masks, gaussian_blur, multiscale_cam, pseudo_masks
 
 
 @pytest.mark.parametrize("height, width, sigma", [(40, 48, 4.0), (128, 128, 4.0), (7, 5, 4.0), (1, 3, 4.0),
@@ -124,3 +124,52 @@ def test_choosing_the_channel_before_upsampling_changes_nothing(scales):
     masks, classes, maps = pseudo_masks(Model(), images, scales=scales)
     expected_masks, expected_maps = cams_to_masks(full, predicted)
     assert torch.equal(classes, predicted) and torch.equal(masks, expected_masks) and torch.equal(maps, expected_maps)
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.5), (0.5, 1.0), (0.5,)])
+def test_raw_cam_is_the_networks_scale_1_map_of_the_chosen_class(scales):
+    """keep_raw: the ReLU of the unflipped dense logits of the input as it is (scale 1, the network's own
+    h x w), of the given, the predicted or every class; the multi-scale sum stays what it was, and the logits
+    are the scale-1 ones also when the scales lack 1.0 (the pass the raw CAM adds)."""
+    torch.manual_seed(0)
+    weight = torch.randn(5, 3, 3, 3)
+
+    def dense_fn(x):
+        return F.conv2d(x, weight, padding=1)[..., ::4, ::4]
+
+    images = torch.randn(3, 3, 16, 16)
+    own = F.relu(dense_fn(images))  # [3, 5, 4, 4]
+    predicted = dense_fn(images).mean(dim=(2, 3)).argmax(1)
+    labels = torch.tensor([4, 0, 2])
+    for channels, expected in ((None, own), (labels, own[torch.arange(3), labels][:, None]),
+                               ("predicted", own[torch.arange(3), predicted][:, None])):
+        total, logits, raw = multiscale_cam(dense_fn, images, scales, channels, keep_raw=True)
+        plain_total, _ = multiscale_cam(dense_fn, images, scales, channels)
+        torch.testing.assert_close(raw, expected)
+        assert raw.shape[-2:] == (4, 4) and torch.equal(total, plain_total)
+        torch.testing.assert_close(logits, dense_fn(images).mean(dim=(2, 3)))
+
+
+def test_class_activations_hold_each_step_of_the_masks():
+    """The multi-scale map before the blur, the blurred map and the masks are pseudo_masks' steps; the raw
+    map is the chosen class's scale-1 CAM."""
+    torch.manual_seed(1)
+    weight = torch.randn(3, 3, 3, 3)
+
+    class Model:
+        @staticmethod
+        def dense_logits(x):
+            return F.conv2d(x, weight, padding=1)[..., ::2, ::2]
+
+        def __call__(self, x):
+            return self.dense_logits(x).mean(dim=(2, 3))
+
+    images = torch.randn(2, 3, 12, 12)
+    found = class_activations(Model(), images, scales=(1.0, 0.5), keep_raw=True)
+    masks, predicted, blurred = pseudo_masks(Model(), images, scales=(1.0, 0.5))
+    full, _ = multiscale_cam(Model.dense_logits, images, (1.0, 0.5))
+    rows = torch.arange(2)
+    assert torch.equal(found.masks, masks) and torch.equal(found.predicted, predicted)
+    assert torch.equal(found.blurred, blurred) and torch.equal(found.multiscale, full[rows, predicted])
+    torch.testing.assert_close(found.raw, F.relu(Model.dense_logits(images))[rows, predicted])
+    assert class_activations(Model(), images, scales=(1.0,)).raw is None

@@ -151,21 +151,31 @@ def naive_box_mask(box, image_size, height, width):
     return mask
 
 
+def naive_pointing(cam, box, image_size):
+    """The first maximum of the map, its cell's centre scaled into the image, inside the box's pixels;
+    a map without a positive value misses."""
+    r, c = np.unravel_index(np.argmax(cam), cam.shape)
+    return bool(cam.max() > 0 and naive_box_mask(box, image_size, *cam.shape)[r, c])
+
+
 def test_localisation_against_pixel_loops():
     rng = np.random.default_rng(0)
-    boxes = torch.tensor([[3, 5, 20, 30], [0, 0, 63, 63], [40, 10, 41, 11], [10, 10, 50, 20]])
-    sizes = torch.tensor([[64, 64], [64, 64], [64, 48], [80, 64]])
-    maps = torch.from_numpy(rng.random((4, 16, 16)))
-    foreground = torch.from_numpy(rng.random((4, 16, 16)) > 0.6)
+    boxes = torch.tensor([[3, 5, 20, 30], [0, 0, 63, 63], [40, 10, 41, 11], [10, 10, 50, 20], [0, 0, 79, 63]])
+    sizes = torch.tensor([[64, 64], [64, 64], [64, 48], [80, 64], [80, 64]])
+    coarse = torch.from_numpy(rng.random((5, 3, 5)))  # a network's own map: other cells than the mask's
+    fine = torch.from_numpy(rng.random((5, 16, 16)))
+    fine[4] = 0.0  # no peak: a miss although the box is the whole image
+    foreground = torch.from_numpy(rng.random((5, 16, 16)) > 0.6)
     truth = np.stack([naive_box_mask(b.tolist(), s.tolist(), 16, 16) for b, s in zip(boxes, sizes)])
     assert np.array_equal(box_masks(boxes, sizes, 16, 16).numpy(), truth)
 
-    images, hits, iou_sum = localisation_counts(maps, foreground, boxes, sizes).tolist()
-    peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps.numpy()]
+    images, coarse_hits, fine_hits, iou_sum = localisation_counts([coarse, fine], foreground, boxes, sizes).tolist()
     fg = foreground.numpy()
-    ious = [(fg[i] & truth[i]).sum() / (fg[i] | truth[i]).sum() for i in range(4)]
-    assert images == 4
-    assert hits == sum(truth[i][peaks[i]] for i in range(4))
+    ious = [(fg[i] & truth[i]).sum() / (fg[i] | truth[i]).sum() for i in range(5)]
+    assert images == 5
+    for maps, hits in ((coarse, coarse_hits), (fine, fine_hits)):
+        expected = [naive_pointing(m, b.tolist(), s.tolist()) for m, b, s in zip(maps.numpy(), boxes, sizes)]
+        assert hits == sum(expected) and 0 < hits < 5
     assert iou_sum == pytest.approx(sum(ious))
 
 
@@ -201,7 +211,7 @@ def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground
     summary = json.loads((tmp_path / "masks" / "summary.json").read_text())
     boxes = summary["against_boxes"]
     assert boxes["images_with_box"] == 5 and boxes["images_without_box"] == 1
-    assert boxes["pointing_accuracy"] == 1.0 and boxes["centre_prior_box_iou"] == 1.0
+    assert set(boxes["pointing_accuracy"]) == {"raw_cam", "multiscale_cam", "blurred_cam"}
     fractions = []
     for k, name in enumerate(classes):
         for i in range(3):

@@ -11,6 +11,7 @@ threshold are that class's foreground, the rest background.
 Everything works on whole batches and stays on the model's device.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +19,15 @@ import torch.nn.functional as F
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
-def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES, channels=None):
+def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES, channels=None, keep_raw=False):
     """Sum of CAMs over scales and flips at the input's size, and the image-level logits.
 
     dense_fn: images [B, 3, h, w] -> dense logits [B, K, h', w']; a CAM is their ReLU.
     images: normalised float [B, 3, H, W]. channels: None keeps every class's CAM; a long tensor [B]
     keeps one class per image; "predicted" keeps the class the logits predict. Returns (float32
-    [B, K, H, W], or [B, 1, H, W] with channels, and logits [B, K] or None).
+    [B, K, H, W], or [B, 1, H, W] with channels, and logits [B, K] or None); with keep_raw a third
+    value, the kept channels' CAM at scale 1 as the network gives it (unflipped, its own h' x w', float32),
+    for which a scale-1 pass is added when the scales lack one.
     Each scale runs the batch and its mirror image in one forward pass. The input is rescaled
     bicubically (the release's rescale), the CAMs are upsampled bilinearly. The logits are the
     mean over positions of the unflipped dense logits at scale 1.0, which are the classifier's
@@ -34,24 +37,31 @@ def multiscale_cam(dense_fn, images, scales=DEFAULT_SCALES, channels=None):
     upsamples one map instead of K: 100 classes made the upsampling most of a CAM pass.
     """
     batch, _, height, width = images.shape
-    total, logits = None, None
-    if isinstance(channels, str) and (not scales or scales[0] != 1.0):  # needed before the first upsampling
-        logits = dense_fn(images).float().mean(dim=(2, 3))
+    total, logits, unscaled, chosen = None, None, None, None
+    if (isinstance(channels, str) or keep_raw) and (not scales or scales[0] != 1.0):  # before the first upsampling
+        unscaled = dense_fn(images)
+        logits = unscaled.float().mean(dim=(2, 3))
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = images if size == (height, width) else F.interpolate(
             images, size=size, mode="bicubic", align_corners=False)
         dense = dense_fn(torch.cat([scaled, scaled.flip(-1)]))
         if size == (height, width) and logits is None:
-            logits = dense[:batch].float().mean(dim=(2, 3))
+            unscaled = dense[:batch]
+            logits = unscaled.float().mean(dim=(2, 3))
         if channels is not None:
-            chosen = logits.argmax(1) if isinstance(channels, str) else channels
+            if chosen is None:
+                chosen = logits.argmax(1) if isinstance(channels, str) else channels
             rows = torch.arange(2 * batch, device=dense.device)
             dense = dense[rows, chosen.repeat(2)][:, None]
         maps = F.interpolate(F.relu(dense).float(), size=(height, width), mode="bilinear", align_corners=False)
         summed = maps[:batch] + maps[batch:].flip(-1)
         total = summed if total is None else total + summed
-    return total, logits
+    if not keep_raw:
+        return total, logits
+    if channels is not None:
+        unscaled = unscaled[torch.arange(batch, device=unscaled.device), chosen][:, None]
+    return total, logits, F.relu(unscaled).float()
 
 
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
@@ -115,12 +125,26 @@ def class_map_to_masks(cam, class_index, num_classes, sigma=4.0, threshold=0.5):
     return masks, cam
 
 
-def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5):
-    """Masks of a batch from a classifier with `forward` (logits) and `dense_logits`:
-    the CAM channel of `labels` when given, else of the predicted class.
-    Returns (uint8 masks [B, H, W], predicted classes [B], float [B, H, W] normalised CAMs the masks
-    threshold)."""
-    cams, logits = multiscale_cam(model.dense_logits, images, scales, "predicted" if labels is None else labels)
+@dataclass
+class ClassActivations:
+    """One class's CAM per image of a batch at each step of the masks' making, and the masks.
+    raw: float [B, h, w], the network's CAM at scale 1 (None unless asked for); multiscale: float [B, H, W],
+    the sum over scales and flips; blurred: float [B, H, W], normalised and blurred, what the masks
+    threshold; masks: uint8 [B, H, W]; predicted: the predicted classes [B]."""
+    raw: torch.Tensor | None
+    multiscale: torch.Tensor
+    blurred: torch.Tensor
+    masks: torch.Tensor
+    predicted: torch.Tensor
+
+
+def class_activations(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5,
+                      keep_raw=False) -> ClassActivations:
+    """The CAMs and masks of a batch from a classifier with `forward` (logits) and `dense_logits`:
+    the CAM channel of `labels` when given, else of the predicted class; with keep_raw also the
+    network's scale-1 CAM of that class."""
+    cams, logits, *raw = multiscale_cam(model.dense_logits, images, scales,
+                                        "predicted" if labels is None else labels, keep_raw=keep_raw)
     if logits is None:
         logits = model(images)
     predicted = logits.argmax(1)
@@ -128,7 +152,14 @@ def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, t
     with torch.autocast(device_type=images.device.type, enabled=False):
         masks, maps = class_map_to_masks(cams[:, 0], predicted if labels is None else labels, logits.shape[1],
                                          sigma=sigma, threshold=threshold)
-    return masks, predicted, maps
+    return ClassActivations(raw[0][:, 0] if raw else None, cams[:, 0], maps, masks, predicted)
+
+
+def pseudo_masks(model, images, labels=None, scales=DEFAULT_SCALES, sigma=4.0, threshold=0.5):
+    """The masks of class_activations: (uint8 masks [B, H, W], predicted classes [B], float [B, H, W]
+    normalised CAMs the masks threshold)."""
+    found = class_activations(model, images, labels, scales, sigma, threshold)
+    return found.masks, found.predicted, found.blurred
 
 
 def check_scales(scales):

@@ -30,8 +30,8 @@ from utils.base.distributed import RunContext, start_run
 from utils.base.io import remove_stale_temporaries, save_png_atomic, write_text_atomic
 from utils.base.run_flags import run_settings
 from utils.base.runtime import autocast
-from utils.cam.activation_maps import check_scales, pseudo_masks
-from utils.cam.localisation import centre_prior_scores, localisation_counts
+from utils.cam.activation_maps import check_scales, class_activations
+from utils.cam.localisation import POINTING_MAPS, centre_prior_scores, localisation_counts
 
 
 def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
@@ -117,10 +117,11 @@ class MaskTally:
     """What this process's masks add up to: counts = (images, sum of their foreground fractions,
     masks with an empty foreground), agree = images whose predicted class is the folder label,
     preview = (image HWC, mask, dataset index) of the images shown in overlays.png, localisation =
-    utils.cam.localisation.localisation_counts summed over the images that have a box."""
+    utils.cam.localisation.localisation_counts (of the POINTING_MAPS) summed over the images that have a box."""
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     agree: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.float64))
-    localisation: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+    localisation: torch.Tensor = field(default_factory=lambda: torch.zeros(2 + len(POINTING_MAPS),
+                                                                           dtype=torch.float64))
     preview: list = field(default_factory=list)
 
     def reduce(self) -> None:
@@ -134,8 +135,8 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
                 boxes=None) -> MaskTally:
     """Compute the masks of the images `mine` (indices into dataset) and write those not yet on disk to
     `targets`, on four writer threads while the next batch is computed. boxes: per dataset image
-    (box, image size) or None (datasets.boxes.boxes_of_samples); with it, the CAMs are scored against
-    the boxes."""
+    (box, image size) or None (datasets.boxes.boxes_of_samples); with it, the CAMs (each of POINTING_MAPS)
+    and the masks are scored against the boxes."""
     tally = MaskTally()
     # evenly spaced over the split, so the overlays show every class (the split is sorted by class)
     shown = set()
@@ -147,10 +148,12 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
         for images, labels, batch in tqdm(batches, total=-(-len(mine) // args.batch), desc="make_cam",
                                           disable=not ctx.is_main, dynamic_ncols=True):
             with autocast(ctx.device, ctx.amp):
-                masks, predicted, maps = pseudo_masks(model, images, labels if args.labeled else None, scales,
-                                                      args.sigma, args.threshold)
+                found = class_activations(model, images, labels if args.labeled else None, scales, args.sigma,
+                                          args.threshold, keep_raw=boxes is not None)
+            masks, predicted = found.masks, found.predicted
             if boxes is not None:
-                tally.localisation += score_against_boxes(maps, masks < args.head_size, batch["index"], boxes)
+                tally.localisation += score_against_boxes([found.raw, found.multiscale, found.blurred],
+                                                          masks < args.head_size, batch["index"], boxes)
             masks = masks.cpu().numpy()
             foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
             tally.counts += torch.tensor([len(masks), foreground.sum(), (foreground == 0).sum()], dtype=torch.float64)
@@ -167,26 +170,29 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
     return tally
 
 
-def score_against_boxes(maps, foreground, indices, boxes) -> torch.Tensor:
-    """localisation_counts of the images of a batch that have a box."""
+def score_against_boxes(pointing_maps, foreground, indices, boxes) -> torch.Tensor:
+    """localisation_counts of the images of a batch that have a box; pointing_maps: the batch's maps in
+    POINTING_MAPS' order."""
     rows = [row for row, index in enumerate(indices.tolist()) if boxes[index] is not None]
     if not rows:
-        return torch.zeros(3, dtype=torch.float64)
+        return torch.zeros(2 + len(POINTING_MAPS), dtype=torch.float64)
     known = [boxes[index] for index in indices[rows].tolist()]
-    return localisation_counts(maps[rows].float().cpu(), foreground[rows].cpu(),
+    return localisation_counts([maps[rows].float().cpu() for maps in pointing_maps], foreground[rows].cpu(),
                                torch.tensor([box for box, _ in known]), torch.tensor([size for _, size in known]))
 
 
 def localisation_summary(tally: MaskTally, boxes, resolution: int) -> dict:
-    """Pointing accuracy and mean mask-box IoU of the CAMs, beside those of the centre prior."""
+    """Pointing accuracy of each of the POINTING_MAPS and the mean mask-box IoU, beside those of the centre
+    prior; the maps' descriptions go with them (pointing_maps)."""
     known = [entry for entry in boxes if entry is not None]
-    scored, hits, iou_sum = tally.localisation.tolist()
+    scored, *hits, iou_sum = tally.localisation.tolist()
     if not known:
         raise ValueError("--boxes: no image of the split has a box in that file (rows are matched by file name)")
     prior_pointing, prior_iou = centre_prior_scores(torch.tensor([box for box, _ in known]),
                                                     torch.tensor([size for _, size in known]), resolution, resolution)
     return {"images_with_box": int(scored), "images_without_box": len(boxes) - len(known),
-            "pointing_accuracy": hits / scored, "mask_box_iou": iou_sum / scored,
+            "pointing_accuracy": {name: count / scored for name, count in zip(POINTING_MAPS, hits)},
+            "pointing_maps": dict(POINTING_MAPS), "mask_box_iou": iou_sum / scored,
             "centre_prior_pointing_accuracy": prior_pointing, "centre_prior_box_iou": prior_iou}
 
 
@@ -212,9 +218,10 @@ def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: M
               f"{summary['against_true_masks']['background_iou']:.3f}")
     if localisation:
         summary["against_boxes"] = {**localisation, "boxes": str(args.boxes)}
+        pointing = ", ".join(f"{name} {value:.3f}" for name, value in localisation["pointing_accuracy"].items())
         print(f"[make_cam] against the boxes of {args.boxes} ({localisation['images_with_box']} images): pointing "
-              f"accuracy {localisation['pointing_accuracy']:.3f} (centre prior "
-              f"{localisation['centre_prior_pointing_accuracy']:.3f}), mask-box IoU {localisation['mask_box_iou']:.3f} "
+              f"accuracy of the peak of the {pointing} (centre prior "
+              f"{localisation['centre_prior_pointing_accuracy']:.3f}); mask-box IoU {localisation['mask_box_iou']:.3f} "
               f"(centre prior {localisation['centre_prior_box_iou']:.3f})")
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     if tally.preview:
