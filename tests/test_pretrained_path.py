@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import export_npz
@@ -19,7 +20,9 @@ from models.resnetv2 import create_model, npz_key_map
 from tests.helpers import assert_input_error, run_cli
 from tests.test_resnetv2 import functional_bit_forward
 from utils.base.checkpoint import save_checkpoint
-from utils.cam.localisation import box_masks, centre_prior_scores, localisation_counts
+import utils.cam.main as cam_main
+from utils.cam.localisation import (box_masks, centre_prior_scores, localisation_counts, pointing_hits,
+                                     points_in_boxes, positions_in_image)
 
 TINY = "ResNetV2-Tiny"
 
@@ -158,6 +161,34 @@ def naive_pointing(cam, box, image_size):
     return bool(cam.max() > 0 and naive_box_mask(box, image_size, *cam.shape)[r, c])
 
 
+def test_a_map_cell_maps_to_its_centre_in_the_image():
+    """By hand: cell (row 1, column 6) of a 4 x 8 map over a 100 x 30 image (W0 x H0) spans x 75..87.5,
+    y 7.5..15, centre (6.5 * 100 / 8, 1.5 * 30 / 4) = (81.25, 11.25); cell (0, 0) of a 2 x 2 map over a
+    3 x 5 image: (0.5 * 3 / 2, 0.5 * 5 / 2) = (0.75, 1.25); cell (1, 1): (2.25, 3.75)."""
+    points = positions_in_image(torch.tensor([[1, 6]]), (4, 8), torch.tensor([[100, 30]]))
+    assert points.tolist() == [[81.25, 11.25]]
+    points = positions_in_image(torch.tensor([[0, 0], [1, 1]]), (2, 2), torch.tensor([[3, 5], [3, 5]]))
+    assert points.tolist() == [[0.75, 1.25], [2.25, 3.75]]
+    # inclusive corners: box (80, 10, 81, 11) is x in [80, 82), y in [10, 12)
+    inside = points_in_boxes(torch.tensor([[81.25, 11.25], [82.0, 11.0], [80.0, 12.0], [79.9, 10.0]]),
+                             torch.tensor([[80, 10, 81, 11]] * 4))
+    assert inside.tolist() == [True, False, False, False]
+
+
+def test_pointing_maps_the_peak_with_each_axis_own_size():
+    """A 2 x 4 map (h x w) over a 40 x 20 image (W0 x H0), peak at cell (1, 3): centre (3.5 * 40 / 4,
+    1.5 * 20 / 2) = (35, 15), inside box (30, 10, 39, 19). Swapping W0 and H0 would put it at
+    (3.5 * 20 / 4, 1.5 * 40 / 2) = (17.5, 30), outside; reading the cell as an image pixel, (3, 1), outside."""
+    cam = torch.zeros(1, 2, 4)
+    cam[0, 1, 3] = 2.0
+    cam[0, 0, 0] = 1.0
+    size = torch.tensor([[40, 20]])
+    assert pointing_hits(cam, torch.tensor([[30, 10, 39, 19]]), size).tolist() == [True]
+    assert pointing_hits(cam, torch.tensor([[15, 25, 20, 35]]), size).tolist() == [False]  # the swapped point's box
+    # a CAM that is zero everywhere has no peak: a miss even when the box covers the whole image
+    assert pointing_hits(torch.zeros(1, 2, 4), torch.tensor([[0, 0, 39, 19]]), size).tolist() == [False]
+
+
 def test_localisation_against_pixel_loops():
     rng = np.random.default_rng(0)
     boxes = torch.tensor([[3, 5, 20, 30], [0, 0, 63, 63], [40, 10, 41, 11], [10, 10, 50, 20], [0, 0, 79, 63]])
@@ -189,7 +220,104 @@ def test_centre_prior_of_identical_centred_boxes_is_perfect():
     assert pointing == 0.0 and iou == 0.0
 
 
-def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground_fraction(tmp_path, capsys):
+class ColourCells(torch.nn.Module):
+    """A classifier with hand-made CAMs: class k's dense logit at a cell is the mean of colour channel k
+    (red: class 0, green: class 1) over the cell's 4 x 4 input pixels, so at 32 px its own map is 8 x 8 and
+    a red image is predicted as class 0, a green one as class 1. Flipping the input flips its map exactly."""
+
+    def forward(self, x):
+        return self.dense_logits(x).mean(dim=(2, 3))
+
+    def dense_logits(self, x):
+        return F.avg_pool2d(x[:, :2], 4)
+
+
+def write_off_centre_split(root):
+    """Two non-square images, each with one object off-centre in a box of its own, and one image without a box.
+
+    a/a_0.png, 64 wide x 32 tall, red: a full-red patch x 48..55, y 20..23 (exactly cell (5, 6) of the
+    8 x 8 map: a cell is 8 x 4 image pixels), the object, boxed (40, 16, 63, 27); and a larger, dimmer
+    patch (red 191) x 16..39, y 8..19, cells (2..4, 2..4), a distractor left of the box.
+    b/b_0.png, 32 wide x 64 tall, green: a full-green patch x 16..19, y 40..47 (cell (5, 4): a cell is
+    4 x 8 pixels), boxed (16, 30, 23, 49). a/a_1.png: black, 32 x 32, no box."""
+    for name in ("a", "b"):
+        (root / "split" / name).mkdir(parents=True)
+    first = np.zeros((32, 64, 3), np.uint8)
+    first[20:24, 48:56, 0] = 255
+    first[8:20, 16:40, 0] = 191
+    second = np.zeros((64, 32, 3), np.uint8)
+    second[40:48, 16:20, 1] = 255
+    for path, pixels in (("a/a_0.png", first), ("b/b_0.png", second), ("a/a_1.png", np.zeros((32, 32, 3), np.uint8))):
+        Image.fromarray(pixels).save(root / "split" / path)
+    rows = [("file", "wnid", "x0", "y0", "x1", "y1"), ("train/a/a_0.png", "a", 40, 16, 63, 27),
+            ("train/b/b_0.png", "b", 16, 30, 23, 49)]
+    with open(root / "boxes.csv", "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    return {"a/a_0.png": ((40, 16, 63, 27), (64, 32)), "b/b_0.png": ((16, 30, 23, 49), (32, 64))}
+
+
+def test_make_cam_boxes_off_centre_on_non_square_images(tmp_path, capsys, monkeypatch):
+    """make_cam.py --boxes end to end (reading, resizing, the three peaks, the prior), expected values by hand.
+
+    The images are resized to 32 x 32 (--resolution 32; whole, not cropped), so the 8 x 8 map's cell (r, c)
+    stands for image point ((c + 0.5) W0 / 8, (r + 0.5) H0 / 8), a 32 x 32 map's pixel for
+    ((c + 0.5) W0 / 32, (r + 0.5) H0 / 32); images normalised to [-1, 1], black = -1.
+
+    a_0 (64 x 32). Its own map (the red channel's cell means, ReLU): the object cell (5, 6) holds 0.875 (its
+    outer pixel columns are 7/8 red after the antialiased 2:1 shrink in x: (0.75 + 1 + 1 + 0.75) / 4), the
+    distractor's cells 0.45-0.5 (red 191 -> 0.498), every other cell is black -> 0.
+    - raw CAM: peak cell (5, 6) -> (6.5 * 8, 5.5 * 4) = (52, 22), inside (40..63, 16..27): hit. With W0 and
+      H0 swapped it would be (26, 44), and without the scaling to the image (6.5, 5.5): both outside.
+    - multi-scale CAM (scale 1 and its flip, upsampled x4 bilinearly): at most 0.875 * (7/8)^2 = 0.67 per pass
+      at pixels (21..22, 25..26) against the distractor's 0.5: peak (21, 25) -> (25.5 * 2, 21.5) = (51, 21.5): hit.
+    - blurred (sigma 4): a blob one cell wide keeps (0.369)^2 = 0.14 of its height (the Gaussian's mass under
+      a tent 4 pixels wide each side), the 3 x 3-cell distractor (0.850)^2 = 0.72 (plateau +-4, ramps to +-8):
+      0.12 against 0.33, so the peak moves to the distractor, near its centre pixel (14, 14) -> x about 29 < 40:
+      miss. This is how the blur pulls a peak towards the larger, more central blob.
+    b_0 (32 x 64), green: its map has one positive cell, (5, 4) -> (4.5 * 4, 5.5 * 8) = (18, 44) inside
+    (16..23, 30..49) (swapped: (36, 22), outside); the upsampled and the blurred peaks stay at pixels
+    (21..22, 17..18) -> x 17.5..18.5, y 43..45: hits. a_1 has no box.
+    So pointing: raw 2/2, multi-scale 2/2, blurred 1/2.
+
+    Centre prior: mean box size ((24 + 8) / 2, (12 + 20) / 2) = 16 x 16, peak at map pixel (16, 16).
+    a_0: centre (16.5 * 2, 16.5) = (33, 16.5), outside (x < 40); its centred box x 24..39 -> columns 12..19,
+    y 8..23 -> rows 8..23, and the true box columns 20..31: no overlap, IoU 0.
+    b_0: centre (16.5, 33) inside: hit; centred box x 8..23 -> columns 8..23, y 24..39 -> rows 12..19 (128 pixels);
+    true box columns 16..23, rows 15..24 (80 pixels); overlap 8 x 5 = 40: IoU 40 / (128 + 80 - 40) = 5/21.
+    So the prior: pointing 1/2, IoU (0 + 5/21) / 2 = 5/42.
+    """
+    boxes = write_off_centre_split(tmp_path)
+    (tmp_path / "cls.pth.tar").write_bytes(b"stands for a checkpoint")  # its digest goes in provenance.json
+    monkeypatch.setattr(cam_main, "load_network", lambda *args, **kwargs: (
+        ColourCells(), {"resolution": 32, "classes": ["a", "b"]}, "cls", 2))
+    argv = [f"--dataset={tmp_path / 'split'}", f"--model_path={tmp_path / 'cls.pth.tar'}", "--head_size=2",
+            "--out", str(tmp_path / "masks"), "--boxes", str(tmp_path / "boxes.csv"), "--device", "cpu",
+            "--amp", "none", "--workers", "0", "--overlays", "0", "--scales", "1.0", "--resolution", "32"]
+    status, out, err = run_cli(make_cam, argv, capsys)
+    assert status == 0, err
+    found = json.loads((tmp_path / "masks" / "summary.json").read_text())["against_boxes"]
+    assert found["images_with_box"] == 2 and found["images_without_box"] == 1
+    assert found["pointing_accuracy"] == {"raw_cam": 1.0, "multiscale_cam": 1.0, "blurred_cam": 0.5}
+    assert list(found["pointing_maps"]) == list(found["pointing_accuracy"])
+    assert found["centre_prior_pointing_accuracy"] == 0.5
+    assert found["centre_prior_box_iou"] == pytest.approx(5 / 42)
+    assert "raw_cam 1.000, multiscale_cam 1.000, blurred_cam 0.500" in out
+    # the masks' IoU with the boxes, from the written masks and the pixel loop
+    ious = []
+    for path, (box, size) in boxes.items():
+        foreground = np.array(Image.open(tmp_path / "masks" / path)) < 2
+        truth = naive_box_mask(box, size, 32, 32)
+        ious.append((foreground & truth).sum() / (foreground | truth).sum())
+    assert found["mask_box_iou"] == pytest.approx(np.mean(ious)) and 0 < found["mask_box_iou"] < 1
+    # rerun: masks are on disk, yet every CAM is scored again (the same numbers)
+    status, _, err = run_cli(make_cam, argv, capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "masks" / "summary.json").read_text())["against_boxes"] == found
+
+
+def test_make_cam_boxes_with_a_classifier_checkpoint(tmp_path, capsys):
+    """A ResNetV2 checkpoint through make_cam.py --boxes; boxes covering the whole image make the mask-box
+    IoU each mask's foreground fraction."""
     classes = ["a", "b"]
     rng = np.random.default_rng(1)
     rows = [("file", "wnid", "x0", "y0", "x1", "y1")]
@@ -205,7 +333,7 @@ def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground
     cls_checkpoint(tmp_path / "cls.pth.tar", classes)
     argv = [f"--dataset={tmp_path / 'split'}", f"--model_path={tmp_path / 'cls.pth.tar'}", "--head_size=2",
             "--out", str(tmp_path / "masks"), "--boxes", str(tmp_path / "boxes.csv"), "--device", "cpu",
-            "--workers", "0", "--overlays", "0", "--scales", "1.0"]
+            "--workers", "0", "--overlays", "0"]
     status, _, err = run_cli(make_cam, argv, capsys)
     assert status == 0, err
     summary = json.loads((tmp_path / "masks" / "summary.json").read_text())
@@ -219,10 +347,6 @@ def test_make_cam_boxes_covering_the_image_give_full_pointing_and_the_foreground
                 mask = np.array(Image.open(tmp_path / "masks" / name / f"{name}_{i}.png"))
                 fractions.append((mask < 2).mean())
     assert boxes["mask_box_iou"] == pytest.approx(np.mean(fractions))
-    # rerun: masks are on disk, yet every CAM is scored again (the same numbers)
-    status, _, err = run_cli(make_cam, argv, capsys)
-    assert status == 0, err
-    assert json.loads((tmp_path / "masks" / "summary.json").read_text())["against_boxes"] == boxes
 
 
 # -- scripts/pretrain.sh on the real archive, at tiny size ------------------------------------
