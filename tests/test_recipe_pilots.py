@@ -1,0 +1,41 @@
+"""bench/recipe_pilots.py: the training-compute budget against a count written out by hand from the
+network's widths, and flip test-time augmentation against two explicit forwards."""
+import pytest
+import torch
+
+from bench.recipe_pilots import FlipAveraged, steps_for_budget, training_pflop
+from models.resnetv2 import create_model
+
+
+def hand_count_c32_s_forward(head_size):
+    """2 x multiply-adds of ResNetV2-C32-S at 32 px, layer by layer: 3x3 stem 3->32 at 32x32; per
+    stage (64, 128, 256 wide at 16, 8, 4 px) a 3x3 stride-2 conv, a 3x3 conv and a 1x1 stride-2
+    projection; the head's 1x1 conv on the pooled 256-vector."""
+    macs = 32 * 32 * 32 * 3 * 9
+    cin = 32
+    for cout, side in ((64, 16), (128, 8), (256, 4)):
+        macs += side * side * cout * (cin * 9 + cout * 9 + cin)
+        cin = cout
+    return 2 * (macs + 256 * head_size)
+
+
+def test_budget_in_steps_follows_the_hand_count():
+    forward = hand_count_c32_s_forward(10)
+    assert training_pflop("ResNetV2-C32-S", 32, 1000) == pytest.approx(3 * forward * 1000 / 1e15)
+    per_step = 3 * forward * 256
+    steps = steps_for_budget("ResNetV2-C32-S", 32, 256, 0.1)
+    assert steps * per_step <= 0.1e15 < (steps + 1) * per_step
+
+
+def test_flip_averaged_outputs_are_the_mean_of_two_forwards():
+    torch.manual_seed(0)
+    model = create_model("ResNetV2-C32-S", head_size=5, zero_head=False).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, features = FlipAveraged(model).forward_with_features(images)
+        plain, mirrored = model.forward_with_features(images), model.forward_with_features(torch.flip(images, [3]))
+    torch.testing.assert_close(logits, (plain[0] + mirrored[0]) / 2)
+    torch.testing.assert_close(features, (plain[1] + mirrored[1]) / 2)
+    weight, bias = model.head_parameters()  # the head is affine: the averaged pair stays consistent
+    torch.testing.assert_close(features @ weight.T + bias, logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(plain[0], mirrored[0])  # the mirror is not a no-op on this network
