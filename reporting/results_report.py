@@ -6,7 +6,8 @@
 
 Reads what the run wrote: stage_times.json and run_info.json (reporting/run_record.py),
 data_manifest.json (unpack_shared_data.py), masks/train/summary.json and the masks (make_cam.py),
-runs/{cls,dfb_seed<s>,dfb_<ablation>}/final_metrics.json (train.py), and of each evaluation
+runs/{cls,dfb_seed<s>,dfb_<ablation>}/final_metrics.json (train.py), runs/pretrain/tin/final_metrics.json
+when the run pretrained its npz (stage pretrain, scripts/pretrain.sh), and of each evaluation
 (results_cls, results_dfb_seed<s>, results_dfb_<ablation>; eval.py) results.csv, accuracy.json,
 fusion_selection.json, scores/<method>/<set>.npy and logits/<set>.npy.
 Every table number is read from those files or is a mean / sample standard deviation over DFB
@@ -31,10 +32,16 @@ from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
 from utils.ood.metrics import auroc
 
-STAGES = {"data": "unpack the shared archives", "from_run": "classifier and masks copied from FROM_RUN",
+# The stages of scripts/reproduce_small.sh in the order it runs them; train_dfb / eval_dfb stand for the
+# train_dfb_<suffix> / eval_dfb_<suffix> of each DFB seed (seed<s>) and ablation (<name>)
+STAGES = {"pretrain": "pretraining on Tiny ImageNet, the npz of PRETRAINED (scripts/pretrain.sh)",
+          "data": "unpack the shared archives", "from_run": "classifier and masks copied from FROM_RUN",
           "train_cls": "classifier (train.py --task cls)",
           "make_cam": "pseudo masks (make_cam.py)", "eval_cls": "OOD evaluation, classifier (eval.py)",
           "train_dfb": "DFB network (train.py --task dfb)", "eval_dfb": "OOD evaluation, DFB network (eval.py)"}
+DFB_STAGES = ("train_dfb", "eval_dfb")
+# The pretrain stage's training run: scripts/pretrain.sh with OUT=<run_dir>/runs/pretrain names it tin
+PRETRAIN_RUN = Path("runs") / "pretrain" / "tin"
 MASK_DIR = Path("masks") / "train"
 METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr_in", "AUPR-In↑"), ("aupr_out", "AUPR-Out↑"))
 BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"  # eval.py's names
@@ -208,7 +215,29 @@ def portable(text):
     return str(text).replace(f"{checkout.parent}/shared/", "../shared/").replace(f"{checkout}/", "")
 
 
-def setup_section(run):
+def pretrained_weights_line(run, times, cls_final):
+    """The npz the run fine-tuned from: its sha256 as the classifier recorded it, and the top-1 of its
+    pretraining on held-out Tiny ImageNet images when this run pretrained it (stage pretrain)."""
+    npz = run.info["settings"].get("PRETRAINED", "none")
+    if npz == "none":
+        return []
+    started = cls_final.get("initialised_from", {})
+    digest = (f"sha256 `{started['sha256']}` (as `runs/cls/final_metrics.json` records it)" if started.get("from") == "npz"
+              else "sha256 not recorded (`runs/cls/final_metrics.json` names no npz start)")
+    record = run.dir / PRETRAIN_RUN / "final_metrics.json"
+    if record.is_file():
+        pretraining = json.loads(record.read_text())
+        made = (f"pretrained in this run (stage `pretrain`, `{PRETRAIN_RUN}`, {pretraining['steps']:,} steps): val top-1 "
+                f"**{pct(pretraining['test_top1'])} %** on the held-out images of Tiny ImageNet's train split "
+                f"(`{PRETRAIN_RUN / 'final_metrics.json'}`)")
+    elif "pretrain" in times:
+        made = f"the stage `pretrain` ran but left no `{PRETRAIN_RUN / 'final_metrics.json'}`"
+    else:
+        made = "there before this run (no stage `pretrain`: its pretraining is not part of this record)"
+    return [f"- Pretrained weights: `{portable(npz)}`, {made}; {digest}"]
+
+
+def setup_section(run, times, cls_final):
     info = run.info
     lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if info.get("cpu") and info["cpu"] not in
                                                  info["device"] else ""),
@@ -218,7 +247,7 @@ def setup_section(run):
              f"; torch {info['torch']}, Python {info['python']}; run started {info['date_utc']} UTC",
              f"- DFB seeds reported: {', '.join(run.seeds)}" +
              (f"; pending (not finished when this report was written): {', '.join(run.pending)}"
-              if run.pending else ""), ""]
+              if run.pending else "")] + pretrained_weights_line(run, times, cls_final) + [""]
     lines += markdown_table(["setting", "value"], [(key, f"`{portable(value)}`" if value else "(all / unset)")
                                                    for key, value in info["settings"].items()])
     return lines + [""]
@@ -242,18 +271,17 @@ def variant_label(suffix):
 
 def stage_description(stage):
     """What a stage of stage_times.json is: a fixed stage, or train/eval_dfb_seed<s> / _<ablation>."""
-    if stage in STAGES:
+    for per_variant in DFB_STAGES:
+        if stage.startswith(f"{per_variant}_"):
+            return f"{STAGES[per_variant]}, {variant_label(stage[len(per_variant) + 1:])}"
+    if stage in STAGES and stage not in DFB_STAGES:
         return STAGES[stage]
-    for prefix in ("train_dfb_", "eval_dfb_"):
-        if stage.startswith(prefix):
-            return f"{STAGES[prefix[:-1]]}, {variant_label(stage[len(prefix):])}"
-    raise ValueError(f"stage_times.json: unknown stage {stage!r}; expected {list(STAGES)} or "
-                     f"train_dfb_<seed<s> or ablation> / eval_dfb_<...>")
+    raise ValueError(f"stage_times.json: unknown stage {stage!r}; expected one of "
+                     f"{[s for s in STAGES if s not in DFB_STAGES]} or {' / '.join(DFB_STAGES)}_<seed<s> or ablation>")
 
 
 def times_section(times):
-    order = ["data", "from_run", "train_cls", "make_cam", "eval_cls"]
-    stages = [s for s in order if s in times] + [s for s in times if s not in order]
+    stages = [s for s in STAGES if s in times] + [s for s in times if s not in STAGES]
     rows = [(stage, stage_description(stage), f"{times[stage]:.1f}", f"{times[stage] / 60:.2f}") for stage in stages]
     rows.append(("**total**", "", f"**{sum(times.values()):.1f}**", f"**{sum(times.values()) / 60:.2f}**"))
     return ["## Wall time per stage", "",
@@ -634,7 +662,7 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
     linked = publish_figures(run.dir, figures, figures_to) if figures_to else [run.dir / path for path in figures]
     lines = [f"# DFB on {run.id_label}: a small run on real data (scripts/reproduce_small.sh)", "",
              caveat(run.info["settings"]), ""]
-    lines += setup_section(run) + data_section(manifest) + times_section(times)
+    lines += setup_section(run, times, cls_final) + data_section(manifest) + times_section(times)
     lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})
     lines += mask_section(summary) + ood_section(run, fusion) + beats_section(run)
     lines += fusion_section(run, selections, fusion) + sign_diagnostic(run, selections, fusion)

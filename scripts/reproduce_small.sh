@@ -11,11 +11,14 @@
 # flags of that kind of machine (the reasons for its values are in the file); any variable set in
 # the environment wins over the preset.
 #
-# Stages (each timed into $OUT/stage_times.json): data (unpack the shared archives into an ignored
-# folder) -> train_cls (train.py --task cls) -> make_cam (pseudo masks of the training split) ->
-# eval_cls (eval.py on the classifier) -> per DFB seed s: train_dfb_seed<s> (train.py --task dfb
-# into $OUT/runs/dfb_seed<s>) and eval_dfb_seed<s> (into $OUT/results_dfb_seed<s>) -> per ablation
-# <name>: train_dfb_<name>, eval_dfb_<name> (first seed). The report is rewritten after each DFB
+# Stages (each timed into $OUT/stage_times.json): pretrain (only when PRETRAINED names an npz that does
+# not exist and PRETRAIN_WHEN_MISSING=1: scripts/pretrain.sh writes it, its training run in
+# $OUT/runs/pretrain/tin) -> data (unpack the shared archives into an ignored folder) -> from_run (only
+# with FROM_RUN, in place of train_cls and make_cam) -> train_cls (train.py --task cls) -> make_cam
+# (pseudo masks of the training split) -> eval_cls (eval.py on the classifier) -> per DFB seed s:
+# train_dfb_seed<s> (train.py --task dfb into $OUT/runs/dfb_seed<s>) and eval_dfb_seed<s> (into
+# $OUT/results_dfb_seed<s>) -> per ablation <name>: train_dfb_<name>, eval_dfb_<name> (first seed);
+# reporting/results_report.py names each of them. The report is rewritten after each DFB
 # evaluation, so the first seed's report is there before the other seeds and ablations finish.
 # Rerunning after an interruption resumes: finished stages are skipped ($OUT/.stages/<stage>.done;
 # delete one to redo that stage), training resumes from its checkpoint, make_cam skips masks
@@ -51,6 +54,9 @@
 #                    held-out images, and it is left out of every evaluation and table [empty]
 #   PRETRAIN_WHEN_MISSING  1: when PRETRAINED names an npz that does not exist, scripts/pretrain.sh writes it
 #                    first (stage pretrain, Tiny ImageNet of the shared folder) [preset, else 0]
+#   PRETRAIN_<NAME>  pretrain.sh's variable NAME for that stage, one of PRETRAIN_VARS below (e.g. PRETRAIN_STEPS,
+#                    PRETRAIN_PER_CLASS, PRETRAIN_DATA_DIR) [empty: pretrain.sh's default]; the stage also gets
+#                    this run's MODEL, DEVICE, WORKERS and SHARED_DATA, NPZ=$PRETRAINED and OUT=$OUT/runs/pretrain
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
 #   CLS_FLAGS        extra train.py flags of the classifier [preset]
@@ -99,9 +105,13 @@ if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; the
 fi
 FROM_RUN=${FROM_RUN:-}
 PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
-SETTINGS=(PRESET ID FROM_RUN PRETRAIN_WHEN_MISSING SHARED_DATA OUT OOD_SETS TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED
-          RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH
-          FUSION FUSION_VAL_OOD KNN_K CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
+# scripts/pretrain.sh's own settings, given to it as PRETRAIN_<name> (its names would clash with this run's)
+PRETRAIN_VARS=(DATA_DIR RESOLUTION TRAIN_RESIZE BATCH STEPS BASE_LR SEED PER_CLASS FLAGS)
+for name in "${PRETRAIN_VARS[@]/#/PRETRAIN_}"; do declare "$name=${!name:-}"; done
+SETTINGS=(PRESET ID FROM_RUN PRETRAIN_WHEN_MISSING "${PRETRAIN_VARS[@]/#/PRETRAIN_}" SHARED_DATA OUT OOD_SETS
+          TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH
+          STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH FUSION FUSION_VAL_OOD KNN_K
+          CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
 read -r -a SEED_LIST <<< "$SEEDS"
 [ "${#SEED_LIST[@]}" -gt 0 ] || { echo "[error] SEEDS is empty" >&2; exit 2; }
@@ -220,7 +230,10 @@ if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then  # before any work:
          "or set PRETRAIN_WHEN_MISSING=1, or PRETRAINED=none to train from scratch" >&2
     exit 2
   fi
-  timed pretrain env NPZ="$PRETRAINED" SHARED_DATA="$SHARED_DATA" DEVICE="$DEVICE" MODEL="$MODEL" bash scripts/pretrain.sh
+  pretrain_env=(NPZ="$PRETRAINED" SHARED_DATA="$SHARED_DATA" DEVICE="$DEVICE" WORKERS="$WORKERS" MODEL="$MODEL"
+                OUT="$OUT/runs/pretrain")
+  for name in "${PRETRAIN_VARS[@]}"; do value=PRETRAIN_$name; pretrain_env+=("$name=${!value}"); done
+  timed pretrain env "${pretrain_env[@]}" bash scripts/pretrain.sh
 fi
 # Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
 timed data unpack_data

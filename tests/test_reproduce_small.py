@@ -351,6 +351,80 @@ def test_report_knows_every_fusion_mode():
     assert set(results_report.FORMULAS) == set(FUSIONS)
 
 
+SCRIPT = REPO / "scripts" / "reproduce_small.sh"
+
+
+def script_stages():
+    """The stage names scripts/reproduce_small.sh times (timed / run_stage <stage> ...), read from the script;
+    $suffix stands for a DFB seed or ablation."""
+    code = [line for line in SCRIPT.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return sorted({match for line in code for match in re.findall(r'\b(?:timed|run_stage) "?([A-Za-z]\w*(?:\$\w+)?)', line)})
+
+
+def script_settings():
+    """The settings scripts/reproduce_small.sh records in run_info.json (its SETTINGS array, as bash expands it)."""
+    text = SCRIPT.read_text()
+    arrays = [re.search(rf"^{name}=\(.*?\)$", text, re.M | re.S).group(0) for name in ("PRETRAIN_VARS", "SETTINGS")]
+    listed = subprocess.run(["bash", "-c", "\n".join(arrays) + '\nprintf "%s\\n" "${SETTINGS[@]}"'],
+                            capture_output=True, text=True, check=True).stdout.split()
+    return listed
+
+
+def test_report_names_every_stage_the_script_can_time():
+    stages = script_stages()
+    assert {"pretrain", "data", "from_run", "train_cls", "make_cam", "eval_cls", "train_dfb_$suffix",
+            "eval_dfb_$suffix"} <= set(stages), stages  # the reading of the script found them all
+    described = {}
+    for stage in stages:
+        for suffix in ("seed0", "npz"):
+            name = stage.replace("$suffix", suffix)
+            described[name] = results_report.stage_description(name)
+    assert len(set(described.values())) == len(described)  # each stage its own line
+    assert described["train_dfb_seed0"].endswith("seed 0") and described["eval_dfb_npz"].endswith("ablation npz")
+    with pytest.raises(ValueError, match="unknown stage 'export'"):
+        results_report.stage_description("export")
+
+
+def test_report_names_every_setting_the_script_records(tmp_path):
+    settings = script_settings()
+    assert {"PRESET", "PRETRAINED", "PRETRAIN_STEPS", "PRETRAIN_PER_CLASS", "DFB_ABLATIONS"} <= set(settings)
+    synthetic_run(tmp_path)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    info["settings"] = {name: f"value of {name}" for name in settings}
+    info["settings"].update(SEEDS="0 1", DFB_ABLATIONS="", PRETRAINED="none", ID="cifar10")
+    write_json(tmp_path / "run_info.json", info)
+    table = table_rows(results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False), "## Setup")
+    assert [name for name in settings if name not in table] == []
+    # and every setting the report reads by name is one the script records
+    read = set(re.findall(r'settings(?:"\])?(?:\.get\(|\[)"([A-Z_]+)"', Path(results_report.__file__).read_text()))
+    assert read and read <= set(settings), read - set(settings)
+
+
+def test_report_of_a_run_that_pretrained_its_npz(tmp_path):
+    synthetic_run(tmp_path)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    info["settings"]["PRETRAINED"] = "pretrained/body.npz"
+    write_json(tmp_path / "run_info.json", info)
+    times = json.loads((tmp_path / "stage_times.json").read_text())
+    write_json(tmp_path / "stage_times.json", {"pretrain": 30.0, **times})
+    write_json(tmp_path / "runs" / "cls" / "final_metrics.json",
+               {"test_top1": 0.81, "initialised_from": {"from": "npz", "path": "pretrained/body.npz", "sha256": "ab12"}})
+    write_json(tmp_path / "runs" / "pretrain" / "tin" / "final_metrics.json", {"test_top1": 0.4104, "steps": 15000})
+
+    report = results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False)
+
+    assert table_rows(report, "## Wall time per stage")["pretrain"] == [results_report.STAGES["pretrain"], "30.0", "0.50"]
+    assert report.index("| pretrain |") < report.index("| data |")  # first, as the script runs it
+    line = next(line for line in report.splitlines() if line.startswith("- Pretrained weights:"))
+    assert "`pretrained/body.npz`" in line and "15,000 steps" in line and "val top-1 **41.04 %**" in line
+    assert "sha256 `ab12`" in line
+    (tmp_path / "runs" / "pretrain" / "tin" / "final_metrics.json").unlink()
+    write_json(tmp_path / "stage_times.json", times)  # an npz made before the run: no pretrain stage
+    report = results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False)
+    line = next(line for line in report.splitlines() if line.startswith("- Pretrained weights:"))
+    assert "there before this run" in line and "sha256 `ab12`" in line and "val top-1" not in line
+
+
 # --- the script, end to end at tiny size --------------------------------------------------------
 
 TINY = dict(PRESET="cpu", DEVICE="cpu", RESOLUTION="32", TRAIN_RESIZE="36", BATCH="16", STEPS_CLS="6",
@@ -521,3 +595,34 @@ def test_pretrained_preset_fine_tunes_from_the_npz_and_its_ablation_starts_from_
                                       PRETRAIN_WHEN_MISSING="0"), timeout=600)
     assert missing.returncode == 2 and "PRETRAINED=" in missing.stderr and "scripts/pretrain.sh" in missing.stderr
     assert not (tmp_path / "none" / "stage_times.json").exists()  # stopped before the data stage
+
+
+@pytest.mark.slow
+def test_pretrained_preset_without_its_npz_pretrains_first_and_reports_it(shared_data, tmp_path):
+    """A fresh clone's PRESET=cpu_pretrained run, at tiny size: the npz is absent, so the pretrain stage writes it
+    (scripts/pretrain.sh on the shared tin_train.tar.gz), then the flow runs to the written report, which names
+    the stage, the pretraining's val top-1 and the npz's sha256."""
+    npz = tmp_path / "pretrained" / "tin.npz"
+    out = tmp_path / "out"
+    env = dict(os.environ, **dict(TINY, PRESET="cpu_pretrained", SEEDS="0"), SHARED_DATA=str(shared_data),
+               OUT=str(out), DATA_DIR=str(tmp_path / "data"), PRETRAINED=str(npz), OOD_SETS="CIFAR100 MNIST",
+               DFB_ABLATIONS="", PRETRAIN_DATA_DIR=str(tmp_path / "tin_data"), PRETRAIN_PER_CLASS="3",
+               PRETRAIN_STEPS="5", PRETRAIN_BATCH="16", PRETRAIN_RESOLUTION="32", PRETRAIN_TRAIN_RESIZE="36")
+    run_script(env)
+
+    assert npz.is_file()
+    # pretrain.sh got its own settings: Tiny ImageNet in PRETRAIN_DATA_DIR (the first 3 images of each class,
+    # <wnid>_0 held out as val), not in the run's DATA_DIR
+    assert len(list((tmp_path / "tin_data" / "tin" / "val").rglob("*.JPEG"))) == 202
+    assert not (tmp_path / "data" / "tin").exists()
+    pretraining = json.loads((out / "runs" / "pretrain" / "tin" / "final_metrics.json").read_text())
+    assert pretraining["steps"] == 5
+    times = json.loads((out / "stage_times.json").read_text())
+    assert list(times)[:2] == ["pretrain", "data"]
+    report = (out / "RESULTS.md").read_text()
+    assert table_rows(report, "## Wall time per stage")["pretrain"][:2] == [results_report.STAGES["pretrain"],
+                                                                            f"{times['pretrain']:.1f}"]
+    line = next(line for line in report.splitlines() if line.startswith("- Pretrained weights:"))
+    assert f"val top-1 **{100 * pretraining['test_top1']:.2f} %**" in line
+    assert f"sha256 `{hashlib.sha256(npz.read_bytes()).hexdigest()}`" in line
+    assert table_rows(report, "## Setup")["PRETRAIN_STEPS"] == ["`5`"]
