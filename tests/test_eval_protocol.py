@@ -137,7 +137,7 @@ def test_a_validation_ood_folder_chooses_the_fusions_and_is_kept_apart_from_the_
     assert {row["ood_dataset"] for row in result["rows"]} == {"SynthNewObjects", "SynthClutter"}
     assert not list((tmp_path / "val" / "scores").glob("*/SynthNewBackgrounds.npy"))
     # the recorded choices are those of the fusion rule on the held-out images vs that folder
-    from utils.evaluate.main import FUSION_ID, VALIDATION_OOD
+    from utils.evaluate.sets import FUSION_ID, VALIDATION_OOD
     from utils.ood.fusion import select_background_sign, select_fusion
     cached = {name: next((tmp_path / "val" / "cache").glob(f"{name}-*.npz")) for name in (FUSION_ID, VALIDATION_OOD)}
     logits = {name: np.load(path)["logits"] for name, path in cached.items()}

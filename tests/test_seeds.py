@@ -5,7 +5,7 @@ import torch
 from datasets.batch_augment import patch_shuffle
 from datasets.sources import GlobalBatchIndices, step_generator
 from utils.base.runtime import mixed_seed
-from utils.evaluate.main import PatchShuffled
+from utils.evaluate.sets import PatchShuffled
 
 
 def _generator(seed):

@@ -27,17 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.batch_augment import patch_shuffle
-from datasets.folder import dataset_name
-from datasets.sources import open_split, relative_paths, restrict
 from models.loading import load_network
 from utils.base import distributed
 from utils.base.checkpoint import file_digest
 from utils.base.distributed import RunContext, start_run
 from utils.base.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
-from utils.base.runtime import autocast, mixed_seed
+from utils.base.runtime import autocast
 from utils.evaluate.dense import foreground_layout
 from utils.evaluate.engine import extract, top1
+from utils.evaluate.sets import FUSION_ID, VALIDATION_OOD, EvalSets, PatchShuffled, dataset_digest, open_sets
 from utils.ood.detector import save_detector
 from utils.ood.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
                               select_background_sign)
@@ -48,11 +46,6 @@ CSV_COLUMNS = ["method", "id_dataset", "ood_dataset", "fpr95", "auroc", "aupr_in
 BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"
 BEST_DETECTOR = "best"  # --save_detector best
 PLOTTED_METHODS = ("MSP", "Energy", "MaxLogit", BACKGROUND, "DFB-MSP", "DFB-Energy", "DFB-MaxLogit")
-VALIDATION_OOD = "fusion_val_ood"  # patch-shuffled held-out ID images, or --fusion_val_ood
-FUSION_ID = "fusion_id_heldout"
-# Below this many held-out images found in --id_train_path (or --fusion_images, if smaller) the
-# checkpoint's holdout is too small to choose sign and T on, and a seeded slice is used instead
-MIN_HOLDOUT_IMAGES = 50
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -78,16 +71,15 @@ def run(args: argparse.Namespace) -> dict | None:
     if ctx.is_main:
         remove_stale_temporaries(out_dir)  # of an eval that was killed while writing
 
-    sets = open_sets(args, resolution, checkpoint, num_classes, ctx)
-    if task == "dfb":
-        add_fusion_sets(sets, args, checkpoint, resolution)
+    sets = open_sets(args, task, checkpoint, resolution, num_classes, ctx)
     outputs = extract_sets(sets, model, checkpoint_key, resolution, num_classes, out_dir, args, ctx)
     distributed.barrier()
     if not ctx.is_main:
         distributed.cleanup()
         return None
+    scored = score_sets(outputs, sets, task, num_classes, model, args, ctx)
+    results = write_report(scored, outputs, sets, task, out_dir, args, ctx)
 
-    results = score_and_report(outputs, sets, task, num_classes, model, out_dir, args, ctx)
     if task == "dfb" and args.layout_images > 0:
         results["written"].append(out_dir / "dense_layout.json")
         write_dense_layout(results["written"][-1], model, sets.shown_sets(), num_classes, resolution, args, ctx)
@@ -98,92 +90,10 @@ def run(args: argparse.Namespace) -> dict | None:
     if args.save_detector:
         results["written"].append(out_dir / "detector.pt")
         write_detector(results["written"][-1], args, model, checkpoint, checkpoint_key, sets.id_train.classes,
-                       resolution, results, ctx)
-    del results["scores"], results["fit"]  # only the detector needs them
+                       resolution, scored, ctx)
     remove_stale_outputs(out_dir, results["written"])
     distributed.cleanup()
     return results
-
-
-@dataclass
-class EvalSets:
-    """The sets of one evaluation, by name, and which ID training rows fit the scores."""
-    id_train_name: str
-    id_test_name: str
-    ood_names: list[str]
-    id_train: torch.utils.data.Dataset
-    plan: list[tuple[str, torch.utils.data.Dataset]]  # every set to extract, in order (ID train, ID test, OOD...)
-    digests: dict[str, list[str]]  # sha256 of every image of each set, in dataset order
-    fit_rows: np.ndarray  # the rows of the ID training set that fit the scores
-    selection_images: dict | None = None  # dfb: the held-out images that choose the fusions
-
-    def shown_sets(self) -> list[tuple[str, torch.utils.data.Dataset]]:
-        """The ID test and OOD sets (what figures/dense_maps.png shows)."""
-        return [(name, dataset) for name, dataset in self.plan[1:] if name not in (FUSION_ID, VALIDATION_OOD)]
-
-
-def open_sets(args, resolution: int, checkpoint: dict, num_classes: int, ctx: RunContext) -> EvalSets:
-    """The ID training, ID test and OOD splits under unique names; warns when an OOD set holds ID test images."""
-    id_train_name = dataset_name(args.id_train_path, "id")
-    id_test_name = dataset_name(args.id_test_path, "id")
-    ood_names = [dataset_name(path, "ood") for path in args.ood_path]
-    if len(set(ood_names)) != len(ood_names) or {id_train_name, id_test_name} & set(ood_names):
-        raise ValueError(f"data set names must be unique, got ID {id_train_name}, {id_test_name} and OOD {ood_names}")
-    skip = args.skip_corrupt
-    id_train = open_split(args.id_train_path, resolution, classes=checkpoint["classes"] or None, skip_corrupt=skip)
-    if len(id_train.classes) != num_classes:
-        raise ValueError(f"--id_train_path {args.id_train_path} has {len(id_train.classes)} class folders but "
-                         f"{args.model_path} classifies {num_classes} classes")
-    id_test_dataset = open_split(args.id_test_path, resolution, classes=id_train.classes, skip_corrupt=skip)
-    plan = [(id_train_name, id_train), (id_test_name, id_test_dataset)]
-    plan += [(name, open_split(path, resolution, skip_corrupt=skip)) for name, path in zip(ood_names, args.ood_path)]
-    digests = {name: image_digests(dataset) for name, dataset in plan}
-    if ctx.is_main:
-        warn_about_id_images_in_ood_sets(id_test_name, digests[id_test_name], {n: digests[n] for n in ood_names})
-    return EvalSets(id_train_name, id_test_name, ood_names, id_train, plan, digests, np.arange(len(id_train)))
-
-
-def add_fusion_sets(sets: EvalSets, args, checkpoint: dict, resolution: int) -> None:
-    """dfb: the held-out ID training images that choose the fusions and the validation OOD set
-    (their patch-shuffled copies, or --fusion_val_ood) join the plan; the held-out images leave
-    the rows that fit the scores."""
-    held_out, source = fusion_images(sets.id_train, checkpoint, args.fusion_images, args.seed)
-    sets.fit_rows = np.setdiff1d(sets.fit_rows, held_out)  # the held-out images never fit a score
-    heldout_dataset = restrict(sets.id_train, held_out)
-    sets.digests[FUSION_ID] = [sets.digests[sets.id_train_name][i] for i in held_out]
-    sets.plan.append((FUSION_ID, heldout_dataset))
-    if args.fusion_val_ood:
-        validation = open_split(args.fusion_val_ood, resolution, skip_corrupt=args.skip_corrupt)
-        sets.digests[VALIDATION_OOD] = image_digests(validation)
-        check_validation_ood(args.fusion_val_ood, args.ood_path, sets)
-        sets.plan.append((VALIDATION_OOD, validation))
-        validation_ood = {"source": "--fusion_val_ood", "path": str(args.fusion_val_ood), "count": len(validation),
-                          "digest": dataset_digest(validation, sets.digests[VALIDATION_OOD])}
-    else:
-        sets.digests[VALIDATION_OOD] = sets.digests[FUSION_ID]
-        sets.plan.append((VALIDATION_OOD, PatchShuffled(heldout_dataset, grid=args.shuffle_grid, seed=args.seed)))
-        validation_ood = {"source": "patch-shuffled copies of the held-out ID images", "shuffle_grid": args.shuffle_grid,
-                          "seed": args.seed}
-    sets.selection_images = {"source": source, "split": str(sets.id_train.root), "count": len(held_out),
-                             "fitted_images": len(sets.fit_rows), "shuffle_grid": args.shuffle_grid,
-                             "seed": args.seed, "digest": dataset_digest(heldout_dataset, sets.digests[FUSION_ID]),
-                             "images": relative_paths(heldout_dataset), "validation_ood": validation_ood}
-
-
-def check_validation_ood(folder, ood_paths, sets: EvalSets) -> None:
-    """--fusion_val_ood must be kept apart from the test sets: not one of the --ood_path folders,
-    and no image byte-identical to one of theirs or of the ID test set."""
-    resolved = Path(folder).resolve()
-    for path in ood_paths:
-        if Path(path).resolve() == resolved:
-            raise ValueError(f"--fusion_val_ood {folder} is also an --ood_path: the fusions would be chosen on a "
-                             f"test set; give a folder that is not evaluated (e.g. Tiny ImageNet val for CIFAR)")
-    validation = set(sets.digests[VALIDATION_OOD])
-    for name in [sets.id_test_name, *sets.ood_names]:
-        shared = sum(digest in validation for digest in sets.digests[name])
-        if shared:
-            raise ValueError(f"--fusion_val_ood {folder} shares {shared} byte-identical images with the test set "
-                             f"{name}: the validation OOD set must be kept apart from every evaluated set")
 
 
 def extract_sets(sets: EvalSets, model, checkpoint_key: str, resolution: int, num_classes: int, out_dir: Path,
@@ -215,75 +125,6 @@ def cache_key(checkpoint_key: str, dataset, digests: list[str], resolution: int,
     return hashlib.sha256(recipe.encode()).hexdigest()
 
 
-class PatchShuffled(torch.utils.data.Dataset):
-    """ID images with their tiles permuted (a fixed permutation per image): objects are
-    destroyed, colours and textures kept. Used only to choose the fusion's sign and T."""
-
-    def __init__(self, dataset, grid=4, seed=0):
-        self.dataset, self.grid, self.seed = dataset, grid, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        item = dict(self.dataset[index])
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, index))
-        item["image"] = patch_shuffle(item["image"][None], self.grid, generator=generator)[0]
-        return item
-
-
-def image_digests(dataset):
-    """sha256 of every image file of a split, in dataset order."""
-    return [file_digest(path) for path, _ in dataset.samples]
-
-
-def dataset_digest(dataset, digests):
-    """sha256 over every image's relative path, label and bytes."""
-    digest = hashlib.sha256()
-    for (path, label), image_digest in zip(dataset.samples, digests):
-        digest.update(f"{Path(path).relative_to(dataset.root)}|{label}|{image_digest}".encode())
-    return digest.hexdigest()
-
-
-def warn_about_id_images_in_ood_sets(id_test_name, id_digests, ood_digests):
-    """An OOD set holding ID test images (e.g. the ID test folder given as --ood_path) gives
-    meaningless numbers; say so loudly, without stopping the run."""
-    id_images = set(id_digests)
-    for name, digests in ood_digests.items():
-        shared = sum(digest in id_images for digest in digests)
-        if shared:
-            print(f"[eval] WARNING: {shared} of {len(digests)} images of the OOD set {name} are byte-identical to "
-                  f"images of the ID test set {id_test_name}" + (" (the same folder given twice?)"
-                  if shared == len(digests) else "") + "; its OOD metrics are not meaningful")
-
-
-def fusion_images(id_train, checkpoint, count, seed):
-    """(sorted indices into id_train, source) of the held-out ID images that choose the fusions.
-
-    The checkpoint's `holdout_samples` (relative paths the dfb network never trained on) that are
-    present in id_train, at most `count` of them (a seeded subset beyond that); when it has none,
-    or fewer than min(MIN_HOLDOUT_IMAGES, count) are found, `count` images drawn with `seed`, but at
-    most half of the split, so that the fitted scores keep the other half.
-    """
-    rng = np.random.default_rng(seed)
-    holdout = set(checkpoint.get("holdout_samples") or ())
-    found = [index for index, path in enumerate(relative_paths(id_train)) if path in holdout]
-    if len(found) >= min(MIN_HOLDOUT_IMAGES, count):
-        chosen = found if len(found) <= count else rng.choice(found, size=count, replace=False)
-        return sorted(int(i) for i in chosen), "checkpoint holdout_samples"
-    if holdout:
-        print(f"[eval] only {len(found)} of the checkpoint's {len(holdout)} held-out images are in "
-              f"{id_train.root}; choosing the fusions on a seeded slice of it instead")
-    size = min(count, len(id_train) // 2)
-    if size < count:
-        print(f"[eval] --fusion_images {count}: {id_train.root} has {len(id_train)} images; using {size}, "
-              f"so that the other half fits the scores")
-    if size < 1:
-        raise ValueError(f"--id_train_path {id_train.root} has {len(id_train)} image(s): at least 2 are needed, "
-                         f"one to fit the scores and one to choose the DFB fusions")
-    return sorted(int(i) for i in rng.permutation(len(id_train))[:size]), "seeded slice of --id_train_path"
-
-
 def cached_extract(cache_dir, name, key, compute):
     """Load <cache_dir>/<name>-<key>.npz if present and readable, else compute and store it (rank 0)."""
     path = Path(cache_dir) / f"{name}-{key[:20]}.npz"
@@ -307,10 +148,49 @@ def score_overrides(args):
             "ReAct": {"percentile": args.react_percentile}}
 
 
-def score_and_report(outputs, sets: EvalSets, task, num_classes, model, out_dir, args, ctx: RunContext):
-    """Scores, fusions and result files. The scores are fitted on sets.fit_rows of the ID training
-    set (all but the held-out fusion images); sets.selection_images chose the fusions (dfb)."""
+@dataclass
+class ScoredSets:
+    """What score_sets computed from the extracted outputs (nothing of it is written yet)."""
+    accuracy: dict  # top-1 of the K foreground logits on the ID test set
+    scores: dict  # method -> set name -> one score per image (higher = more ID)
+    rows: list[dict]  # the metrics of every method on every OOD set (results.csv's rows)
+    selection: dict  # dfb: the chosen sign and T of every fusion and the images that chose them; {} for cls
+    registry: dict  # the score objects, by name, with their hyper-parameters
+    fit_stats: IDTrainStats  # the ID training rows the fitted scores were fitted on
+
+
+def score_sets(outputs, sets: EvalSets, task, num_classes, model, args, ctx: RunContext) -> ScoredSets:
+    """Scores, fusions and metrics. The scores are fitted on sets.fit_rows of the ID training set
+    (all but the held-out fusion images); sets.selection_images choose the fusions (dfb)."""
     id_test_name, ood_names, fit_rows = sets.id_test_name, sets.ood_names, sets.fit_rows
+    test = outputs[id_test_name]
+    accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
+                "images": int(len(test["labels"]))}
+    weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
+    train = outputs[sets.id_train_name]
+    fit_stats = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
+                             labels=train["labels"][fit_rows], head_weight=weight[:num_classes],
+                             head_bias=bias[:num_classes])
+    scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, VALIDATION_OOD] if task == "dfb" else [])
+    test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
+    registry = make_scores(**score_overrides(args))
+    scores = compute_all_scores(fit_stats, test_sets, device=ctx.device, scores=registry)
+    if args.odin_epsilon > 0:  # ODIN with its input perturbation replaces temperature scaling alone
+        scores["ODIN"] = {name: odin(outputs[name]["odin_logits"], args.odin_temperature) for name in scored_sets}
+    selection = {}
+    if task == "dfb":
+        scores, selection = add_dfb_scores(scores, outputs, scored_sets, args.fusion)
+        selection["validation_images"] = sets.selection_images
+    rows = [{"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
+             **ood_metrics(per_set[id_test_name], per_set[ood])}
+            for method, per_set in scores.items() for ood in ood_names]
+    return ScoredSets(accuracy, scores, rows, selection, registry, fit_stats)
+
+
+def write_report(scored: ScoredSets, outputs, sets: EvalSets, task, out_dir, args, ctx: RunContext) -> dict:
+    """logits/, accuracy.json, score_settings.json, fusion_selection.json (dfb), scores/,
+    results.csv, results.md and figures/; returns rows, accuracy, selection and the files written."""
+    id_test_name, ood_names = sets.id_test_name, sets.ood_names
     written = []
 
     def save_array(path, array):
@@ -319,73 +199,50 @@ def score_and_report(outputs, sets: EvalSets, task, num_classes, model, out_dir,
 
     for name in [sets.id_train_name, id_test_name, *ood_names]:
         save_array(out_dir / "logits" / f"{name}.npy", outputs[name]["logits"])
-    test = outputs[id_test_name]
-    accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
-                "images": int(len(test["labels"]))}
-    write_text_atomic(out_dir / "accuracy.json", json.dumps(accuracy, indent=2) + "\n")
-
-    weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
-    train = outputs[sets.id_train_name]
-    id_train = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
-                            labels=train["labels"][fit_rows], head_weight=weight[:num_classes],
-                            head_bias=bias[:num_classes])
-    scored_sets = [id_test_name, *ood_names] + ([FUSION_ID, VALIDATION_OOD] if task == "dfb" else [])
-    test_sets = {name: (outputs[name]["logits"][:, :num_classes], outputs[name]["features"]) for name in scored_sets}
-    registry = make_scores(**score_overrides(args))
-    scores = compute_all_scores(id_train, test_sets, device=ctx.device, scores=registry)
-    settings = {name: score.hyperparameters() for name, score in registry.items()}
+    write_text_atomic(out_dir / "accuracy.json", json.dumps(scored.accuracy, indent=2) + "\n")
+    settings = {name: score.hyperparameters() for name, score in scored.registry.items()}
     write_text_atomic(out_dir / "score_settings.json", json.dumps(settings, indent=2) + "\n")
-    if args.odin_epsilon > 0:  # ODIN with its input perturbation replaces temperature scaling alone
-        scores["ODIN"] = {name: odin(outputs[name]["odin_logits"], args.odin_temperature) for name in scored_sets}
-
-    selection = {}
     if task == "dfb":
-        scores, selection = add_dfb_scores(scores, outputs, scored_sets, args.fusion)
-        selection["validation_images"] = sets.selection_images
-        write_text_atomic(out_dir / "fusion_selection.json", json.dumps(selection, indent=2) + "\n")
+        write_text_atomic(out_dir / "fusion_selection.json", json.dumps(scored.selection, indent=2) + "\n")
         written.append(out_dir / "fusion_selection.json")
-
-    rows = []
-    for method, per_set in scores.items():
+    for method, per_set in scored.scores.items():
         for name in [id_test_name, *ood_names]:
             save_array(out_dir / "scores" / method / f"{name}.npy", per_set[name])
-        for ood in ood_names:
-            rows.append({"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
-                         **ood_metrics(per_set[id_test_name], per_set[ood])})
-    notes = settings_notes(settings, args, ctx.amp, len(fit_rows), sets.selection_images)
+    notes = settings_notes(settings, args, ctx.amp, len(sets.fit_rows), sets.selection_images)
     # DFB-<m>[<default mode>] is DFB-<m> under its explicit name: results.csv keeps both, the table one
-    repeats = {fusion_name(method, args.fusion) for method in registry} & set(scores) if task == "dfb" else set()
+    repeats = ({fusion_name(method, args.fusion) for method in scored.registry} & set(scored.scores)
+               if task == "dfb" else set())
     if repeats:
         notes.append(f"DFB-<method> is the {args.fusion} fusion; results.csv and scores/ also hold it as "
                      f"DFB-<method>[{args.fusion}].")
-    write_results(out_dir, rows, ood_names, accuracy, notes, leave_out=repeats)
-    written += draw_figures(out_dir, scores, id_test_name, ood_names)
-    return {"rows": rows, "accuracy": accuracy, "selection": selection, "written": written, "scores": scores,
-            "fit": (registry, id_train)}
+    write_results(out_dir, scored.rows, ood_names, scored.accuracy, notes, leave_out=repeats)
+    written += draw_figures(out_dir, scored.scores, id_test_name, ood_names)
+    return {"rows": scored.rows, "accuracy": scored.accuracy, "selection": scored.selection, "written": written}
 
 
-def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resolution, results, ctx: RunContext):
+def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resolution, scored: ScoredSets,
+                   ctx: RunContext):
     """detector.pt of DFB-<args.save_detector> in the --fusion mode, from this run's own choices:
     the fitted statistics of the same ID training rows, the sign and T of fusion_selection.json,
     and a threshold set on the held-out ID images that chose them (never a test or OOD set)."""
     mode = args.fusion
-    registry, id_train = results["fit"]
+    registry, id_train, selection = scored.registry, scored.fit_stats, scored.selection
     method = args.save_detector
     if method == BEST_DETECTOR:
-        method = best_detector_method(results["selection"], registry, mode, args.odin_epsilon)
+        method = best_detector_method(selection, registry, mode, args.odin_epsilon)
     score = registry[method]
     # fitting is deterministic: the state the reported scores used, fitted once more to be stored
     fitted = score.fit(id_train, ctx.device)
-    choice = results["selection"][fusion_name(method, mode)]
+    choice = selection[fusion_name(method, mode)]
     spec = save_detector(path, model_path=args.model_path, checkpoint_digest=checkpoint_key, model=model,
                          resolution=resolution, half_stride=checkpoint["half_stride"], classes=classes, amp=ctx.amp,
                          score=score, fitted=fitted, fitted_images=len(id_train.features), mode=mode,
                          choice=(choice["sign"], choice["temperature"], choice["validation_auroc"]),
-                         heldout_fused=results["scores"][fusion_name(method)][FUSION_ID],
-                         heldout_images=results["selection"]["validation_images"],
-                         background_sign=results["selection"][BACKGROUND]["sign"])
+                         heldout_fused=scored.scores[fusion_name(method)][FUSION_ID],
+                         heldout_images=selection["validation_images"],
+                         background_sign=selection[BACKGROUND]["sign"])
     print(f"[eval] detector {fusion_name(method)} ({mode} fusion, threshold {spec['threshold']['value']:.6g}: keeps "
-          f"{100 * spec['threshold']['kept_fraction']:.1f} % of {len(results['scores'][fusion_name(method)][FUSION_ID])} "
+          f"{100 * spec['threshold']['kept_fraction']:.1f} % of {len(scored.scores[fusion_name(method)][FUSION_ID])} "
           f"held-out ID images): {path}; apply it with score.py --detector {path} --images ...")
 
 
