@@ -134,6 +134,12 @@ def unpack_tin(shared, out, per_class=None, log=print):
     return dataset_dir
 
 
+def shared_archives():
+    """Every archive of the shared folder that the project reads: the ID sets', the OOD sets' and Tiny ImageNet's."""
+    return list(dict.fromkeys([archive for archive, _ in ID_SETS.values()] +
+                              [archive for archive, _, _ in OOD_SETS.values()] + [TIN_ARCHIVE]))
+
+
 def find_archive(shared, name):
     """<shared>/<name>, or its gzip-compressed copy <name>.gz (the shared tars shrink about 4x, which
     helps where a copy must travel with a size limit); None if neither exists."""
@@ -161,9 +167,8 @@ def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=N
                          f"ID choose among {', '.join(default_ood_sets(id_name))}")
     id_archive = find_archive(shared, id_archive_name)
     if id_archive is None:
-        archives = dict.fromkeys([a for a, _ in ID_SETS.values()] + [a for a, _, _ in OOD_SETS.values()])
         raise FileNotFoundError(f"{shared / id_archive_name} (or .gz) not found: set SHARED_DATA to the folder "
-                                f"holding the shared archives ({', '.join(archives)})")
+                                f"holding the shared archives ({', '.join(shared_archives())})")
     manifest = {"shared": str(shared), "id": {}, "ood": {}}  # as given: relative to the checkout by default
     images = unpack_set(id_archive, out / id_name, {"train": train_per_class, "test": test_per_class})
     log(f"{out / id_name}: {images} from {id_archive}")

@@ -10,7 +10,7 @@
 # Every step has its own time limit and the later steps run even if an earlier one failed, so a
 # CUDA-only bug costs one step, not the lease.
 #
-#   RESULTS_DIR=/tmp/out SHARED_DATA=shared_gz PYTHON=python3 bash scripts/gpu_session.sh
+#   SHARED_DATA=shared_gz PYTHON=python3 bash scripts/gpu_session.sh
 #
 # Environment: RESULTS_DIR (where the logs and the report go) [gpu_session_out], BUDGET_S (seconds
 # for the whole script) [560], SHARED_DATA, PYTHON as for reproduce_small.sh, SWEEP (classifier

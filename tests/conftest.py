@@ -7,6 +7,7 @@ import pytest
 import eval as eval_cli
 import make_cam
 import train
+from tests.helpers import shared_data_folder
 
 TINY = ["--model", "ResNetV2-Tiny", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
         "--workers", "0", "--batch", "16", "--eval_every", "0", "--save_every", "10"]
@@ -35,11 +36,9 @@ def run_pipeline(root, train_dir, test_dir, ood_dirs, num_classes, steps=12):
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """../shared/data (real image sets), found through DFB_SHARED_DATA; tests skip without it."""
-    folder = os.environ.get("DFB_SHARED_DATA")
-    if not folder or not Path(folder, "cifar10.tar").is_file():
-        pytest.skip("DFB_SHARED_DATA is not set to the shared data folder (with cifar10.tar)")
-    return Path(folder)
+    """The shared real image sets (DFB_SHARED_DATA): the tests that use them skip without them, and fail
+    under CI=true (tests/helpers.py, shared_data_folder)."""
+    return shared_data_folder(os.environ)
 
 
 def extract_subset(archive, out, per_class, split_prefix=None):

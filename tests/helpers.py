@@ -1,14 +1,39 @@
 """Scaffolding shared by the test modules: running a CLI's main() in process, the one-line error
-check of docs/ROBUSTNESS.md, and a dfb checkpoint with random weights (alone or with a small
-synthetic benchmark to evaluate it on)."""
+check of docs/ROBUSTNESS.md, a dfb checkpoint with random weights (alone or with a small
+synthetic benchmark to evaluate it on), and where the real-image tests find the shared archives."""
 from pathlib import Path
 
+import pytest
 import torch
 
+from datasets.shared_archives import find_archive, shared_archives
 from datasets.synthetic import generate_benchmark
 
 from models.resnetv2 import create_model
 from utils.base.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA_VARIABLE = "DFB_SHARED_DATA"
+
+
+def shared_data_folder(environ):
+    """The folder of the shared archives for the real-image tests: DFB_SHARED_DATA of `environ` (a relative
+    path is taken from the checkout, as .ci/run's ../shared/data), holding every archive the project reads
+    (.tar or .tar.gz). Without it those tests skip, but under CI=true they fail, so that CI cannot pass
+    without having run them."""
+    value = environ.get(SHARED_DATA_VARIABLE)
+    if not value:
+        problem = f"{SHARED_DATA_VARIABLE} is unset (.ci/run sets it to ../shared/data, beside the checkout)"
+    else:
+        folder = (REPO / value).resolve()  # an absolute value stays as it is
+        missing = [name for name in shared_archives() if find_archive(folder, name) is None]
+        if not missing:
+            return folder
+        problem = (f"{SHARED_DATA_VARIABLE}={value}: looked in {folder}, " +
+                   (f"which lacks {', '.join(missing)} (or .gz)" if folder.is_dir() else "not a folder"))
+    if environ.get("CI") == "true":
+        pytest.fail(f"real-image tests under CI=true: {problem}", pytrace=False)
+    pytest.skip(f"{problem}; the real-image tests skip outside CI (under CI=true they fail)")
 
 
 def run_cli(module, argv, capsys):

@@ -357,8 +357,6 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_pretrain_script_writes_an_npz_that_fine_tuning_loads(shared_data, tmp_path):
     import os
     import subprocess
-    if not (shared_data / "tin_train.tar.gz").is_file():
-        pytest.skip("no tin_train.tar.gz in the shared data folder")
     env = {**os.environ, "SHARED_DATA": str(shared_data), "PER_CLASS": "51", "STEPS": "5", "BATCH": "32",
            "RESOLUTION": "32", "TRAIN_RESIZE": "36", "WORKERS": "0", "DATA_DIR": str(tmp_path / "data"),
            "OUT": str(tmp_path / "run"), "NPZ": str(tmp_path / "tin.npz"), "OMP_NUM_THREADS": "1"}
