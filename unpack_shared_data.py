@@ -13,6 +13,11 @@ image is kept.
 
 With --tin only Tiny ImageNet's train split is unpacked (<out>/tin/train, plus classes.tsv and
 train_boxes.csv in <out>/tin), the pretraining set of scripts/pretrain.sh; its folder is printed.
+
+    python unpack_shared_data.py --default_ood --id cifar100
+
+prints the OOD sets unpacked when --ood is left out (every set but the ID set's own archive), on one
+line, and unpacks nothing: scripts/reproduce_small.sh's default OOD_SETS.
 """
 import argparse
 import sys
@@ -33,21 +38,29 @@ def optional_count(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", required=True, help="folder with the shared archives (cifar10.tar, ...)")
-    parser.add_argument("--out", required=True, help="where the ImageFolder sets are unpacked")
+    parser.add_argument("--shared", help="folder with the shared archives (cifar10.tar, ...)")
+    parser.add_argument("--out", help="where the ImageFolder sets are unpacked")
     parser.add_argument("--id", default=DEFAULT_ID, choices=list(ID_SETS), help="the ID set (train and test splits)")
     parser.add_argument("--ood", nargs="*", default=None, choices=list(OOD_SETS),
                         help="OOD sets (default: all but the ID set's own archive; none: the ID set only)")
     parser.add_argument("--tin", action="store_true",
                         help="unpack only Tiny ImageNet's train split (tin_train.tar.gz), for pretraining")
+    parser.add_argument("--default_ood", action="store_true",
+                        help="print the default OOD sets of --id on one line (what --ood left out unpacks) and stop")
     for split in ("train", "test", "ood"):
         parser.add_argument(f"--{split}_per_class", type=optional_count, default=None,
                             help="keep the first N images per class ('' or left out: all)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.default_ood and (args.shared is None or args.out is None):
+        parser.error("--shared and --out are required (but with --default_ood)")
+    return args
 
 
 def unpack(args):
     log = lambda message: print(f"[data] {message}", file=sys.stderr)  # noqa: E731
+    if args.default_ood:
+        print(" ".join(default_ood_sets(args.id)))
+        return
     if args.tin:
         print(unpack_tin(args.shared, args.out, args.train_per_class, log=log))
         return

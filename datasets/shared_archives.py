@@ -17,8 +17,13 @@ from utils.base.io import atomic_path, write_text_atomic
 # ID set (folder name = the name eval.py reports) -> (archive, display name)
 ID_SETS = {"cifar10": ("cifar10.tar", "CIFAR-10"), "cifar100": ("cifar100.tar", "CIFAR-100")}
 DEFAULT_ID = "cifar10"
-# OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for)
+# OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for), in the order
+# of the default list (default_ood_sets, also that of scripts/reproduce_small.sh)
 OOD_SETS = {
+    "CIFAR100": ("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
+                 "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)"),
+    "CIFAR10": ("cifar10.tar", "CIFAR-10 test split, 10,000 images of 10 classes, 32x32 JPEG",
+                "CIFAR-10 (the near-OOD set of CIFAR-100 as ID)"),
     "SVHN": ("svhn.tar", "SVHN cropped digits, the first 10,000 of the 26,032 test images, 32x32",
              "SVHN (the paper's set is the whole test split, 26,032 images)"),
     "Textures": ("textures.tar", "DTD, 10 of its 47 classes (1,200 of 5,640 images), 64x64",
@@ -29,10 +34,6 @@ OOD_SETS = {
                 "Places (stand-in: scenes, not Places365)"),
     "IntelScenes": ("intel_scenes.tar", "Intel image classification scenes, 3,000 images",
                     "Places (second stand-in: scenes, not Places365)"),
-    "CIFAR100": ("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
-                 "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)"),
-    "CIFAR10": ("cifar10.tar", "CIFAR-10 test split, 10,000 images of 10 classes, 32x32 JPEG",
-                "CIFAR-10 (the near-OOD set of CIFAR-100 as ID)"),
 }
 
 

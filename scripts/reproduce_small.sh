@@ -39,8 +39,8 @@
 #   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
 #   OUT              run folder [runs/reproduce_small]
 #   DATA_DIR         unpacked sets [dataset/reproduce_small/<sizes>; cifar100_<sizes> with ID=cifar100]
-#   OOD_SETS         those whose archive exists ["CIFAR100 SVHN Textures MNIST Scene15 IntelScenes"; with
-#                    ID=cifar100 CIFAR10 in place of CIFAR100]
+#   OOD_SETS         those whose archive exists [every OOD set of datasets/shared_archives.py but the one cut
+#                    from the ID set's archive, as `unpack_shared_data.py --default_ood --id $ID` prints them]
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
 #   SEED             seed of the classifier and its evaluation [0]
 #   SEEDS            seeds of the DFB stage, space-separated [$SEED]; classifier and masks are shared
@@ -83,10 +83,11 @@ SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
 ID=${ID:-cifar10}
 case "$ID" in
-  cifar10) OOD_SETS=${OOD_SETS:-CIFAR100 SVHN Textures MNIST Scene15 IntelScenes}; DATA_PREFIX= ;;
-  cifar100) OOD_SETS=${OOD_SETS:-CIFAR10 SVHN Textures MNIST Scene15 IntelScenes}; DATA_PREFIX=cifar100_ ;;
+  cifar10) DATA_PREFIX= ;;
+  cifar100) DATA_PREFIX=cifar100_ ;;
   *) echo "[error] ID=$ID: expected cifar10 or cifar100" >&2; exit 2 ;;
 esac
+if [ -z "${OOD_SETS:-}" ]; then OOD_SETS=$($PY unpack_shared_data.py --default_ood --id "$ID"); fi
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-}
 TEST_PER_CLASS=${TEST_PER_CLASS:-}
 OOD_PER_CLASS=${OOD_PER_CLASS:-}

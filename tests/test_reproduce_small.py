@@ -143,7 +143,7 @@ def test_cifar100_as_id_takes_cifar10_as_ood_and_refuses_its_own_archive(tmp_pat
     unpack_shared_data.main(["--shared", str(shared), "--out", str(tmp_path / "data"), "--id", "cifar100"])
 
     printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "data" / "MNIST" / "test"), str(tmp_path / "data" / "CIFAR10" / "test")]
+    assert printed == [str(tmp_path / "data" / "CIFAR10" / "test"), str(tmp_path / "data" / "MNIST" / "test")]
     assert image_files(tmp_path / "data" / "cifar100") == [f"{split}/cifar100_c{k}/{i}.png"
                                                            for split in ("test", "train") for k in range(2)
                                                            for i in range(2)]
@@ -156,6 +156,29 @@ def test_cifar100_as_id_takes_cifar10_as_ood_and_refuses_its_own_archive(tmp_pat
         shared_archives.unpack_shared(shared, tmp_path / "other", ["CIFAR100"], id_name="cifar100")
     with pytest.raises(ValueError, match="unknown ID set"):
         shared_archives.unpack_shared(shared, tmp_path / "other", [], id_name="svhn")
+
+
+def test_cli_prints_the_default_ood_sets_of_an_id_set(capsys):
+    for id_name, first in (("cifar10", "CIFAR100"), ("cifar100", "CIFAR10")):
+        unpack_shared_data.main(["--default_ood", "--id", id_name])  # no --shared, --out: nothing is unpacked
+        printed = capsys.readouterr().out
+        assert printed == " ".join(shared_archives.default_ood_sets(id_name)) + "\n"
+        # every OOD set but the one cut from the ID set's own archive; the other CIFAR, the near-OOD set, first
+        assert printed.split() == [first, "SVHN", "Textures", "MNIST", "Scene15", "IntelScenes"]
+    with pytest.raises(SystemExit) as exit_info:
+        unpack_shared_data.main(["--id", "cifar10"])
+    assert exit_info.value.code == 2 and "--shared and --out are required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("id_name", ["cifar10", "cifar100"])
+def test_script_takes_its_default_ood_sets_from_unpack_shared_data(tmp_path, id_name):
+    # a FUSION_VAL_OOD that is no OOD set stops the script before any work, printing the OOD_SETS it chose
+    result = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, ID=id_name, SHARED_DATA=str(tmp_path), OUT=str(tmp_path / "out"),
+                                     FUSION_VAL_OOD="Nothing"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"not one of OOD_SETS ({' '.join(shared_archives.default_ood_sets(id_name))})" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # --- run record -------------------------------------------------------------------------------
