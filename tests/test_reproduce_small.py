@@ -473,7 +473,7 @@ def train_flags():
     return cli_flags("train.py")
 
 
-@pytest.mark.parametrize("name", ["gpu", "cpu", "cpu_pretrained"])
+@pytest.mark.parametrize("name", ["gpu", "cpu", "cpu_tiny64", "cpu_pretrained"])
 def test_preset_flags_are_train_py_flags(name):
     values = preset(name)
     used = set(re.findall(r"--\w+", values["CLS_FLAGS"] + " " + values["DFB_FLAGS"]))
