@@ -11,8 +11,9 @@ image is kept.
 
     python unpack_shared_data.py --shared ../shared/data --out dataset/pretrain --tin
 
-With --tin only Tiny ImageNet's train split is unpacked (<out>/tin/train, plus classes.tsv and
-train_boxes.csv in <out>/tin), the pretraining set of scripts/pretrain.sh; its folder is printed.
+With --tin only Tiny ImageNet's train split is unpacked (<out>/tin/train, and <out>/tin/val the 2 % of it
+held out, not the official val split; classes.tsv and train_boxes.csv in <out>/tin), the pretraining set
+of scripts/pretrain.sh; its folder is printed.
 
     python unpack_shared_data.py --default_ood --id cifar100
 

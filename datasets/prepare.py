@@ -9,8 +9,10 @@ Output: ``<root>/<name>/<split>/<class>/<image>`` (docs/CONTRACTS.md §1):
 - ``SVHN``: the test split of the cropped-digits format (26,032 PNGs), class folders ``0``..``9``.
 - ``Textures``: all 5,640 DTD images, copied byte for byte.
 - ``Places``: the 10,000-image Places subset curated for MOS, copied byte for byte.
-- ``TinyImageNet``: train (100,000) and val (10,000, sorted into wnid folders) JPEGs copied byte for
-  byte from the official zip, with ``classes.tsv``, ``train_boxes.csv`` and ``val_boxes.csv`` beside them.
+- ``TinyImageNet``: train (100,000) and the official val split (10,000, sorted into wnid folders) JPEGs
+  copied byte for byte from the official zip, with ``classes.tsv``, ``train_boxes.csv`` and
+  ``val_boxes.csv`` beside them (not the held-out "val" of unpack_shared_data.py --tin:
+  datasets/tiny_imagenet.py).
 
 Resuming: archives are downloaded to ``<name>.part`` and renamed only once complete, so a file
 with the final name is never a truncated download. The images are written by
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from datasets.imagefolder_writer import (IMAGE_EXTENSIONS, ImageFolderWriter, archive_images, complete_record,
                                          is_complete)
+from datasets.tiny_imagenet import TIN_BOX_HEADER, TIN_NAME
 from utils.base.io import write_text_atomic
 
 _CHUNK = 1 << 20
@@ -286,8 +289,6 @@ def convert_places(archive_path, out_root, progress=False):
 
 # ----------------------------------------------------------------------------- Tiny ImageNet
 
-TIN_NAME = "TinyImageNet"
-TIN_BOX_HEADER = ("file", "wnid", "x0", "y0", "x1", "y1")  # the format of the shared tin_train.tar.gz
 
 
 def _zip_members(zf, archive_path):
@@ -436,8 +437,8 @@ def convert_tiny_imagenet(archive_path, out_root, progress=False):
     """Convert the official ``tiny-imagenet-200.zip`` into ``<out_root>/TinyImageNet/{train,val}/<wnid>/``.
 
     The JPEGs are streamed out of the zip (never extracted as a whole) and copied byte for byte;
-    val images are sorted into their class folders by val_annotations.txt, the unlabelled test
-    split is skipped. Beside the splits: classes.tsv (``wnid<TAB>words``), train_boxes.csv and
+    val is the official validation split, its images sorted into their class folders by
+    val_annotations.txt; the unlabelled test split is skipped. Beside the splits: classes.tsv (``wnid<TAB>words``), train_boxes.csv and
     val_boxes.csv (``file,wnid,x0,y0,x1,y1``, as in the shared tin_train.tar.gz).
     """
     dataset_dir = Path(out_root) / TIN_NAME

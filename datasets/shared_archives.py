@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from datasets.imagefolder_writer import ImageFolderWriter, archive_images, archive_members, complete_record
+from datasets.tiny_imagenet import TIN_HELDOUT_EVERY, TIN_TRAIN_NAME
 from utils.base.io import atomic_path, write_text_atomic
 
 # ID set (folder name = the name eval.py reports) -> (archive, display name)
@@ -42,12 +43,11 @@ def default_ood_sets(id_name):
     return [name for name, (archive, _, _) in OOD_SETS.items() if archive != ID_SETS[id_name][0]]
 # Tiny ImageNet's train split (an ImageNet stand-in for pretraining, scripts/pretrain.sh): images
 # train/<wnid>/<wnid>_<i>.JPEG, plus the object box of each image and the class names. Images with
-# i % TIN_VAL_EVERY == 0 (10 of each class's 500, 2 %) form our val split: never trained on, they give
-# the pretraining's val top-1 and are the held-out images whose CAMs are compared with their boxes.
-TIN_NAME = "tin"
+# i % TIN_HELDOUT_EVERY == 0 (10 of each class's 500, 2 %) are held out as the folder's val split (not the
+# official val split: datasets/tiny_imagenet.py): never trained on, they give the pretraining's val top-1
+# and are the held-out images whose CAMs are compared with their boxes.
 TIN_ARCHIVE = "tin_train.tar"
 TIN_METADATA = ("classes.tsv", "train_boxes.csv")
-TIN_VAL_EVERY = 50
 
 
 def unpack_set(archive, dataset_dir, per_class):
@@ -100,24 +100,25 @@ def extract_files(archive, names, out_dir):
 
 
 def tin_split(filename):
-    """'val' for the images of Tiny ImageNet's train split that our val split holds, else 'train'."""
+    """The split of unpack_tin's folder that an image of Tiny ImageNet's train split goes to: 'val' for the
+    held-out ones (number % TIN_HELDOUT_EVERY == 0), else 'train'."""
     index = Path(filename).stem.rpartition("_")[2]
     if not index.isdigit():
         raise ValueError(f"{filename}: expected a Tiny ImageNet file name <wnid>_<number>.JPEG")
-    return "val" if int(index) % TIN_VAL_EVERY == 0 else "train"
+    return "val" if int(index) % TIN_HELDOUT_EVERY == 0 else "train"
 
 
 def unpack_tin(shared, out, per_class=None, log=print):
-    """Tiny ImageNet of `shared`/tin_train.tar(.gz) into `out`/tin/{train,val} (ImageFolder, a folder per
-    wnid; val = tin_split's 2 %), with classes.tsv and train_boxes.csv beside them. per_class keeps the
-    first N images of each class folder (archive order) before the split, for tiny test runs.
-    Returns `out`/tin."""
+    """Tiny ImageNet's train split, `shared`/tin_train.tar(.gz), into `out`/tin/{train,val} (ImageFolder, a
+    folder per wnid; val = the images of the train split that tin_split holds out, 2 %, not the official
+    val split), with classes.tsv and train_boxes.csv beside them. per_class keeps the first N images of
+    each class folder (archive order) before the split, for tiny test runs. Returns `out`/tin."""
     archive = find_archive(shared, TIN_ARCHIVE)
     if archive is None:
         raise FileNotFoundError(f"{Path(shared) / TIN_ARCHIVE} (or .gz) not found: set SHARED_DATA to the folder "
                                 f"holding the shared archives")
-    dataset_dir = Path(out) / TIN_NAME
-    settings = {"per_class": per_class, "val_every": TIN_VAL_EVERY}
+    dataset_dir = Path(out) / TIN_TRAIN_NAME
+    settings = {"per_class": per_class, "val_every": TIN_HELDOUT_EVERY}  # the key of folders already written
     record = complete_record(dataset_dir, settings)
     if record is not None:
         images = record["images"]

@@ -15,7 +15,8 @@ from PIL import Image
 import export_npz
 import make_cam
 from datasets.boxes import read_boxes
-from datasets.shared_archives import TIN_VAL_EVERY, unpack_tin
+from datasets.shared_archives import unpack_tin
+from datasets.tiny_imagenet import TIN_HELDOUT_EVERY
 from models.resnetv2 import create_model, npz_key_map
 from tests.helpers import assert_input_error, run_cli
 from tests.test_resnetv2 import functional_bit_forward
@@ -114,7 +115,7 @@ def test_unpack_tin_splits_every_fiftieth_image_into_val_and_keeps_boxes(tmp_pat
     for name, payload in files.items():
         _, wnid, filename = name.split("/")
         index = int(filename.split("_")[1].split(".")[0])
-        expected[f"{'val' if index % TIN_VAL_EVERY == 0 else 'train'}/{wnid}/{filename}"] = payload
+        expected[f"{'val' if index % TIN_HELDOUT_EVERY == 0 else 'train'}/{wnid}/{filename}"] = payload
     assert written == expected
     assert (out / "classes.tsv").read_text() == "n01\tthing n01\nn02\tthing n02\n"
     assert read_boxes(out / "train_boxes.csv")["n02_51.JPEG"] == (1, 2, 5, 6)
