@@ -10,6 +10,7 @@ class folder (archive order is sorted), for tiny test runs; None keeps every ima
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from datasets.imagefolder_writer import ImageFolderWriter, archive_images, archive_members, complete_record
 from datasets.tiny_imagenet import TIN_HELDOUT_EVERY, TIN_TRAIN_NAME
@@ -18,29 +19,43 @@ from utils.base.io import atomic_path, write_text_atomic
 # ID set (folder name = the name eval.py reports) -> (archive, display name)
 ID_SETS = {"cifar10": ("cifar10.tar", "CIFAR-10"), "cifar100": ("cifar100.tar", "CIFAR-100")}
 DEFAULT_ID = "cifar10"
-# OOD folder name (= the name eval.py reports) -> (archive, what it is, what it stands in for), in the order
-# of the default list (default_ood_sets, also that of scripts/reproduce_small.sh)
+
+
+class OodSet(NamedTuple):
+    archive: str
+    content: str  # what it is
+    stands_for: str  # the set of the paper or of OpenOOD it stands in for
+    # "near" or "far": the group of OpenOOD v1.5's CIFAR benchmarks the set (or the one it stands for) is in:
+    # near-OOD the other CIFAR (and Tiny ImageNet, not among ours), far-OOD MNIST, SVHN, Textures, Places365
+    openood_group: str
+
+
+OPENOOD_GROUPS = ("near", "far")
+# OOD folder name (= the name eval.py reports) -> its OodSet, in the order of the default list
+# (default_ood_sets, also that of scripts/reproduce_small.sh)
 OOD_SETS = {
-    "CIFAR100": ("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
-                 "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)"),
-    "CIFAR10": ("cifar10.tar", "CIFAR-10 test split, 10,000 images of 10 classes, 32x32 JPEG",
-                "CIFAR-10 (the near-OOD set of CIFAR-100 as ID)"),
-    "SVHN": ("svhn.tar", "SVHN cropped digits, the first 10,000 of the 26,032 test images, 32x32",
-             "SVHN (the paper's set is the whole test split, 26,032 images)"),
-    "Textures": ("textures.tar", "DTD, 10 of its 47 classes (1,200 of 5,640 images), 64x64",
-                 "Textures (DTD), but not the published set"),
-    "MNIST": ("mnist.tar", "MNIST digits, 3,000 test images, 28x28 grayscale",
-              "SVHN (stand-in: digits, but handwritten and grayscale, not house numbers)"),
-    "Scene15": ("scene15.tar", "Scene-15 scene photos, 3,000 images",
-                "Places (stand-in: scenes, not Places365)"),
-    "IntelScenes": ("intel_scenes.tar", "Intel image classification scenes, 3,000 images",
-                    "Places (second stand-in: scenes, not Places365)"),
+    "CIFAR100": OodSet("cifar100.tar", "CIFAR-100 test split, 10,000 images of 100 classes, 32x32 JPEG encoded as "
+                       "the CIFAR-10 copy is", "CIFAR-100 (the paper's near-OOD set for CIFAR-10 as ID)", "near"),
+    "CIFAR10": OodSet("cifar10.tar", "CIFAR-10 test split, 10,000 images of 10 classes, 32x32 JPEG",
+                      "CIFAR-10 (the near-OOD set of CIFAR-100 as ID)", "near"),
+    "SVHN": OodSet("svhn.tar", "SVHN cropped digits, the first 10,000 of the 26,032 test images, 32x32",
+                   "SVHN (the paper's set is the whole test split, 26,032 images)", "far"),
+    "Textures": OodSet("textures.tar", "DTD, 10 of its 47 classes (1,200 of 5,640 images), 64x64",
+                       "Textures (DTD), but not the published set", "far"),
+    "MNIST": OodSet("mnist.tar", "MNIST digits, 3,000 test images, 28x28 grayscale",
+                    "SVHN (stand-in: digits, but handwritten and grayscale, not house numbers)", "far"),
+    "Scene15": OodSet("scene15.tar", "Scene-15 scene photos, 3,000 images",
+                      "Places (stand-in: scenes, not Places365)", "far"),
+    "IntelScenes": OodSet("intel_scenes.tar", "Intel image classification scenes, 3,000 images",
+                          "Places (second stand-in: scenes, not Places365)", "far"),
 }
 
 
 def default_ood_sets(id_name):
     """Every OOD set that is not the ID set itself (CIFAR-10 as ID leaves out CIFAR10, and so on)."""
-    return [name for name, (archive, _, _) in OOD_SETS.items() if archive != ID_SETS[id_name][0]]
+    return [name for name, ood in OOD_SETS.items() if ood.archive != ID_SETS[id_name][0]]
+
+
 # Tiny ImageNet's train split (an ImageNet stand-in for pretraining, scripts/pretrain.sh): images
 # train/<wnid>/<wnid>_<i>.JPEG, plus the object box of each image and the class names. Images with
 # i % TIN_HELDOUT_EVERY == 0 (10 of each class's 500, 2 %) are held out as the folder's val split (not the
@@ -139,7 +154,7 @@ def unpack_tin(shared, out, per_class=None, log=print):
 def shared_archives():
     """Every archive of the shared folder that the project reads: the ID sets', the OOD sets' and Tiny ImageNet's."""
     return list(dict.fromkeys([archive for archive, _ in ID_SETS.values()] +
-                              [archive for archive, _, _ in OOD_SETS.values()] + [TIN_ARCHIVE]))
+                              [ood.archive for ood in OOD_SETS.values()] + [TIN_ARCHIVE]))
 
 
 def find_archive(shared, name):
@@ -163,7 +178,7 @@ def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=N
     if unknown:
         raise ValueError(f"unknown OOD set(s) {unknown}; known: {', '.join(OOD_SETS)}")
     id_archive_name = ID_SETS[id_name][0]
-    own = [name for name in ood_names if OOD_SETS[name][0] == id_archive_name]
+    own = [name for name in ood_names if OOD_SETS[name].archive == id_archive_name]
     if own:
         raise ValueError(f"OOD set(s) {own} come from the ID set's own archive {id_archive_name}: with {id_name} as "
                          f"ID choose among {', '.join(default_ood_sets(id_name))}")
@@ -177,14 +192,14 @@ def unpack_shared(shared, out, ood_names, train_per_class=None, test_per_class=N
     manifest["id"][id_name] = {"archive": id_archive_name, "images": images}
     splits = []
     for name in ood_names:
-        archive, content, stands_for = OOD_SETS[name]
-        path = find_archive(shared, archive)
+        ood = OOD_SETS[name]
+        path = find_archive(shared, ood.archive)
         if path is None:
-            log(f"{shared / archive} (or .gz) not found: OOD set {name} skipped")
+            log(f"{shared / ood.archive} (or .gz) not found: OOD set {name} skipped")
             continue
         images = unpack_set(path, out / name, {"test": ood_per_class})
         log(f"{out / name}: {images} from {path}")
-        manifest["ood"][name] = {"archive": archive, "content": content, "stands_for": stands_for,
+        manifest["ood"][name] = {"archive": ood.archive, "content": ood.content, "stands_for": ood.stands_for,
                                  "images": images}
         splits.append(out / name / "test")
     if ood_names and not splits:  # asked for OOD sets and found none

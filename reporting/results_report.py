@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.shared_archives import DEFAULT_ID, ID_SETS
+from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, OPENOOD_GROUPS
 from reporting.ablation_table import variant_tables
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
@@ -52,9 +52,6 @@ PM = "±"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
 # standard deviation of DFB-x over seeds
 SPREAD_RULE = 2.0
-# OpenOOD v1.5's near-OOD sets of the CIFAR benchmarks (CIFAR-100 for CIFAR-10 as ID, and the other way
-# round; its TinyImageNet near-OOD set is not among ours); every other OOD set counts as far-OOD
-NEAR_OOD_SETS = ("CIFAR100", "CIFAR10")
 GRID_EXAMPLES = 8  # examples per row of the figure grids
 GRID_CLASSES = 10  # rows of the pseudo-mask grid at most
 
@@ -201,11 +198,11 @@ class Run:
         return statistics.fmean(self.cls_value(method, ood, key) for ood in oods or self.ood_names)
 
     def openood_groups(self):
-        """[(group name, its OOD sets)]: near-OOD (the other CIFAR) and far-OOD (the rest), as OpenOOD
-        v1.5 groups CIFAR's OOD sets; empty groups left out."""
-        near = [ood for ood in self.ood_names if ood in NEAR_OOD_SETS]
-        far = [ood for ood in self.ood_names if ood not in NEAR_OOD_SETS]
-        return [(name, oods) for name, oods in (("near-OOD", near), ("far-OOD", far)) if oods]
+        """[(group name, its OOD sets)]: near-OOD and far-OOD as OpenOOD v1.5 groups CIFAR's OOD sets, each
+        set's group read from datasets/shared_archives.py's OOD_SETS; empty groups left out."""
+        grouped = [(f"{group}-OOD", [ood for ood in self.ood_names if ood in OOD_SETS
+                                     and OOD_SETS[ood].openood_group == group]) for group in OPENOOD_GROUPS]
+        return [(name, oods) for name, oods in grouped if oods]
 
 
 def portable(text):
@@ -357,6 +354,12 @@ def average_table(run):
 def group_table(run):
     """Mean AUROC and FPR95 over OpenOOD v1.5's groups of OOD sets, for every score."""
     groups = run.openood_groups()
+    grouped = {ood for _, oods in groups for ood in oods}
+    ungrouped = [ood for ood in run.ood_names if ood not in grouped]
+    left_out = (f" Not grouped (no OpenOOD group in `datasets/shared_archives.py`): {', '.join(ungrouped)}."
+                if ungrouped else "")
+    if not groups:
+        return ["### Grouped as OpenOOD v1.5 groups CIFAR's OOD sets", "", left_out.strip(), ""]
     keys = (("auroc", "AUROC↑"), ("fpr95", "FPR95↓"))
     header = ["score"] + [f"{name} {label}" for name, _ in groups for _, label in keys]
     rows = []
@@ -370,7 +373,7 @@ def group_table(run):
     described = "; ".join(f"{name}: {', '.join(oods)}" for name, oods in groups)
     return ["### Grouped as OpenOOD v1.5 groups CIFAR's OOD sets", "",
             f"Mean over the sets of each group ({described}), per seed, then mean ± std over seeds; "
-            f"to set beside OpenOOD's tables (whose sets differ: see the caveat above).", ""] + \
+            f"to set beside OpenOOD's tables (whose sets differ: see the caveat above).{left_out}", ""] + \
         markdown_table(header, rows) + [""]
 
 

@@ -233,13 +233,14 @@ def synthetic_run(run_dir, seeds=("0", "1"), legacy_background=False, sets=("Set
 
     def row(method, m, o, shift=0.0):
         return [method, "cifar10_test", sets[o], *(f"{(10 * m + 3 * o + j) / 100 + shift:.6f}" for j in range(4))]
-    write_csv(run_dir / "results_cls" / "results.csv", [row(b, m, o) for m, b in enumerate(base) for o in range(2)])
+    oods = range(len(sets))
+    write_csv(run_dir / "results_cls" / "results.csv", [row(b, m, o) for m, b in enumerate(base) for o in oods])
     for s in seeds:
         write_csv(run_dir / f"results_dfb_seed{s}" / "results.csv",
-                  [row(b, m, o, 0.05) for m, b in enumerate(base) for o in range(2)]
-                  + [row(f"DFB-{b}", m, o, 0.2 + 0.01 * int(s)) for m, b in enumerate(base) for o in range(2)]
-                  + [row("Background", 7, o) for o in range(2)]
-                  + ([] if legacy_background else [row("Background[-z_bg]", 8, o) for o in range(2)]))
+                  [row(b, m, o, 0.05) for m, b in enumerate(base) for o in oods]
+                  + [row(f"DFB-{b}", m, o, 0.2 + 0.01 * int(s)) for m, b in enumerate(base) for o in oods]
+                  + [row("Background", 7, o) for o in oods]
+                  + ([] if legacy_background else [row("Background[-z_bg]", 8, o) for o in oods]))
         write_json(run_dir / f"results_dfb_seed{s}" / "accuracy.json",
                    {"id_dataset": "cifar10_test", "top1": 0.79 + 0.01 * int(s), "images": 100})
         write_json(run_dir / f"results_dfb_seed{s}" / "fusion_selection.json",
@@ -280,17 +281,28 @@ def table_rows(report, heading):
 
 
 def test_report_groups_the_ood_sets_as_openood(tmp_path):
+    # each OOD set's group is a field of its entry: the other CIFAR near-OOD, the rest far-OOD, as OpenOOD v1.5
+    assert {name for name, ood in shared_archives.OOD_SETS.items() if ood.openood_group == "near"} == \
+        {"CIFAR10", "CIFAR100"}
+    assert {ood.openood_group for ood in shared_archives.OOD_SETS.values()} == set(shared_archives.OPENOOD_GROUPS)
     run_dir = tmp_path / "run"
-    synthetic_run(run_dir, sets=("SetA", "CIFAR100"))
+    # two sets per group, interleaved, so that neither the first nor the last set of a group is its mean (both
+    # CIFARs are OOD sets only here: a run has one of them as ID), and a set with no group
+    synthetic_run(run_dir, sets=("CIFAR100", "SVHN", "CIFAR10", "MNIST", "SetX"))
     report = results_report.build_report(run_dir, run_dir / "RESULTS.md", grids=False)
     heading = "### Grouped as OpenOOD v1.5 groups CIFAR's OOD sets"
-    assert "near-OOD: CIFAR100; far-OOD: SetA" in report
+    assert "near-OOD: CIFAR100, CIFAR10; far-OOD: SVHN, MNIST" in report
+    assert "Not grouped (no OpenOOD group in `datasets/shared_archives.py`): SetX." in report
     groups = table_rows(report, heading)
-    # columns: near AUROC, near FPR95, far AUROC, far FPR95; MSP (m = 0) on CIFAR100 (o = 1): fpr95 0.03,
-    # auroc 0.04; on SetA (o = 0): 0.00, 0.01. DFB-MSP adds 0.2 + 0.01 * seed (seeds 0, 1).
-    assert groups["MSP · classifier"] == ["4.00", "3.00", "1.00", "0.00"]
-    assert groups["DFB-MSP"] == ["24.50 ± 0.71", "23.50 ± 0.71", "21.50 ± 0.71", "20.50 ± 0.71"]
-    assert groups["Background (direction chosen on validation data)"][0] == "74.00 ± 0.00"
+    # columns: near AUROC, near FPR95, far AUROC, far FPR95. Metric j of MSP (m = 0) on set o is (3 o + j) / 100
+    # (AUROC j = 1, FPR95 j = 0): near (o = 0, 2) AUROC (1 + 7) / 2 = 4 %, FPR95 (0 + 6) / 2 = 3 %; far (o = 1, 3)
+    # AUROC (4 + 10) / 2 = 7 %, FPR95 (3 + 9) / 2 = 6 % (SetX, o = 4, would make them 9 and 8)
+    assert groups["MSP · classifier"] == ["4.00", "3.00", "7.00", "6.00"]
+    # DFB-MSP adds 20 + seed points (seeds 0, 1): the group means of 24 and 25, 23 and 24, ...; sample std 0.71
+    assert groups["DFB-MSP"] == ["24.50 ± 0.71", "23.50 ± 0.71", "27.50 ± 0.71", "26.50 ± 0.71"]
+    # the background (m = 7, no shift): near AUROC (71 + 77) / 2, far (74 + 80) / 2
+    assert groups["Background (direction chosen on validation data)"] == ["74.00 ± 0.00", "73.00 ± 0.00",
+                                                                         "77.00 ± 0.00", "76.00 ± 0.00"]
 
 
 def test_report_names_no_absolute_path_of_this_machine(tmp_path):
