@@ -22,8 +22,8 @@ from tests.helpers import assert_input_error, run_cli
 from tests.test_resnetv2 import functional_bit_forward
 from utils.base.checkpoint import save_checkpoint
 import utils.cam.main as cam_main
-from utils.cam.localisation import (box_masks, centre_prior_scores, localisation_counts, pointing_hits,
-                                     points_in_boxes, positions_in_image)
+from utils.cam.localisation import (box_masks, centre_prior_iou, centre_prior_pointing, localisation_counts,
+                                     pointing_hits, points_in_boxes, positions_in_image)
 
 TINY = "ResNetV2-Tiny"
 
@@ -214,11 +214,24 @@ def test_localisation_against_pixel_loops():
 def test_centre_prior_of_identical_centred_boxes_is_perfect():
     boxes = torch.tensor([[16, 16, 47, 47]] * 3)  # 32 x 32, centred in 64 x 64
     sizes = torch.tensor([[64, 64]] * 3)
-    pointing, iou = centre_prior_scores(boxes, sizes, 64, 64)
-    assert pointing == 1.0 and iou == 1.0
+    assert centre_prior_pointing(boxes, sizes, (64, 64)) == 1.0 and centre_prior_iou(boxes, sizes, 64, 64) == 1.0
     off_centre = torch.tensor([[0, 0, 15, 15]] * 2)
-    pointing, iou = centre_prior_scores(off_centre, torch.tensor([[64, 64]] * 2), 64, 64)
-    assert pointing == 0.0 and iou == 0.0
+    sizes = torch.tensor([[64, 64]] * 2)
+    assert centre_prior_pointing(off_centre, sizes, (64, 64)) == 0.0
+    assert centre_prior_iou(off_centre, sizes, 64, 64) == 0.0
+
+
+def test_centre_prior_points_at_the_centre_cell_of_each_grid():
+    """By hand, 64 x 64 images: on a 64 x 64 map the centre pixel (32, 32) stands for (32.5, 32.5); on a
+    4 x 4 map the centre cell (2, 2) for (40, 40). Box (20, 20, 35, 35) holds the first point only, box
+    (36, 36, 47, 47) the second only; of a 96 x 32 image, the 4 x 4 cell (2, 2) is (60, 20)."""
+    sizes = torch.tensor([[64, 64]])
+    assert centre_prior_pointing(torch.tensor([[20, 20, 35, 35]]), sizes, (64, 64)) == 1.0
+    assert centre_prior_pointing(torch.tensor([[20, 20, 35, 35]]), sizes, (4, 4)) == 0.0
+    assert centre_prior_pointing(torch.tensor([[36, 36, 47, 47]]), sizes, (4, 4)) == 1.0
+    assert centre_prior_pointing(torch.tensor([[36, 36, 47, 47]]), sizes, (64, 64)) == 0.0
+    assert centre_prior_pointing(torch.tensor([[60, 20, 60, 20], [20, 60, 20, 60]]),
+                                 torch.tensor([[96, 32], [96, 32]]), (4, 4)) == 0.5
 
 
 class ColourCells(torch.nn.Module):
@@ -240,7 +253,7 @@ def write_off_centre_split(root):
     8 x 8 map: a cell is 8 x 4 image pixels), the object, boxed (40, 16, 63, 27); and a larger, dimmer
     patch (red 191) x 16..39, y 8..19, cells (2..4, 2..4), a distractor left of the box.
     b/b_0.png, 32 wide x 64 tall, green: a full-green patch x 16..19, y 40..47 (cell (5, 4): a cell is
-    4 x 8 pixels), boxed (16, 30, 23, 49). a/a_1.png: black, 32 x 32, no box."""
+    4 x 8 pixels), boxed (16, 34, 23, 53). a/a_1.png: black, 32 x 32, no box."""
     for name in ("a", "b"):
         (root / "split" / name).mkdir(parents=True)
     first = np.zeros((32, 64, 3), np.uint8)
@@ -251,10 +264,10 @@ def write_off_centre_split(root):
     for path, pixels in (("a/a_0.png", first), ("b/b_0.png", second), ("a/a_1.png", np.zeros((32, 32, 3), np.uint8))):
         Image.fromarray(pixels).save(root / "split" / path)
     rows = [("file", "wnid", "x0", "y0", "x1", "y1"), ("train/a/a_0.png", "a", 40, 16, 63, 27),
-            ("train/b/b_0.png", "b", 16, 30, 23, 49)]
+            ("train/b/b_0.png", "b", 16, 34, 23, 53)]
     with open(root / "boxes.csv", "w", newline="") as file:
         csv.writer(file).writerows(rows)
-    return {"a/a_0.png": ((40, 16, 63, 27), (64, 32)), "b/b_0.png": ((16, 30, 23, 49), (32, 64))}
+    return {"a/a_0.png": ((40, 16, 63, 27), (64, 32)), "b/b_0.png": ((16, 34, 23, 53), (32, 64))}
 
 
 def test_make_cam_boxes_off_centre_on_non_square_images(tmp_path, capsys, monkeypatch):
@@ -276,16 +289,17 @@ def test_make_cam_boxes_off_centre_on_non_square_images(tmp_path, capsys, monkey
       0.12 against 0.33, so the peak moves to the distractor, near its centre pixel (14, 14) -> x about 29 < 40:
       miss. This is how the blur pulls a peak towards the larger, more central blob.
     b_0 (32 x 64), green: its map has one positive cell, (5, 4) -> (4.5 * 4, 5.5 * 8) = (18, 44) inside
-    (16..23, 30..49) (swapped: (36, 22), outside); the upsampled and the blurred peaks stay at pixels
+    (16..23, 34..53) (swapped: (36, 22), outside); the upsampled and the blurred peaks stay at pixels
     (21..22, 17..18) -> x 17.5..18.5, y 43..45: hits. a_1 has no box.
     So pointing: raw 2/2, multi-scale 2/2, blurred 1/2.
 
-    Centre prior: mean box size ((24 + 8) / 2, (12 + 20) / 2) = 16 x 16, peak at map pixel (16, 16).
-    a_0: centre (16.5 * 2, 16.5) = (33, 16.5), outside (x < 40); its centred box x 24..39 -> columns 12..19,
-    y 8..23 -> rows 8..23, and the true box columns 20..31: no overlap, IoU 0.
-    b_0: centre (16.5, 33) inside: hit; centred box x 8..23 -> columns 8..23, y 24..39 -> rows 12..19 (128 pixels);
-    true box columns 16..23, rows 15..24 (80 pixels); overlap 8 x 5 = 40: IoU 40 / (128 + 80 - 40) = 5/21.
-    So the prior: pointing 1/2, IoU (0 + 5/21) / 2 = 5/42.
+    Centre prior, pointing at the centre of each map's grid: on the 32 x 32 maps pixel (16, 16), for a_0
+    (16.5 * 2, 16.5) = (33, 16.5), outside (x < 40), for b_0 (16.5, 33), outside (y < 34): 0/2; on the 8 x 8
+    map cell (4, 4), for a_0 (4.5 * 8, 4.5 * 4) = (36, 18), outside, for b_0 (18, 36), inside: 1/2.
+    IoU: mean box size ((24 + 8) / 2, (12 + 20) / 2) = 16 x 16, on the 32 x 32 mask.
+    a_0: centred box x 24..39 -> columns 12..19, y 8..23 -> rows 8..23; the true box columns 20..31: IoU 0.
+    b_0: centred box x 8..23 -> columns 8..23, y 24..39 -> rows 12..19 (128 pixels); true box columns 16..23,
+    rows 17..26 (80 pixels); overlap 8 x 3 = 24: IoU 24 / (128 + 80 - 24) = 3/23. Mean (0 + 3/23) / 2 = 3/46.
     """
     boxes = write_off_centre_split(tmp_path)
     (tmp_path / "cls.pth.tar").write_bytes(b"stands for a checkpoint")  # its digest goes in provenance.json
@@ -300,9 +314,10 @@ def test_make_cam_boxes_off_centre_on_non_square_images(tmp_path, capsys, monkey
     assert found["images_with_box"] == 2 and found["images_without_box"] == 1
     assert found["pointing_accuracy"] == {"raw_cam": 1.0, "multiscale_cam": 1.0, "blurred_cam": 0.5}
     assert list(found["pointing_maps"]) == list(found["pointing_accuracy"])
-    assert found["centre_prior_pointing_accuracy"] == 0.5
-    assert found["centre_prior_box_iou"] == pytest.approx(5 / 42)
-    assert "raw_cam 1.000, multiscale_cam 1.000, blurred_cam 0.500" in out
+    assert found["map_sizes"] == {"raw_cam": [8, 8], "multiscale_cam": [32, 32], "blurred_cam": [32, 32]}
+    assert found["centre_prior_pointing_accuracy"] == {"raw_cam": 0.5, "multiscale_cam": 0.0, "blurred_cam": 0.0}
+    assert found["centre_prior_box_iou"] == pytest.approx(3 / 46)
+    assert "raw_cam 1.000 (centre prior 0.500), multiscale_cam 1.000 (centre prior 0.000), blurred_cam 0.500" in out
     # the masks' IoU with the boxes, from the written masks and the pixel loop
     ious = []
     for path, (box, size) in boxes.items():

@@ -31,7 +31,7 @@ from utils.base.io import remove_stale_temporaries, save_png_atomic, write_text_
 from utils.base.run_flags import run_settings
 from utils.base.runtime import autocast
 from utils.cam.activation_maps import check_scales, class_activations
-from utils.cam.localisation import POINTING_MAPS, centre_prior_scores, localisation_counts
+from utils.cam.localisation import POINTING_MAPS, centre_prior_iou, centre_prior_pointing, localisation_counts
 
 
 def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
@@ -117,12 +117,14 @@ class MaskTally:
     """What this process's masks add up to: counts = (images, sum of their foreground fractions,
     masks with an empty foreground), agree = images whose predicted class is the folder label,
     preview = (image HWC, mask, dataset index) of the images shown in overlays.png, localisation =
-    utils.cam.localisation.localisation_counts (of the POINTING_MAPS) summed over the images that have a box."""
+    utils.cam.localisation.localisation_counts (of the POINTING_MAPS) summed over the images that have a box,
+    grids = the (h, w) of each of those maps."""
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     agree: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.float64))
     localisation: torch.Tensor = field(default_factory=lambda: torch.zeros(2 + len(POINTING_MAPS),
                                                                            dtype=torch.float64))
     preview: list = field(default_factory=list)
+    grids: list = field(default_factory=list)
 
     def reduce(self) -> None:
         """Sum the counts over the processes (the preview stays the main process's)."""
@@ -152,8 +154,9 @@ def write_masks(model, dataset, targets, mine, resolution: int, scales, args, ct
                                           args.threshold, keep_raw=boxes is not None)
             masks, predicted = found.masks, found.predicted
             if boxes is not None:
-                tally.localisation += score_against_boxes([found.raw, found.multiscale, found.blurred],
-                                                          masks < args.head_size, batch["index"], boxes)
+                pointing_maps = [found.raw, found.multiscale, found.blurred]
+                tally.grids = [tuple(maps.shape[-2:]) for maps in pointing_maps]
+                tally.localisation += score_against_boxes(pointing_maps, masks < args.head_size, batch["index"], boxes)
             masks = masks.cpu().numpy()
             foreground = (masks < args.head_size).reshape(len(masks), -1).mean(1)
             tally.counts += torch.tensor([len(masks), foreground.sum(), (foreground == 0).sum()], dtype=torch.float64)
@@ -183,17 +186,20 @@ def score_against_boxes(pointing_maps, foreground, indices, boxes) -> torch.Tens
 
 def localisation_summary(tally: MaskTally, boxes, resolution: int) -> dict:
     """Pointing accuracy of each of the POINTING_MAPS and the mean mask-box IoU, beside those of the centre
-    prior; the maps' descriptions go with them (pointing_maps)."""
+    prior (its pointing on each map's own grid); the maps' descriptions go with them (pointing_maps)."""
     known = [entry for entry in boxes if entry is not None]
     scored, *hits, iou_sum = tally.localisation.tolist()
     if not known:
         raise ValueError("--boxes: no image of the split has a box in that file (rows are matched by file name)")
-    prior_pointing, prior_iou = centre_prior_scores(torch.tensor([box for box, _ in known]),
-                                                    torch.tensor([size for _, size in known]), resolution, resolution)
+    known_boxes, known_sizes = torch.tensor([box for box, _ in known]), torch.tensor([size for _, size in known])
     return {"images_with_box": int(scored), "images_without_box": len(boxes) - len(known),
             "pointing_accuracy": {name: count / scored for name, count in zip(POINTING_MAPS, hits)},
-            "pointing_maps": dict(POINTING_MAPS), "mask_box_iou": iou_sum / scored,
-            "centre_prior_pointing_accuracy": prior_pointing, "centre_prior_box_iou": prior_iou}
+            "pointing_maps": dict(POINTING_MAPS),
+            "map_sizes": {name: list(grid) for name, grid in zip(POINTING_MAPS, tally.grids)},
+            "mask_box_iou": iou_sum / scored,
+            "centre_prior_pointing_accuracy": {name: centre_prior_pointing(known_boxes, known_sizes, grid)
+                                               for name, grid in zip(POINTING_MAPS, tally.grids)},
+            "centre_prior_box_iou": centre_prior_iou(known_boxes, known_sizes, resolution, resolution)}
 
 
 def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: MaskTally, settings: dict,
@@ -218,10 +224,11 @@ def write_summary(args, dataset, out_root: Path, targets, skipped: int, tally: M
               f"{summary['against_true_masks']['background_iou']:.3f}")
     if localisation:
         summary["against_boxes"] = {**localisation, "boxes": str(args.boxes)}
-        pointing = ", ".join(f"{name} {value:.3f}" for name, value in localisation["pointing_accuracy"].items())
+        prior = localisation["centre_prior_pointing_accuracy"]
+        pointing = ", ".join(f"{name} {value:.3f} (centre prior {prior[name]:.3f})"
+                             for name, value in localisation["pointing_accuracy"].items())
         print(f"[make_cam] against the boxes of {args.boxes} ({localisation['images_with_box']} images): pointing "
-              f"accuracy of the peak of the {pointing} (centre prior "
-              f"{localisation['centre_prior_pointing_accuracy']:.3f}); mask-box IoU {localisation['mask_box_iou']:.3f} "
+              f"accuracy of the peak of the {pointing}; mask-box IoU {localisation['mask_box_iou']:.3f} "
               f"(centre prior {localisation['centre_prior_box_iou']:.3f})")
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     if tally.preview:
