@@ -52,6 +52,8 @@
 #   FUSION_VAL_OOD   one set of OOD_SETS kept as the validation OOD set (eval.py --fusion_val_ood): the DFB
 #                    fusions and the background's direction are chosen on it instead of on patch-shuffled
 #                    held-out images, and it is left out of every evaluation and table [empty]
+#   STOP_AFTER       data, train_cls, make_cam or eval_cls: leave after that stage (bench/time_to_accuracy.py
+#                    times the classifier stage so); a rerun without it goes on from there [empty]
 #   PRETRAIN_WHEN_MISSING  1: when PRETRAINED names an npz that does not exist, scripts/pretrain.sh writes it
 #                    first (stage pretrain, Tiny ImageNet of the shared folder) [preset, else 0]
 #   PRETRAIN_<NAME>  pretrain.sh's variable NAME for that stage, one of PRETRAIN_VARS below (e.g. PRETRAIN_STEPS,
@@ -105,6 +107,11 @@ if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; the
   exit 2
 fi
 FROM_RUN=${FROM_RUN:-}
+STOP_AFTER=${STOP_AFTER:-}
+case "$STOP_AFTER" in
+  ""|data|train_cls|make_cam|eval_cls) ;;
+  *) echo "[error] STOP_AFTER=$STOP_AFTER: expected data, train_cls, make_cam or eval_cls" >&2; exit 2 ;;
+esac
 PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
 # scripts/pretrain.sh's own settings, given to it as PRETRAIN_<name> (its names would clash with this run's)
 PRETRAIN_VARS=(DATA_DIR RESOLUTION TRAIN_RESIZE BATCH STEPS BASE_LR SEED PER_CLASS FLAGS)
@@ -152,10 +159,19 @@ timed() {  # timed <stage> <command...>: its wall time is added to stage_times.j
 run_stage() {  # run_stage <stage> <command...>: timed, and skipped once it has succeeded
   if [ -f "$OUT/.stages/$1.done" ]; then
     echo "== $1: done in an earlier run, skipped"
+    stop_if_asked "$1"
     return 0
   fi
   timed "$@"
   touch "$OUT/.stages/$1.done"
+  stop_if_asked "$1"
+}
+
+stop_if_asked() {  # stop_if_asked <stage>: leave the script after STOP_AFTER
+  if [ "$1" = "$STOP_AFTER" ]; then
+    echo "== stopped after $1 (STOP_AFTER); rerun without STOP_AFTER to go on"
+    exit 0
+  fi
 }
 
 unpack_data() {  # OOD_SETS unquoted on purpose: one argument per set
@@ -238,6 +254,7 @@ if [ "$PRETRAINED" != none ] && [ ! -f "$PRETRAINED" ]; then  # before any work:
 fi
 # Always run (sets already unpacked are kept), so ood_splits.txt follows OOD_SETS
 timed data unpack_data
+stop_if_asked data
 
 if [ -n "$FROM_RUN" ]; then run_stage from_run import_stages; fi
 read -r -a cls_flags <<< "$CLS_FLAGS"
