@@ -45,6 +45,7 @@ class FlipAveraged(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.head_size, self.feature_dim = model.head_size, model.feature_dim
 
     def forward_with_features(self, images):
         logits, features = self.model.forward_with_features(images)

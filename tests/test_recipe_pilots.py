@@ -39,3 +39,30 @@ def test_flip_averaged_outputs_are_the_mean_of_two_forwards():
     weight, bias = model.head_parameters()  # the head is affine: the averaged pair stays consistent
     torch.testing.assert_close(features @ weight.T + bias, logits, rtol=0, atol=1e-5)
     assert not torch.allclose(plain[0], mirrored[0])  # the mirror is not a no-op on this network
+
+
+
+def test_flip_averaged_extracts_as_the_model_does(tmp_path):
+    """utils.evaluate.engine.extract reads head_size and feature_dim off the network it is given; its
+    flip-averaged logits are those of the two forwards on the images extract prepares."""
+    import numpy as np
+    from PIL import Image
+
+    from datasets.sources import open_split
+    from utils.evaluate.engine import extract
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    torch.manual_seed(0)
+    model = create_model("ResNetV2-C32-S", head_size=2, zero_head=False).eval()
+    dataset = open_split(tmp_path, 32)
+    args = (dataset, 32, torch.device("cpu"), 4)
+    plain = extract(model, *args, workers=0)
+    averaged = extract(FlipAveraged(model), *args, workers=0)
+    assert averaged["logits"].shape == plain["logits"].shape == (6, 2)
+    assert averaged["features"].shape == (6, model.feature_dim)
+    assert not np.allclose(averaged["logits"], plain["logits"])
+    np.testing.assert_array_equal(averaged["labels"], plain["labels"])
