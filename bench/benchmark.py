@@ -19,6 +19,7 @@ FLOPs per image counted by torch.utils.flop_counter (convolutions and matmuls) f
 forward, training = 3 x forward.
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -37,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import official_style as official
 from datasets.folder import decode_all, find_classes
-from datasets.masks import mask_path, mask_root_for
+from datasets.masks import IGNORE_INDEX, mask_path, mask_root_for
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, eval_batches, open_split, restrict
 from datasets.transforms import default_train_size
 from models.resnetv2 import KNOWN_MODELS, create_model
@@ -67,6 +68,8 @@ PAPER_PIPELINE = (("decode split (cls + dfb)", "decode", 2 * PAPER_TRAIN_IMAGES)
                   ("evaluation (extraction)", "extract", sum(PAPER_EVAL_SETS.values())))
 # A variant counts as helping (or hurting) only beyond timing noise.
 VARIANT_NOISE = 0.05
+# The phases of our training step, in order; ours_training_step enters its `phase` hook around each.
+TRAIN_PHASES = ("data", "forward + loss", "backward", "optimiser")
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -199,33 +202,69 @@ def round_up(count, multiple):
 
 
 # -- our pipeline ---------------------------------------------------------------------------
-def ours_train(model, task, decoded, cfg, device, amp, channels_last=False, compiled=False):
-    """Images/s of our training step: InMemoryBatches -> autocast step -> SGD, as train_loop."""
+def with_classes(decoded, old_classes, classes, seed=0):
+    """The decoded subset relabelled for a head of `classes` classes: random labels, each mask's
+    foreground given its image's label, its background the value `classes` (mask contract), ignored
+    pixels kept."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, decoded["labels"].shape, generator=generator).to(decoded["labels"].dtype)
+    masks = decoded["masks"]
+    relabelled = torch.where(masks == old_classes, torch.full_like(masks, classes),
+                             labels.view(-1, 1, 1).to(masks.dtype).expand_as(masks))
+    relabelled[masks == IGNORE_INDEX] = IGNORE_INDEX
+    return {**decoded, "labels": labels, "masks": relabelled}
+
+
+def no_phase(name):
+    """The phase hook of a step timed as a whole: enters nothing."""
+    return contextlib.nullcontext()
+
+
+def ours_training_step(model, task, data, cfg, device, amp, channels_last=False, compiled=False, fused_sgd=False,
+                       phase=no_phase):
+    """Our training step on a copy of `model`, as train_loop runs it between its logs:
+    InMemoryBatches -> autocast step -> SGD. The head of `model` sets the classes; when they are not
+    the classes of `data` (prepare_data's), its labels and masks are relabelled at random
+    (with_classes), e.g. for the 101-class dense head of CIFAR-100 on the synthetic data.
+    phase(name) is entered around each of TRAIN_PHASES (bench/profile_step.py: record_function)."""
     model = copy.deepcopy(model).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net = DenseLogits(model) if task == "train_dfb" else model
     if compiled:
         net = torch.compile(net)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-    data = decoded if task == "train_dfb" else {k: v for k, v in decoded.items() if k != "masks"}
-    indices = GlobalBatchIndices(len(data["labels"]), cfg.batch, seed=cfg.seed)
-    batches = iter(InMemoryBatches(data, indices, cfg.resolution, device, seed=cfg.seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9, **({"fused": True} if fused_sgd else {}))
     num_classes = model.head_size - (1 if task == "train_dfb" else 0)
+    decoded = data["decoded"]
+    if num_classes != data["num_classes"]:
+        decoded = with_classes(decoded, data["num_classes"], num_classes, seed=cfg.seed)
+    if task != "train_dfb":
+        decoded = {k: v for k, v in decoded.items() if k != "masks"}
+    indices = GlobalBatchIndices(len(decoded["labels"]), cfg.batch, seed=cfg.seed)
+    batches = iter(InMemoryBatches(decoded, indices, cfg.resolution, device, seed=cfg.seed))
 
     def step():
-        images, labels, masks = next(batches)
-        with autocast(device, amp):
+        with phase("data"):
+            images, labels, masks = next(batches)
+        with phase("forward + loss"), autocast(device, amp):
             if task == "train_dfb":
                 loss, _ = dense_step(net, images, masks, pixel_accuracy=False)  # as train_loop between its logs
             else:
                 loss, _ = classification_step(net, images, labels, num_classes, 0.0, None)
         # No loss.item() here: train_loop reads the loss only every log_every steps, and the
         # timed region ends with a synchronize.
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with phase("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("optimiser"):
+            optimizer.step()
 
+    return step
+
+
+def ours_train(model, task, data, cfg, device, amp, channels_last=False, compiled=False):
+    """Images/s of our training step (ours_training_step)."""
+    step = ours_training_step(model, task, data, cfg, device, amp, channels_last=channels_last, compiled=compiled)
     return measure(step, cfg.batch, cfg.warmup, cfg.steps, cfg.repeats, device)
 
 
@@ -339,7 +378,7 @@ def verdict(ratio):
     return "no clear difference"
 
 
-def measure_variants(cfg, models, decoded, device, amp, baseline):
+def measure_variants(cfg, models, data, device, amp, baseline):
     """Our training steps with channels_last and/or torch.compile, against the plain ones.
     A variant that fails (e.g. no compiler for torch.compile) is reported, not fatal."""
     chosen = [name for name, on in (("channels_last", cfg.channels_last), ("compile", cfg.compile)) if on]
@@ -348,7 +387,7 @@ def measure_variants(cfg, models, decoded, device, amp, baseline):
         for task in ("train_cls", "train_dfb"):
             row = {"stage": task, "variant": name}
             try:
-                result = ours_train(models[task], task, decoded, cfg, device, amp,
+                result = ours_train(models[task], task, data, cfg, device, amp,
                                     channels_last=name == "channels_last", compiled=name == "compile")
             except Exception as error:  # reported in the table and the JSON
                 row.update(error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
@@ -573,7 +612,7 @@ def prepare_data(cfg, scratch):
 def measure_ours(stage, cfg, data, models, device, amp):
     model = models["train_dfb" if stage == "train_dfb" else "train_cls"]
     if stage in ("train_cls", "train_dfb"):
-        return ours_train(model, stage, data["decoded"], cfg, device, amp)
+        return ours_train(model, stage, data, cfg, device, amp)
     measure_fn = ours_cam if stage == "cam" else ours_extract
     return measure_fn(model, data["root"], data["subset"], cfg, device, amp)
 
@@ -610,7 +649,7 @@ def run(cfg, scratch):
                      "official_fraction_of_peak": theirs["images_per_s"] * flops[stage] / peak["flop_per_s"]})
     rates = {row["stage"]: {"ours": row["ours"]["images_per_s"], "official": row["official"]["images_per_s"]}
              for row in rows}
-    variants = measure_variants(cfg, models, data["decoded"], device, amp,
+    variants = measure_variants(cfg, models, data, device, amp,
                                 {stage: rate["ours"] for stage, rate in rates.items()})
     # Ours decodes the split once per training run; the official loader decodes inside its steps.
     rates["decode"] = {"ours": data["decode_rate"], "official": None}

@@ -1,5 +1,6 @@
-"""Where the time of one training step goes: torch.profiler over our training step (the one
-bench/benchmark.py times and utils/train/engine.py runs), by phase and by kind of operation.
+"""Where the time of one training step goes: torch.profiler over our training step (the step of
+bench.benchmark.ours_training_step, which bench/benchmark.py times and which runs the loop of
+utils/train/engine.py), by phase and by kind of operation.
 
     python -m bench.profile_step                          # the cpu presets' step: ResNetV2-Tiny, 64 px,
                                                           # batch 128, 2 threads, bf16, classifier
@@ -16,8 +17,6 @@ calling thread, which waits for its OpenMP workers inside each operator, so they
 step's wall time. Timings are this machine's: run it on an idle machine.
 """
 import argparse
-import copy
-import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -26,14 +25,9 @@ from types import SimpleNamespace
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench.benchmark import prepare_data
-from datasets.masks import IGNORE_INDEX
-from datasets.sources import GlobalBatchIndices, InMemoryBatches
+from bench.benchmark import TRAIN_PHASES, measure, ours_training_step, prepare_data
 from models.resnetv2 import create_model
-from utils.base.runtime import autocast
-from utils.train.engine import DenseLogits, classification_step, dense_step
 
-PHASES = ("data", "forward + loss", "backward", "optimiser")
 # kind of operator -> substrings of aten operator names; the first kind that matches wins
 KINDS = (
     ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -52,92 +46,40 @@ def kind_of(name):
     return next(kind for kind, keys in KINDS if any(key in name for key in keys))
 
 
-def with_classes(decoded, old_classes, classes, seed=0):
-    """The decoded subset relabelled for a head of `classes` classes: random labels, each mask's
-    foreground given its image's label, its background the value `classes` (mask contract), ignored
-    pixels kept."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(classes, decoded["labels"].shape, generator=generator).to(decoded["labels"].dtype)
-    masks = decoded["masks"]
-    relabelled = torch.where(masks == old_classes, torch.full_like(masks, classes),
-                             labels.view(-1, 1, 1).to(masks.dtype).expand_as(masks))
-    relabelled[masks == IGNORE_INDEX] = IGNORE_INDEX
-    return {**decoded, "labels": labels, "masks": relabelled}
-
-
-def build_step(cfg, data, device):
-    """The step of bench.benchmark.ours_train, split into phases by record_function."""
-    num_classes = cfg.classes or data["num_classes"]
-    head = num_classes + (1 if cfg.task == "dfb" else 0)
-    model = create_model(cfg.model, head, zero_head=False).to(device).train()
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    net = DenseLogits(model) if cfg.task == "dfb" else model
-    if cfg.compile:
-        net = torch.compile(net)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9,
-                                **({"fused": True} if cfg.fused_sgd else {}))
-    decoded = copy.copy(data["decoded"])
-    if num_classes != data["num_classes"]:
-        decoded = with_classes(decoded, data["num_classes"], num_classes)
-    if cfg.task != "dfb":
-        decoded.pop("masks", None)
-    batches = iter(InMemoryBatches(decoded, GlobalBatchIndices(len(decoded["labels"]), cfg.batch, seed=0),
-                                   cfg.resolution, device, seed=0))
-
-    def step():
-        with record_function("data"):
-            images, labels, masks = next(batches)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-        with record_function("forward + loss"), autocast(device, cfg.amp):
-            if cfg.task == "dfb":
-                loss, _ = dense_step(net, images, masks, pixel_accuracy=False)  # as train_loop between its logs
-            else:
-                loss, _ = classification_step(net, images, labels, num_classes, 0.0, None)
-        with record_function("backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with record_function("optimiser"):
-            optimizer.step()
-
-    return step
-
-
 def profile_step(cfg):
     device = torch.device("cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="dfb_profile_") as scratch:
-        data = prepare_data(SimpleNamespace(data=None, batch=cfg.batch, cam_images=0, eval_images=0, seed=0,
+        data = prepare_data(SimpleNamespace(data=None, batch=cfg.batch, cam_images=0, eval_images=0, seed=cfg.seed,
                                             resolution=cfg.resolution, workers=0), scratch)
-        step = build_step(cfg, data, device)
+        num_classes = cfg.classes or data["num_classes"]
+        model = create_model(cfg.model, num_classes + (1 if cfg.task == "dfb" else 0), zero_head=False)
+        step = ours_training_step(model, f"train_{cfg.task}", data, cfg, device, cfg.amp,
+                                  channels_last=cfg.channels_last, compiled=cfg.compile, fused_sgd=cfg.fused_sgd,
+                                  phase=record_function)
         start = time.perf_counter()
         step()  # with --compile, the compilation
         first = time.perf_counter() - start
-        for _ in range(cfg.warmup - 1):
-            step()
-        walls = []  # the step's own speed, then the same steps under the profiler, which adds overhead
-        for _ in range(cfg.repeats):
-            start = time.perf_counter()
-            for _ in range(cfg.steps):
-                step()
-            walls.append((time.perf_counter() - start) / cfg.steps)
+        # the step's own speed, timed as the benchmark times it; then the same steps under the
+        # profiler, which adds overhead
+        timed = measure(step, cfg.batch, cfg.warmup - 1, cfg.steps, cfg.repeats, device)
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(cfg.steps):
                 step()
         profiled = (time.perf_counter() - start) / cfg.steps
     events = prof.key_averages()
-    phases = {event.key: event.cpu_time_total / 1e3 / cfg.steps for event in events if event.key in PHASES}
+    phases = {event.key: event.cpu_time_total / 1e3 / cfg.steps for event in events if event.key in TRAIN_PHASES}
     kinds = defaultdict(float)
     for event in events:
-        if event.key not in PHASES and not event.key.startswith("ProfilerStep"):
+        if event.key not in TRAIN_PHASES and not event.key.startswith("ProfilerStep"):
             kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e3 / cfg.steps
-    wall = statistics.median(walls)
     operators = sorted(((event.key, event.self_cpu_time_total / 1e3 / cfg.steps) for event in events
-                        if event.key not in PHASES), key=lambda item: -item[1])
-    return {"wall_ms": 1e3 * wall, "profiled_wall_ms": 1e3 * profiled, "first_step_s": first, "operators": operators, "phases": phases, "kinds": dict(kinds),
-            "images_per_s": cfg.batch / wall}
+                        if event.key not in TRAIN_PHASES), key=lambda item: -item[1])
+    return {"wall_ms": 1e3 * cfg.batch / timed["images_per_s"], "profiled_wall_ms": 1e3 * profiled,
+            "first_step_s": first, "operators": operators, "phases": phases, "kinds": dict(kinds),
+            "images_per_s": timed["images_per_s"],
+            "repeat_ms": [1e3 * cfg.batch / rate for rate in timed["repeats"]]}
 
 
 def render(cfg, result):
@@ -145,12 +87,13 @@ def render(cfg, result):
     lines = [f"{cfg.task} training step: {cfg.model}, {cfg.classes or 10} classes, {cfg.resolution} px, batch {cfg.batch}, "
              f"{torch.get_num_threads()} threads, amp {cfg.amp}, levers: {lever}; torch {torch.__version__}",
              f"wall {result['wall_ms']:.1f} ms per step ({result['images_per_s']:.0f} img/s; median of {cfg.repeats} "
-             f"x {cfg.steps} steps after {cfg.warmup}), {result['profiled_wall_ms']:.1f} ms under the profiler, "
+             f"x {cfg.steps} steps after {cfg.warmup}, the repeats {min(result['repeat_ms']):.1f}-"
+             f"{max(result['repeat_ms']):.1f} ms), {result['profiled_wall_ms']:.1f} ms under the profiler, "
              f"whose times the tables give; the first step took {result['first_step_s']:.1f} s", "",
              "| phase | ms / step | % |", "|---|---|---|"]
     total = sum(result["phases"].values())
     lines += [f"| {phase} | {result['phases'].get(phase, 0.0):.1f} | {100 * result['phases'].get(phase, 0.0) / total:.1f} |"
-              for phase in PHASES]
+              for phase in TRAIN_PHASES]
     lines += ["", "| kind of operator (self time) | ms / step | % |", "|---|---|---|"]
     total = sum(result["kinds"].values())
     for kind, _ in KINDS:
@@ -179,6 +122,8 @@ def parse_args(argv=None):
                         help="classes of the head (default: the 10 of the synthetic data); labels and masks relabelled")
     parser.add_argument("--top", type=int, default=0, help="also list the N operators with the largest self time")
     parser.add_argument("--fused_sgd", action="store_true", help="torch.optim.SGD(fused=True)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="of the synthetic data, the model's weights, the batches and the relabelling")
     args = parser.parse_args(argv)
     for name in ("resolution", "batch", "threads", "steps", "repeats", "warmup"):
         if getattr(args, name) < 1:

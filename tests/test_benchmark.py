@@ -315,17 +315,16 @@ def test_profile_step_groups_every_operator_and_adds_up(capsys):
                                 "--steps", "2", "--repeats", "1", "--task", "dfb", "--top", "3"])
     printed = capsys.readouterr().out
     assert "| forward + loss |" in printed and "| convolution |" in printed and "3 largest operators" in printed
-    assert set(result["phases"]) == set(profile_step.PHASES)
+    assert set(result["phases"]) == set(benchmark.TRAIN_PHASES)
     # the operators' self times add up to the phases' times, which add up to the step (profiler overhead aside)
     assert sum(result["kinds"].values()) == pytest.approx(sum(result["phases"].values()), rel=0.35)
     assert sum(result["phases"].values()) <= result["profiled_wall_ms"] * 1.05
 
 
-def test_profile_step_relabels_for_another_head_size():
-    from bench import profile_step
+def test_training_step_relabels_for_another_head_size():
     masks = torch.tensor([[[0, 10], [255, 3]], [[10, 10], [7, 255]]], dtype=torch.uint8)
     decoded = {"images": torch.zeros(2, 3, 2, 2, dtype=torch.uint8), "labels": torch.tensor([0, 7]), "masks": masks}
-    out = profile_step.with_classes(decoded, 10, 100)
+    out = benchmark.with_classes(decoded, 10, 100)
     labels = out["labels"]
     assert ((labels >= 0) & (labels < 100)).all()
     expected = torch.tensor([[[labels[0], 100], [255, labels[0]]], [[100, 100], [labels[1], 255]]], dtype=torch.uint8)
