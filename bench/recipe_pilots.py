@@ -4,6 +4,8 @@
         -> the number of steps whose training compute is that budget
     python -m bench.recipe_pilots table --runs runs/cifar_pilots name1 name2 ...
         -> a Markdown table of each pilot's val top-1, plain and with flip test-time augmentation
+    python -m bench.recipe_pilots speed --models ResNetV2-Tiny@64 ResNetV2-C32-S@32 ...
+        -> each candidate's forward FLOPs, parameters and training images/s on this machine
 
 Training compute is counted as docs/PRETRAINED.md counts it: 3 x the forward FLOPs of
 torch.utils.flop_counter (2 per multiply-add) x the images seen. Test-time augmentation's forwards
@@ -11,6 +13,8 @@ are not training compute and are counted apart.
 """
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -72,6 +76,33 @@ def holdout_top1(run_dir: Path, datadir: str, batch: int = 256) -> dict:
     return result
 
 
+def training_speed(model_name: str, resolution: int, batch: int = 256, steps: int = 4, repeats: int = 3) -> dict:
+    """Forward GFLOP, parameters and the median images/s of a bf16-autocast SGD step (random data,
+    after two warm-up steps) of one candidate on the CPU, at the current torch threads."""
+    model = create_model(model_name, head_size=10, zero_head=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    images, labels = torch.randn(batch, 3, resolution, resolution), torch.randint(0, 10, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return {"gflop": forward_flops(model_name, resolution) / 1e9, "images_per_s": statistics.median(rates),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "final_map": tuple(model.feature_map(images[:1]).shape[1:])}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,7 +116,21 @@ def main(argv=None):
     table.add_argument("--runs", required=True, help="the folder holding one run folder per pilot")
     table.add_argument("--datadir", required=True, help="the training split the pilots held images out of")
     table.add_argument("names", nargs="+")
+    speed = commands.add_parser("speed", help="FLOPs and training images/s of candidates")
+    speed.add_argument("--models", nargs="+", required=True, metavar="MODEL@RESOLUTION")
+    speed.add_argument("--batch", type=int, default=256)
     args = parser.parse_args(argv)
+    if args.command == "speed":
+        print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, bf16 autocast, one SGD step\n")
+        print("| model @ px | forward GFLOP | parameters | final map | train img/s | GFLOP/s (3 x forward) |\n"
+              "|---|---|---|---|---|---|")
+        for item in args.models:
+            name, _, resolution = item.partition("@")
+            result = training_speed(name, int(resolution or 32), args.batch)
+            print(f"| {name} @ {resolution or 32} | {result['gflop']:.3f} | {result['parameters'] / 1e6:.2f} M | "
+                  f"{'x'.join(map(str, result['final_map']))} | {result['images_per_s']:.0f} | "
+                  f"{3 * result['gflop'] * result['images_per_s']:.0f} |", flush=True)
+        return
     if args.command == "steps":
         print(steps_for_budget(args.model, args.resolution, args.batch, args.pflop, args.head_size))
         return

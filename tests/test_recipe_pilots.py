@@ -66,3 +66,11 @@ def test_flip_averaged_extracts_as_the_model_does(tmp_path):
     assert averaged["features"].shape == (6, model.feature_dim)
     assert not np.allclose(averaged["logits"], plain["logits"])
     np.testing.assert_array_equal(averaged["labels"], plain["labels"])
+
+
+def test_speed_table_lists_each_candidate(capsys):
+    from bench import recipe_pilots
+    recipe_pilots.main(["speed", "--models", "ResNetV2-C32-S@32", "--batch", "4"])
+    printed = capsys.readouterr().out
+    gflop = hand_count_c32_s_forward(10) / 1e9
+    assert f"| ResNetV2-C32-S @ 32 | {gflop:.3f} | 1.21 M | 256x4x4 |" in printed
