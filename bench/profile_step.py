@@ -11,10 +11,10 @@ utils/train/engine.py), by phase and by kind of operation.
 Prints two Markdown tables: the phases of a step (data, forward + loss, backward, optimiser) in
 milliseconds per step, and the operators grouped by kind (convolutions, the weight
 standardisation's layer norm, GroupNorm, ReLU, copies (the autocast's dtype casts and layout
-copies), pooling and resizing,
-loss, optimiser, other element-wise work) by their self time. Self times are measured on the
-calling thread, which waits for its OpenMP workers inside each operator, so they add up to the
-step's wall time. Timings are this machine's: run it on an idle machine.
+copies), pooling and resizing, loss, optimiser, other element-wise work) by their self time, with
+a last row for the time inside the phases but outside every operator (Python between them). Self
+times are measured on the calling thread, which waits for its OpenMP workers inside each operator,
+so the rows add up to the phases' time. Timings are this machine's: run it on an idle machine.
 """
 import argparse
 import tempfile
@@ -40,6 +40,8 @@ KINDS = (
     ("copies: dtype casts and layout (copy_)", ("_to_copy", "copy_", "aten::to")),
     ("other element-wise / memory", ("",)),
 )
+# the last row of the kinds table: with it, the table adds up to the phases' time
+OUTSIDE_OPERATORS = "outside every operator (Python between them)"
 
 
 def kind_of(name):
@@ -70,6 +72,9 @@ def profile_step(cfg):
         profiled = (time.perf_counter() - start) / cfg.steps
     events = prof.key_averages()
     phases = {event.key: event.cpu_time_total / 1e3 / cfg.steps for event in events if event.key in TRAIN_PHASES}
+    # a phase's own (self) time is the time inside it but outside every operator it ran: Python
+    # between the operators (the model's forward, autocast, the batch code) and the hook itself
+    outside = sum(event.self_cpu_time_total for event in events if event.key in TRAIN_PHASES) / 1e3 / cfg.steps
     kinds = defaultdict(float)
     for event in events:
         if event.key not in TRAIN_PHASES and not event.key.startswith("ProfilerStep"):
@@ -78,7 +83,7 @@ def profile_step(cfg):
                         if event.key not in TRAIN_PHASES), key=lambda item: -item[1])
     return {"wall_ms": 1e3 * cfg.batch / timed["images_per_s"], "profiled_wall_ms": 1e3 * profiled,
             "first_step_s": first, "operators": operators, "phases": phases, "kinds": dict(kinds),
-            "images_per_s": timed["images_per_s"],
+            "outside_operators_ms": outside, "images_per_s": timed["images_per_s"],
             "repeat_ms": [1e3 * cfg.batch / rate for rate in timed["repeats"]]}
 
 
@@ -95,10 +100,9 @@ def render(cfg, result):
     lines += [f"| {phase} | {result['phases'].get(phase, 0.0):.1f} | {100 * result['phases'].get(phase, 0.0) / total:.1f} |"
               for phase in TRAIN_PHASES]
     lines += ["", "| kind of operator (self time) | ms / step | % |", "|---|---|---|"]
-    total = sum(result["kinds"].values())
-    for kind, _ in KINDS:
-        value = result["kinds"].get(kind, 0.0)
-        lines.append(f"| {kind} | {value:.1f} | {100 * value / total:.1f} |")
+    rows = [(kind, result["kinds"].get(kind, 0.0)) for kind, _ in KINDS]
+    rows.append((OUTSIDE_OPERATORS, result["outside_operators_ms"]))
+    lines += [f"| {kind} | {value:.1f} | {100 * value / total:.1f} |" for kind, value in rows]  # of the phases' total
     if cfg.top:
         lines += ["", f"| the {cfg.top} largest operators (self time) | kind | ms / step |", "|---|---|---|"]
         lines += [f"| {name} | {kind_of(name)} | {ms:.1f} |" for name, ms in result["operators"][:cfg.top]]

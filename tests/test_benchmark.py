@@ -315,10 +315,18 @@ def test_profile_step_groups_every_operator_and_adds_up(capsys):
                                 "--steps", "2", "--repeats", "1", "--task", "dfb", "--top", "3"])
     printed = capsys.readouterr().out
     assert "| forward + loss |" in printed and "| convolution |" in printed and "3 largest operators" in printed
+    assert f"| {profile_step.OUTSIDE_OPERATORS} |" in printed
     assert set(result["phases"]) == set(benchmark.TRAIN_PHASES)
-    # the operators' self times add up to the phases' times, which add up to the step (profiler overhead aside)
-    assert sum(result["kinds"].values()) == pytest.approx(sum(result["phases"].values()), rel=0.35)
-    assert sum(result["phases"].values()) <= result["profiled_wall_ms"] * 1.05
+    # Every operator runs inside a phase and is counted in exactly one kind, so the kinds' self times
+    # and the phases' own time (outside every operator) add up to the phases' time; the profiler's
+    # tree makes this exact, up to float rounding. The phases' own time is what the old check's
+    # rel=0.35 let go: Python between operators, 12-16 % of the phases at this size (batch 4, 32 px,
+    # one thread, where each operator takes microseconds), 2 % at the cpu-preset config (batch 128,
+    # 64 px); measured on core 1 of the 2-core machine.
+    phases = sum(result["phases"].values())
+    assert sum(result["kinds"].values()) + result["outside_operators_ms"] == pytest.approx(phases, rel=1e-6)
+    assert 0 < result["outside_operators_ms"] < 0.5 * phases
+    assert phases <= result["profiled_wall_ms"] * 1.05
 
 
 def test_training_step_relabels_for_another_head_size():
