@@ -57,8 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="leave out images that cannot be decoded (listed in the log) instead of stopping at the first one")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dense_maps", type=int, default=4,
-                        help="dfb: images per set shown with the dense network's masks in figures/dense_maps.png")
+    parser.add_argument("--dense_maps", type=int, default=8,
+                        help="dfb: images per set, spread over its classes, whose dense prediction "
+                             "<logdir>/dense_maps.npz holds and figures/dense_maps.png shows (0: neither)")
     parser.add_argument("--layout_images", type=int, default=1000,
                         help="dfb: images per set (seeded subset) for dense_layout.json, how much the dense "
                              "network's foregrounds are one shared blob (0: skip)")

@@ -14,7 +14,7 @@ Every table number is read from those files or is a mean / sample standard devia
 seeds, an average over OOD sets, or a difference of two of them. The one exception is the
 sign diagnostic, which recomputes AUROCs of the fused scores from the saved scores and logits.
 The figures are grids (one row per class or set) that fit one screen, drawn here from the saved
-masks and, for the dense predictions, from the first seed's DFB checkpoint.
+masks and, for the dense predictions, from dense_maps.npz of each DFB evaluation (eval.py).
 """
 import argparse
 import csv
@@ -52,7 +52,7 @@ PM = "±"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
 # standard deviation of DFB-x over seeds
 SPREAD_RULE = 2.0
-GRID_EXAMPLES = 8  # examples per row of the figure grids
+GRID_EXAMPLES = 8  # examples per row of the pseudo-mask grid (the dense grids show eval.py's --dense_maps)
 GRID_CLASSES = 10  # rows of the pseudo-mask grid at most
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
@@ -219,13 +219,13 @@ def pretrained_weights_line(run, times, cls_final):
     if npz == "none":
         return []
     started = cls_final.get("initialised_from", {})
-    digest = (f"sha256 `{started['sha256']}` (as `runs/cls/final_metrics.json` records it)" if started.get("from") == "npz"
-              else "sha256 not recorded (`runs/cls/final_metrics.json` names no npz start)")
+    digest = (f"sha256 `{started['sha256']}` (as `runs/cls/final_metrics.json` records it)"
+              if started.get("from") == "npz" else "sha256 not recorded (`runs/cls/final_metrics.json` names no npz start)")
     record = run.dir / PRETRAIN_RUN / "final_metrics.json"
     if record.is_file():
         pretraining = json.loads(record.read_text())
-        made = (f"pretrained in this run (stage `pretrain`, `{PRETRAIN_RUN}`, {pretraining['steps']:,} steps): val top-1 "
-                f"**{pct(pretraining['test_top1'])} %** on the held-out images of Tiny ImageNet's train split "
+        made = (f"pretrained in this run (stage `pretrain`, `{PRETRAIN_RUN}`, {pretraining['steps']:,} steps): "
+                f"val top-1 **{pct(pretraining['test_top1'])} %** on the held-out images of Tiny ImageNet's train split "
                 f"(`{PRETRAIN_RUN / 'final_metrics.json'}`)")
     elif "pretrain" in times:
         made = f"the stage `pretrain` ran but left no `{PRETRAIN_RUN / 'final_metrics.json'}`"
@@ -550,18 +550,15 @@ def repo_path(path):
     return path if path.is_absolute() else Path(__file__).resolve().parents[1] / path
 
 
-def folder_examples(root, per_row, mask_root=None):
-    """{class folder: [(image, mask path or None)]} of the first per_row images of each class folder."""
+def folder_examples(root, per_row, mask_root):
+    """{class folder: [(image, mask path)]} of the first per_row images of each class folder that have a mask."""
     from PIL import Image
 
     from datasets.folder import is_image_file, mask_path
     rows = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        files = sorted(p for p in folder.iterdir() if is_image_file(p))
-        if mask_root is not None:
-            files = [p for p in files if mask_path(mask_root, p).is_file()]
-        rows[folder.name] = [(np.asarray(Image.open(p).convert("RGB")),
-                              mask_path(mask_root, p) if mask_root is not None else None) for p in files[:per_row]]
+        files = [p for p in sorted(folder.iterdir()) if is_image_file(p) and mask_path(mask_root, p).is_file()]
+        rows[folder.name] = [(np.asarray(Image.open(p).convert("RGB")), mask_path(mask_root, p)) for p in files[:per_row]]
     return {name: examples for name, examples in rows.items() if examples}
 
 
@@ -582,29 +579,20 @@ def pseudo_mask_grid(run, path):
 
 
 def dense_grid(run, path, suffix):
-    """The dense prediction of the DFB network runs/dfb_<suffix> (a seed or an ablation) on the first
-    images of the ID test split and of every OOD set."""
-    import torch
-
-    from datasets.batch_augment import test_resize
-    from models.loading import load_network
+    """The dense prediction of the DFB network runs/dfb_<suffix> (a seed or an ablation) on a few images of the
+    ID test split and of every OOD set, as its evaluation saved them (results_dfb_<suffix>/dense_maps.npz)."""
+    from utils.evaluate.dense_maps import DENSE_MAPS_FILE, load_dense_maps
     from utils.figures.plots import save_overlay_grid
-    model, checkpoint, _, head_size = load_network(run.dir / "runs" / f"dfb_{suffix}" / "checkpoint.pth.tar",
-                                                   expect_task="dfb")
-    model.eval()
-    data = repo_path(run.info["settings"]["DATA_DIR"])
-    sets = {f"{run.id_label} test": data / run.id_name / "test", **{ood: data / ood / "test" for ood in run.ood_names}}
-    rows = []
-    for label, root in sets.items():
-        # a few examples of each class folder, so a row shows more than one class
-        per_class = folder_examples(root, 1 + GRID_EXAMPLES // 4).values()
-        images = [image for shown in zip(*per_class) for image, _ in shown][:GRID_EXAMPLES]
-        with torch.no_grad():
-            batch = torch.stack([torch.tensor(image).permute(2, 0, 1) for image in images])
-            resolution = checkpoint.get("resolution") or int(run.info["settings"]["RESOLUTION"])
-            masks = model.dense_logits(test_resize(batch, resolution), upsample=True).argmax(1).to(torch.uint8)
-        rows.append((label, list(zip(images, masks.numpy()))))
-    return save_overlay_grid(rows, head_size - 1, path,
+    folder = run.dir / f"results_dfb_{suffix}"
+    if not (folder / DENSE_MAPS_FILE).is_file():
+        raise FileNotFoundError(f"{folder / DENSE_MAPS_FILE} not found: eval.py writes it when it evaluates a DFB "
+                                f"network (with --dense_maps > 0), evaluations of older code did not; evaluate again "
+                                f"(delete {run.dir / '.stages' / f'eval_dfb_{suffix}.done'} and rerun the script) "
+                                f"or leave the grids out (--no_grids)")
+    maps, num_classes = load_dense_maps(folder / DENSE_MAPS_FILE)
+    id_test = read_json(folder / "accuracy.json", "eval.py (DFB network)")["id_dataset"]
+    rows = [(f"{run.id_label} test" if name == id_test else name, examples) for name, examples in maps]
+    return save_overlay_grid(rows, num_classes, path,
                              title=f"dense prediction of the DFB network ({variant_label(suffix)}); dimmed = background")
 
 
@@ -683,7 +671,7 @@ def main(argv=None):
     parser.add_argument("--figures_to", default=None,
                         help="copy the figures into this folder and link the copies (for docs/)")
     parser.add_argument("--no_grids", action="store_true",
-                        help="leave out the grid figures (they need the data folder and the DFB checkpoint)")
+                        help="leave out the grid figures (they need the data folder and eval.py's dense_maps.npz)")
     args = parser.parse_args(argv)
     out = Path(args.out or Path(args.run_dir) / "RESULTS.md")
     write_text_atomic(out, build_report(args.run_dir, out, args.fusion, args.figures_to, not args.no_grids))

@@ -13,8 +13,9 @@
    does not change when either changes. The held-out images are left out of the fitted
    scores' statistics. `fusion_selection.json` records the choices and the images.
 4. results.csv, results.md (with the score settings used), accuracy.json, logits/, scores/,
-   figures/; with --save_detector, detector.pt: one fused score, its fitted statistics, sign, T
-   and the threshold that keeps 95 % of the held-out ID images, for score.py (utils/ood/detector.py).
+   figures/; for a dfb checkpoint dense_maps.npz (utils/evaluate/dense_maps.py); with --save_detector,
+   detector.pt: one fused score, its fitted statistics, sign, T and the threshold that keeps 95 % of
+   the held-out ID images, for score.py (utils/ood/detector.py).
 """
 import argparse
 import csv
@@ -32,8 +33,8 @@ from utils.base import distributed
 from utils.base.checkpoint import file_digest
 from utils.base.distributed import RunContext, start_run
 from utils.base.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
-from utils.base.runtime import autocast
 from utils.evaluate.dense import foreground_layout
+from utils.evaluate.dense_maps import DENSE_MAPS_FILE, predict_dense_maps, save_dense_maps
 from utils.evaluate.engine import extract, top1
 from utils.evaluate.sets import FUSION_ID, VALIDATION_OOD, EvalSets, PatchShuffled, dataset_digest, open_sets
 from utils.ood.detector import save_detector
@@ -84,9 +85,10 @@ def run(args: argparse.Namespace) -> dict | None:
         results["written"].append(out_dir / "dense_layout.json")
         write_dense_layout(results["written"][-1], model, sets.shown_sets(), num_classes, resolution, args, ctx)
     if task == "dfb" and args.dense_maps > 0:
-        results["written"].append(out_dir / "figures" / "dense_maps.png")
-        draw_dense_maps(model, sets.shown_sets(), num_classes, resolution, ctx, args.dense_maps,
-                        results["written"][-1])
+        maps = predict_dense_maps(model, sets.shown_sets(), resolution, ctx.device, ctx.amp, args.dense_maps)
+        results["written"] += [out_dir / DENSE_MAPS_FILE, out_dir / "figures" / "dense_maps.png"]
+        save_dense_maps(results["written"][-2], maps, num_classes)
+        draw_dense_maps(maps, num_classes, results["written"][-1])
     if args.save_detector:
         results["written"].append(out_dir / "detector.pt")
         write_detector(results["written"][-1], args, model, checkpoint, checkpoint_key, sets.id_train.classes,
@@ -262,7 +264,8 @@ def remove_stale_outputs(out_dir, written):
     task left in `out_dir`, so that every file there comes from this run."""
     written = set(written)
     stale = [path for pattern in ("logits/*.npy", "scores/*/*.npy", "figures/*.png",
-                                                 "fusion_selection.json", "detector.pt", "dense_layout.json")
+                                                 "fusion_selection.json", "detector.pt", "dense_layout.json",
+                                                 DENSE_MAPS_FILE)
              for path in out_dir.glob(pattern) if path not in written]
     for path in stale:
         path.unlink()
@@ -355,21 +358,12 @@ def write_dense_layout(path, model, named_datasets, num_classes, resolution, arg
           ", ".join(f"{name} {v['blob_iou']:.3f} {v['foreground_fraction']:.3f}" for name, v in layout.items()))
 
 
-@torch.no_grad()
-def draw_dense_maps(model, named_datasets, num_classes, resolution, ctx: RunContext, per_set, path):
-    """The dense network's prediction on the first images of every set: a grid of one row per set."""
-    from datasets.batch_augment import test_resize
+def draw_dense_maps(maps, num_classes, path):
+    """figures/dense_maps.png: predict_dense_maps's examples, a grid of one row per set."""
     from utils.figures.plots import save_overlay_grid
-    rows = []
-    for name, dataset in named_datasets:
-        batch = torch.stack([dataset[i]["image"] for i in range(min(per_set, len(dataset)))])
-        with autocast(ctx.device, ctx.amp):
-            dense = model.dense_logits(test_resize(batch.to(ctx.device), resolution), upsample=True).float()
-        images = torch.nn.functional.interpolate(batch.float(), size=(resolution, resolution)).to(torch.uint8)
-        masks = dense.argmax(1).to(torch.uint8).cpu().numpy()
-        rows.append((name, [(image.permute(1, 2, 0).numpy(), mask) for image, mask in zip(images, masks)]))
-    save_overlay_grid(rows, num_classes, path, title="dense prediction of the DFB network; dimmed = background")
-    print(f"[eval] dense maps of {per_set} images per set (" + ", ".join(n for n, _ in named_datasets) + f"): {path}")
+    save_overlay_grid(maps, num_classes, path, title="dense prediction of the DFB network; dimmed = background")
+    print(f"[eval] dense maps of up to {max(len(examples) for _, examples in maps)} images per set ("
+          + ", ".join(name for name, _ in maps) + f"): {path}")
 
 
 def draw_figures(out_dir, scores, id_test_name, ood_names):
