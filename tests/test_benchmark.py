@@ -292,11 +292,14 @@ def test_masks_come_from_the_split_when_complete_else_random(tmp_path):
         benchmark.read_masks(own, samples)
 
 
-def test_cpu_preset_benchmark_measures_the_step_of_the_cpu_run_presets():
-    """configs/benchmark_cpu-preset.toml times what configs/reproduce_cpu*.env train with."""
+@pytest.mark.parametrize("bench_preset, run_presets", [("cpu-preset", ("cpu_tiny64", "cpu_pretrained")),
+                                                       ("cpu-c32", ("cpu",))])
+def test_cpu_preset_benchmarks_measure_the_step_of_the_cpu_run_presets(bench_preset, run_presets):
+    """configs/benchmark_cpu-preset.toml times what configs/reproduce_cpu_tiny64.env and
+    reproduce_cpu_pretrained.env train with; configs/benchmark_cpu-c32.toml what reproduce_cpu.env does."""
     import subprocess
-    bench = benchmark.read_preset("cpu-preset")
-    for name in ("cpu", "cpu_pretrained"):
+    bench = benchmark.read_preset(bench_preset)
+    for name in run_presets:
         script = f"source configs/reproduce_{name}.env && echo $MODEL $RESOLUTION $BATCH $WORKERS"
         values = subprocess.run(["bash", "-c", script], cwd=benchmark.PRESET_DIR.parent, capture_output=True,
                                 text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
