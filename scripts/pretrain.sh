@@ -17,7 +17,7 @@
 #   NPZ          the weights written [pretrained/$MODEL-TIN.npz]
 #   MODEL [ResNetV2-Tiny] RESOLUTION [64] TRAIN_RESIZE [72] BATCH [128] STEPS [15000] BASE_LR [0.1]
 #   DEVICE [cpu] WORKERS [2] SEED [0] PER_CLASS (first N images per class, tiny test runs) [all]
-#   FLAGS        further train.py flags [the from-scratch recipe of configs/reproduce_cpu.env's classifier]
+#   FLAGS        further train.py flags [the from-scratch recipe of configs/reproduce_cpu_tiny64.env's classifier]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/shared_data.sh
