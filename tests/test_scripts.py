@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from datasets.shared_archives import unpack_shared
 from datasets.synthetic import generate_benchmark
@@ -71,22 +72,42 @@ def test_missing_weights_masks_and_checkpoint_are_named(data_root):
 
 
 @pytest.mark.slow
-def test_readme_flow_with_documented_variables(data_root):
+@pytest.mark.parametrize("model", ["ResNetV2-Tiny", "ResNetV2-C32-S"])  # the 64 px presets' and PRESET=cpu's
+def test_readme_flow_with_documented_variables(tmp_path, model):
+    """Every stage of the README on `model`: train_cls.sh, make_cam.py, train.sh, eval.sh, then eval.py
+    --save_detector and score.py on new images (a data folder of its own: make_cam.py writes the masks
+    beside the images)."""
+    data_root = runs = tmp_path
+    generate_benchmark(data_root / "dataset", seed=2, size=32, n_train_per_class=6, n_test_per_class=2, n_ood=6,
+                       progress=False)
     env = {"DATA_ROOT": str(data_root / "dataset"), "DATASETS": "synthetic", "OOD_SETS": "SynthNewObjects SynthClutter",
-           "MODEL": "ResNetV2-Tiny", "PRETRAINED": "none", "STEPS": "6", "BATCH": "8", "RESOLUTION": "32",
-           "LOGDIR": str(data_root / "runs"), "CLS_DIR": str(data_root / "cls"), "RESULTS": str(data_root / "results")}
+           "MODEL": model, "PRETRAINED": "none", "STEPS": "6", "BATCH": "8", "RESOLUTION": "32",
+           "LOGDIR": str(runs / "runs"), "CLS_DIR": str(runs / "cls"), "RESULTS": str(runs / "results")}
+    synthetic, new_images = data_root / "dataset" / "synthetic", data_root / "dataset" / "SynthNewObjects" / "test"
     for step in (lambda: run_script("train_cls.sh", env),
-                 lambda: subprocess.run([sys.executable, "make_cam.py", f"--dataset={data_root}/dataset/synthetic/train",
-                                         f"--model_path={data_root}/cls/synthetic.pth.tar", "--head_size=6",
+                 lambda: subprocess.run([sys.executable, "make_cam.py", f"--dataset={synthetic}/train",
+                                         f"--model_path={runs}/cls/synthetic.pth.tar", "--head_size=6",
                                          "--device=cpu", "--workers=0"], cwd=REPO, capture_output=True, text=True),
                  lambda: run_script("train.sh", env),
-                 lambda: run_script("eval.sh", env)):
+                 lambda: run_script("eval.sh", env),
+                 lambda: subprocess.run([sys.executable, "eval.py", "--model_path",
+                                         f"{runs}/runs/synthetic_dfb/checkpoint.pth.tar", "--id_train_path",
+                                         f"{synthetic}/train", "--id_test_path", f"{synthetic}/test", "--ood_path",
+                                         str(new_images), "--logdir", f"{runs}/detector", "--save_detector",
+                                         "--device", "cpu", "--workers", "0"], cwd=REPO, capture_output=True, text=True),
+                 lambda: subprocess.run([sys.executable, "score.py", "--detector", f"{runs}/detector/detector.pt",
+                                         "--images", str(new_images), "--out", f"{runs}/scores.csv", "--device", "cpu"],
+                                        cwd=REPO, capture_output=True, text=True)):
         result = step()
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for stage in ("dfb", "cls"):
-        rows = (data_root / "results" / f"synthetic_{stage}" / "results.csv").read_text().splitlines()
+        rows = (runs / "results" / f"synthetic_{stage}" / "results.csv").read_text().splitlines()
         assert rows[0] == "method,id_dataset,ood_dataset,fpr95,auroc,aupr_in,aupr_out"
         assert {row.split(",")[2] for row in rows[1:]} == {"SynthNewObjects", "SynthClutter"}
+    checkpoint = torch.load(runs / "runs" / "synthetic_dfb" / "checkpoint.pth.tar", map_location="cpu", weights_only=False)
+    assert checkpoint["model_name"] == model
+    scored = (runs / "scores.csv").read_text().splitlines()
+    assert len(scored) == 1 + len(list(new_images.rglob("*.png")))
 
 
 @pytest.mark.slow
