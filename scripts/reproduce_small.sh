@@ -81,6 +81,11 @@ fi
 # shellcheck source=configs/reproduce_gpu.env
 source "$PRESET_FILE"
 
+STOP_AFTER=${STOP_AFTER:-}
+case "$STOP_AFTER" in
+  ""|data|train_cls|make_cam|eval_cls) ;;
+  *) echo "[error] STOP_AFTER=$STOP_AFTER: expected data, train_cls, make_cam or eval_cls" >&2; exit 2 ;;
+esac
 SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
 ID=${ID:-cifar10}
@@ -107,11 +112,6 @@ if [ -n "$FUSION_VAL_OOD" ] && [[ " $OOD_SETS " != *" $FUSION_VAL_OOD "* ]]; the
   exit 2
 fi
 FROM_RUN=${FROM_RUN:-}
-STOP_AFTER=${STOP_AFTER:-}
-case "$STOP_AFTER" in
-  ""|data|train_cls|make_cam|eval_cls) ;;
-  *) echo "[error] STOP_AFTER=$STOP_AFTER: expected data, train_cls, make_cam or eval_cls" >&2; exit 2 ;;
-esac
 PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
 # scripts/pretrain.sh's own settings, given to it as PRETRAIN_<name> (its names would clash with this run's)
 PRETRAIN_VARS=(DATA_DIR RESOLUTION TRAIN_RESIZE BATCH STEPS BASE_LR SEED PER_CLASS FLAGS)
