@@ -132,6 +132,13 @@ def _group_norm(channels):
 NORM_LAYERS = {"group": _group_norm, "batch": nn.BatchNorm2d}
 
 
+def _projection(cin, cout, stride):
+    """The shortcut's 1x1 conv (same stride) of a unit that changes width or resolution, else None."""
+    if stride == 1 and cin == cout:
+        return None
+    return StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+
+
 class PreActBottleneck(nn.Module):
     """Pre-activation bottleneck (He et al., "Identity Mappings in Deep Residual Networks"),
     with the stride on the 3x3 conv:
@@ -150,9 +157,7 @@ class PreActBottleneck(nn.Module):
         self.conv2 = StdConv2d(cmid, cmid, kernel_size=3, stride=stride, padding=1, bias=False)
         self.gn3 = norm(cmid)
         self.conv3 = StdConv2d(cmid, cout, kernel_size=1, bias=False)
-        projects = stride != 1 or cin != cout
-        self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
-                           if projects else None)
+        self.downsample = _projection(cin, cout, stride)
 
     def forward(self, x):
         activated = F.relu(self.gn1(x))
@@ -199,9 +204,7 @@ class PreActBasic(nn.Module):
         self.conv1 = StdConv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
         self.gn2 = norm(cout)
         self.conv2 = StdConv2d(cout, cout, kernel_size=3, padding=1, bias=False)
-        projects = stride != 1 or cin != cout
-        self.downsample = (StdConv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
-                           if projects else None)
+        self.downsample = _projection(cin, cout, stride)
 
     def forward(self, x):
         activated = F.relu(self.gn1(x))
