@@ -13,13 +13,11 @@ are not training compute and are counted apart.
 """
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from bench.benchmark import count_flops
+from bench.benchmark import count_flops, measure
 from datasets.sources import open_split, relative_paths, restrict
 from models.loading import load_network
 from models.resnetv2 import create_model
@@ -90,15 +88,8 @@ def training_speed(model_name: str, resolution: int, batch: int = 256, steps: in
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return {"gflop": forward_flops(model_name, resolution) / 1e9, "images_per_s": statistics.median(rates),
+    rate = measure(step, batch, warmup=2, steps=steps, repeats=repeats, device=torch.device("cpu"))
+    return {"gflop": forward_flops(model_name, resolution) / 1e9, "images_per_s": rate["images_per_s"],
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_map": tuple(model.feature_map(images[:1]).shape[1:])}
 
