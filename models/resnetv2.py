@@ -48,7 +48,7 @@ class ResNetV2Config:
     root_width: int | None = None  # None: 64 * width_factor (BiT)
     block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
     block_strides: tuple | None = None  # None: 1, 2, 2, last_block_stride (BiT)
-    norm: str = "group"  # "group" (BiT) or "batch" (no npz form)
+    norm: str = "group"  # "group" (BiT's 32 groups), "group8" (8 groups) or "batch" (no npz form)
 
 
 _BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -78,8 +78,9 @@ KNOWN_MODELS.update({
                                                    unit="basic", root_width=root, block_widths=widths,
                                                    block_strides=(2,) * len(units), norm=norm)
     for size, units, root, widths in _CIFAR_SIZES
-    # "-BN": the same network with BatchNorm for GroupNorm, only to measure what GroupNorm costs
-    for suffix, norm in (("", "group"), ("-BN", "batch"))
+    # "-BN": the same network with BatchNorm for GroupNorm, to measure what GroupNorm costs;
+    # "-G8": GroupNorm with 8 groups, so no group of the narrow first layers is a single channel
+    for suffix, norm in (("", "group"), ("-G8", "group8"), ("-BN", "batch"))
 })
 
 
@@ -126,10 +127,16 @@ def _group_norm(channels):
     return nn.GroupNorm(GROUP_NORM_GROUPS, channels, eps=GROUP_NORM_EPS)
 
 
-# The normalisation layer of a network. BiT's GroupNorm is the default of every named model;
-# BatchNorm exists to measure what GroupNorm costs (docs/CIFAR_RECIPE.md), and a BatchNorm network
-# has no BiT npz form (its running statistics have no key there).
-NORM_LAYERS = {"group": _group_norm, "batch": nn.BatchNorm2d}
+def _group_norm_8(channels):
+    return nn.GroupNorm(8, channels, eps=GROUP_NORM_EPS)
+
+
+# The normalisation layer of a network. BiT's GroupNorm(32) is the default of every named model.
+# With 32 groups, the 32 channels of the CIFAR stem are normalised one by one, per image (instance
+# norm); "group8" keeps 4 or more channels per group there, with the same npz keys. BatchNorm exists to
+# measure what GroupNorm costs (docs/CIFAR_RECIPE.md); a BatchNorm network has no BiT npz form (its
+# running statistics have no key there).
+NORM_LAYERS = {"group": _group_norm, "group8": _group_norm_8, "batch": nn.BatchNorm2d}
 
 
 def _projection(cin, cout, stride):
@@ -368,7 +375,7 @@ def _layer_keys(torch_prefix, npz_prefix, layer):
 
 def npz_key_map(model: ResNetV2) -> dict[str, str]:
     """dict: torch parameter name -> key of the official BiT .npz (convs stored HWIO there)."""
-    if model.norm != "group":
+    if not model.norm.startswith("group"):
         raise ValueError(f"model {model.model_name!r} uses {model.norm} norm, which has no BiT .npz form "
                          f"(BiT's npz holds GroupNorm scales and offsets only)")
     keys = _layer_keys("root.conv", "resnet/root_block/standardized_conv2d", model.root.conv)
