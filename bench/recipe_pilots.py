@@ -21,7 +21,7 @@ from bench.benchmark import count_flops, measure
 from datasets.sources import open_split, relative_paths, restrict
 from models.loading import load_network
 from models.resnetv2 import create_model
-from utils.evaluate.engine import extract, top1
+from utils.evaluate.engine import FlipAveraged, extract, top1
 
 
 def forward_flops(model_name: str, resolution: int, head_size: int = 10) -> int:
@@ -38,24 +38,6 @@ def steps_for_budget(model_name: str, resolution: int, batch: int, pflop: float,
     """The most steps of `batch` images whose training compute stays within `pflop`."""
     per_step = 3 * forward_flops(model_name, resolution, head_size) * batch / 1e15
     return int(pflop // per_step)
-
-
-class FlipAveraged(torch.nn.Module):
-    """A classifier whose logits and pooled features are the means over the image and its mirror
-    (flip test-time augmentation: two forwards per image)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.head_size, self.feature_dim = model.head_size, model.feature_dim
-
-    def forward_with_features(self, images):
-        logits, features = self.model.forward_with_features(images)
-        mirrored_logits, mirrored_features = self.model.forward_with_features(images.flip(-1))
-        return (logits + mirrored_logits) / 2, (features + mirrored_features) / 2
-
-    def forward(self, images):
-        return self.forward_with_features(images)[0]
 
 
 def holdout_top1(run_dir: Path, datadir: str, batch: int = 256) -> dict:

@@ -1,10 +1,12 @@
 """bench/recipe_pilots.py: the training-compute budget against a count written out by hand from the
-network's widths, and flip test-time augmentation against two explicit forwards."""
+network's widths, and flip test-time augmentation (utils.evaluate.engine.FlipAveraged, which the
+pilots use) against two explicit forwards."""
 import pytest
 import torch
 
-from bench.recipe_pilots import FlipAveraged, steps_for_budget, training_pflop
+from bench.recipe_pilots import steps_for_budget, training_pflop
 from models.resnetv2 import create_model
+from utils.evaluate.engine import FlipAveraged
 
 
 def hand_count_c32_s_forward(head_size):

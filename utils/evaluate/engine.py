@@ -1,5 +1,6 @@
 """Batched inference: image-level logits and pooled features of a whole split, in dataset
-order, sharded across torchrun processes and gathered back."""
+order, sharded across torchrun processes and gathered back; with flip test-time augmentation,
+through `with_tta`'s wrapper."""
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -8,6 +9,37 @@ from datasets.sources import eval_batches
 from utils.base.distributed import gather_in_order, is_main_process, shard_indices
 from utils.base.runtime import autocast
 from utils.ood.scores import odin_perturb
+
+# eval.py's --tta: one forward per image, or the mean over the image and its horizontal mirror
+TTA_MODES = ("none", "flip")
+
+
+class FlipAveraged(torch.nn.Module):
+    """A network whose logits and pooled features are the means over the image and its mirror
+    (flip test-time augmentation: two forwards per image). The head is affine, so the averaged
+    features still map to the averaged logits through the network's head_parameters()."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.head_size, self.feature_dim = model.head_size, model.feature_dim
+
+    def forward_with_features(self, images):
+        logits, features = self.model.forward_with_features(images)
+        mirrored_logits, mirrored_features = self.model.forward_with_features(images.flip(-1))
+        return (logits + mirrored_logits) / 2, (features + mirrored_features) / 2
+
+    def forward(self, images):
+        # differentiable, so ODIN's input perturbation follows the averaged logits
+        return self.forward_with_features(images)[0]
+
+
+def with_tta(model, tta):
+    """The network whose image-level outputs eval.py and score.py read: `model` itself ('none') or
+    its flip average ('flip')."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"test-time augmentation {tta!r}: expected one of {', '.join(TTA_MODES)}")
+    return FlipAveraged(model) if tta == "flip" else model
 
 
 @torch.no_grad()
