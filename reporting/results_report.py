@@ -28,6 +28,7 @@ import numpy as np
 
 from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, OPENOOD_GROUPS
 from reporting.ablation_table import variant_tables
+from reporting.openood_table import openood_section
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
 from utils.ood.metrics import auroc
@@ -57,6 +58,11 @@ GRID_CLASSES = 10  # rows of the pseudo-mask grid at most
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
             "logprob": "S = S_fg + s · T · log(1 − p_bg)"}
+# eval.py --tta, as the report states it
+TTA_TEXT = {"none": "none (one forward per image)",
+            "flip": "**flip** (the logits and pooled features of each image are the mean over the image and its "
+                    "horizontal mirror, the ID test top-1 included), applied identically to the ID test set, every "
+                    "OOD set and the fusion's validation images, and to the ID training images that fit the scores"}
 DENSE_KEYS = (("val_top1", "val top-1 (held-out training images)"), ("pixel_accuracy", "mask pixel accuracy"),
               ("foreground_iou", "foreground IoU"), ("background_iou", "background IoU"))
 
@@ -234,6 +240,19 @@ def pretrained_weights_line(run, times, cls_final):
     return [f"- Pretrained weights: `{portable(npz)}`, {made}; {digest}"]
 
 
+def tta_line(run):
+    """Whether the evaluations averaged each image with its mirror (eval.py --tta, as each evaluation's
+    accuracy.json records it; evaluations from before --tta existed had one forward per image)."""
+    folders = ["results_cls"] + [f"results_dfb_{suffix}" for suffix in [f"seed{s}" for s in run.seeds] + run.ablations]
+    used = {folder: read_json(run.dir / folder / "accuracy.json", "eval.py").get("tta", "none") for folder in folders}
+    modes = sorted(set(used.values()))
+    if len(modes) == 1:
+        return [f"- Test-time augmentation (eval.py --tta, `accuracy.json` of every evaluation): {TTA_TEXT[modes[0]]}"]
+    listed = "; ".join(f"{mode} in {', '.join(f'`{f}`' for f, m in used.items() if m == mode)}" for mode in modes)
+    return [f"- Test-time augmentation (eval.py --tta) **differs between the evaluations**, so their numbers do not "
+            f"compare: {listed}"]
+
+
 def setup_section(run, times, cls_final):
     info = run.info
     lines = ["## Setup", "", f"- Device: **{info['device']}**" + (f"; CPU: {info['cpu']}" if info.get("cpu") and info["cpu"] not in
@@ -244,7 +263,7 @@ def setup_section(run, times, cls_final):
              f"; torch {info['torch']}, Python {info['python']}; run started {info['date_utc']} UTC",
              f"- DFB seeds reported: {', '.join(run.seeds)}" +
              (f"; pending (not finished when this report was written): {', '.join(run.pending)}"
-              if run.pending else "")] + pretrained_weights_line(run, times, cls_final) + [""]
+              if run.pending else "")] + pretrained_weights_line(run, times, cls_final) + tta_line(run) + [""]
     lines += markdown_table(["setting", "value"], [(key, f"`{portable(value)}`" if value else "(all / unset)")
                                                    for key, value in info["settings"].items()])
     return lines + [""]
@@ -655,7 +674,7 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
              caveat(run.info["settings"]), ""]
     lines += setup_section(run, times, cls_final) + data_section(manifest) + times_section(times)
     lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})
-    lines += mask_section(summary) + ood_section(run, fusion) + beats_section(run)
+    lines += mask_section(summary) + ood_section(run, fusion) + openood_section(run, cls_accuracy) + beats_section(run)
     lines += fusion_section(run, selections, fusion) + sign_diagnostic(run, selections, fusion)
     lines += ablation_section(run, fusion)
     lines += figures_section(drawn, linked, Path(out).parent)
