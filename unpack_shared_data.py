@@ -17,8 +17,10 @@ of scripts/pretrain.sh; its folder is printed.
 
     python unpack_shared_data.py --default_ood --id cifar100
 
-prints the OOD sets unpacked when --ood is left out (every set but the ID set's own archive), on one
-line, and unpacks nothing: scripts/reproduce_small.sh's default OOD_SETS.
+prints the OOD sets unpacked when --ood is left out, on one line, and unpacks nothing:
+scripts/reproduce_small.sh's default OOD_SETS. They are OpenOOD v1.5's CIFAR composition with our stand-ins:
+near-OOD the other CIFAR and TinyImageNet (Tiny ImageNet classes that are no CIFAR class), far-OOD MNIST, SVHN,
+Textures and MiniPlaces (for Places365); Scene15 and IntelScenes are unpacked only when named in --ood.
 """
 import argparse
 import sys
@@ -43,7 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="where the ImageFolder sets are unpacked")
     parser.add_argument("--id", default=DEFAULT_ID, choices=list(ID_SETS), help="the ID set (train and test splits)")
     parser.add_argument("--ood", nargs="*", default=None, choices=list(OOD_SETS),
-                        help="OOD sets (default: all but the ID set's own archive; none: the ID set only)")
+                        help="OOD sets (default: OpenOOD v1.5's composition, as --default_ood prints it; none: the "
+                             "ID set only)")
     parser.add_argument("--tin", action="store_true",
                         help="unpack only Tiny ImageNet's train split (tin_train.tar.gz), for pretraining")
     parser.add_argument("--default_ood", action="store_true",

@@ -22,7 +22,6 @@ from reporting import results_report, run_record
 from utils.ood.fusion import FUSIONS
 
 REPO = Path(__file__).resolve().parents[1]
-OOD_NAMES = ("CIFAR100", "SVHN", "Textures", "MNIST", "Scene15", "IntelScenes")
 
 
 def write_tar(path, names):
@@ -163,8 +162,8 @@ def test_cli_prints_the_default_ood_sets_of_an_id_set(capsys):
         unpack_shared_data.main(["--default_ood", "--id", id_name])  # no --shared, --out: nothing is unpacked
         printed = capsys.readouterr().out
         assert printed == " ".join(shared_archives.default_ood_sets(id_name)) + "\n"
-        # every OOD set but the one cut from the ID set's own archive; the other CIFAR, the near-OOD set, first
-        assert printed.split() == [first, "SVHN", "Textures", "MNIST", "Scene15", "IntelScenes"]
+        # OpenOOD v1.5's composition: near-OOD (the other CIFAR, TinyImageNet), then far-OOD
+        assert printed.split() == [first, "TinyImageNet", "MNIST", "SVHN", "Textures", "MiniPlaces"]
     with pytest.raises(SystemExit) as exit_info:
         unpack_shared_data.main(["--id", "cifar10"])
     assert exit_info.value.code == 2 and "--shared and --out are required" in capsys.readouterr().err
@@ -281,9 +280,10 @@ def table_rows(report, heading):
 
 
 def test_report_groups_the_ood_sets_as_openood(tmp_path):
-    # each OOD set's group is a field of its entry: the other CIFAR near-OOD, the rest far-OOD, as OpenOOD v1.5
+    # each OOD set's group is a field of its entry: the CIFARs and TinyImageNet near-OOD, the rest far-OOD, as
+    # OpenOOD v1.5
     assert {name for name, ood in shared_archives.OOD_SETS.items() if ood.openood_group == "near"} == \
-        {"CIFAR10", "CIFAR100"}
+        {"CIFAR10", "CIFAR100", "TinyImageNet"}
     assert {ood.openood_group for ood in shared_archives.OOD_SETS.values()} == set(shared_archives.OPENOOD_GROUPS)
     run_dir = tmp_path / "run"
     # two sets per group, interleaved, so that neither the first nor the last set of a group is its mean (both
@@ -522,7 +522,7 @@ def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     times = json.loads((out / "stage_times.json").read_text())
     assert set(times) == set(stages)
     report = (out / "RESULTS.md").read_text()
-    for ood in OOD_NAMES:
+    for ood in shared_archives.default_ood_sets("cifar10"):
         table = table_rows(report, f"### {ood}")
         assert set(table) >= {"MSP · classifier", "DFB-Energy", "Mahalanobis · DFB net", "Background (direction chosen on validation data)"}
         assert table["MSP · classifier"][1] == f"{auroc_of(out / 'results_cls', 'MSP', ood):.2f}"
