@@ -8,11 +8,13 @@ Writes <logdir>/results.csv (one row per method and OOD set), results.md, accura
 fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<set>.npy and figures/
 (--fusion_val_ood DIR: choose the DFB fusions on a real OOD folder kept apart from the test sets);
 with --save_detector, detector.pt, which score.py applies to new images (docs/SCORE.md).
-Logits and features are computed in fp32 unless --amp bf16 is given.
+Logits and features are computed in fp32 unless --amp bf16 is given. --tta flip: every image's
+logits and pooled features are the mean over the image and its horizontal mirror, for every set.
 """
 import argparse
 
 from utils.base.cli import run_cli
+from utils.evaluate.engine import TTA_MODES
 from utils.evaluate.main import BEST_DETECTOR, run
 from utils.ood.detector import DEFAULT_METHOD
 from utils.ood.fusion import FUSIONS, DEFAULT_FUSION
@@ -35,6 +37,14 @@ def parse_args(argv=None):
     parser.add_argument("--amp", choices=["bf16", "none"], default="none",
                         help="precision of the extracted logits and features (default none = fp32, also on GPUs: "
                              "the reported numbers should not depend on bf16 rounding)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation (default none: one forward per image). flip: the logits and "
+                             "pooled features of every image are the mean over the image and its horizontal mirror "
+                             "(two forwards), applied identically to the ID training images that fit the scores, the "
+                             "ID test set, every OOD set and the fusions' validation images (ODIN's perturbation "
+                             "follows the averaged logits); accuracy.json's top-1 is then the flip-averaged one, and "
+                             "--save_detector's detector.pt makes score.py average the same way. The dense "
+                             "predictions (dense_maps.npz, dense_layout.json) stay single-view")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fusion", choices=sorted(FUSIONS), default=DEFAULT_FUSION,
                         help="fusion reported under the plain name DFB-<method> (all are reported)")

@@ -1,9 +1,10 @@
 """Stage 4 of DFB, what `eval.py` runs: OOD evaluation of a cls or dfb checkpoint.
 
 1. Image-level logits and pooled features of the ID train set, the ID test set and every
-   OOD set, in fp32 by default (cached under <logdir>/cache/, keyed by the checkpoint's
-   bytes, the images' bytes, the resolution and the precision, so a new checkpoint never
-   reuses stale features).
+   OOD set, in fp32 by default, of one forward per image or (--tta flip) the mean over the image
+   and its mirror, for every set alike (cached under <logdir>/cache/, keyed by the checkpoint's
+   bytes, the images' bytes, the resolution, the precision and the test-time augmentation, so
+   a new checkpoint never reuses stale features).
 2. Every post-hoc score of utils/ood/scores.py on the K foreground logits and the pooled feature;
    the fitted ones (ViM, KNN, ReAct, Mahalanobis) on the ID training images.
 3. For a dfb checkpoint: the background score and every DFB fusion of every score. Sign and
@@ -35,7 +36,7 @@ from utils.base.distributed import RunContext, start_run
 from utils.base.io import atomic_path, remove_stale_temporaries, save_npy_atomic, write_text_atomic
 from utils.evaluate.dense import foreground_layout
 from utils.evaluate.dense_maps import DENSE_MAPS_FILE, predict_dense_maps, save_dense_maps
-from utils.evaluate.engine import extract, top1
+from utils.evaluate.engine import extract, top1, with_tta
 from utils.evaluate.sets import FUSION_ID, VALIDATION_OOD, EvalSets, PatchShuffled, dataset_digest, open_sets
 from utils.ood.detector import save_detector
 from utils.ood.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
@@ -100,30 +101,36 @@ def run(args: argparse.Namespace) -> dict | None:
 
 def extract_sets(sets: EvalSets, model, checkpoint_key: str, resolution: int, num_classes: int, out_dir: Path,
                  args, ctx: RunContext) -> dict:
-    """Logits and pooled features of every set of the plan, from the cache when its key matches."""
+    """Logits and pooled features of every set of the plan, from the cache when its key matches;
+    every set through the same network, so --tta applies to all of them alike."""
+    network = with_tta(model, args.tta)
     outputs = {}
     for name, dataset in sets.plan:
         # ODIN's perturbed pass for the scored sets only (the training set only fits other scores)
         odin_setting = ((args.odin_temperature, 2 * args.odin_epsilon, num_classes)
                         if args.odin_epsilon > 0 and name != sets.id_train_name else None)
-        key = cache_key(checkpoint_key, dataset, sets.digests[name], resolution, ctx.amp, odin_setting)
+        key = cache_key(checkpoint_key, dataset, sets.digests[name], resolution, ctx.amp, odin_setting, args.tta)
         outputs[name], hit = cached_extract(out_dir / "cache", name, key, lambda: extract(
-            model, dataset, resolution, ctx.device, args.batch, ctx.amp, args.workers, ctx.rank, ctx.world_size,
+            network, dataset, resolution, ctx.device, args.batch, ctx.amp, args.workers, ctx.rank, ctx.world_size,
             desc=name, odin=odin_setting))
         if ctx.is_main:
             print(f"[eval] {name}: {'cached' if hit else 'extracted'} logits {outputs[name]['logits'].shape}")
     return outputs
 
 
-def cache_key(checkpoint_key: str, dataset, digests: list[str], resolution: int, amp: str, odin_setting) -> str:
+def cache_key(checkpoint_key: str, dataset, digests: list[str], resolution: int, amp: str, odin_setting,
+              tta: str) -> str:
     """What the extracted outputs of a set depend on: the checkpoint's bytes, the images (paths,
-    labels, bytes), the resolution, the precision, the patch shuffling and ODIN's perturbation."""
+    labels, bytes), the resolution, the precision, the patch shuffling, ODIN's perturbation and
+    the test-time augmentation."""
     source = dataset.dataset if isinstance(dataset, PatchShuffled) else dataset
     recipe = f"{checkpoint_key}|{dataset_digest(source, digests)}|{resolution}|{amp}|{type(dataset).__name__}"
     if isinstance(dataset, PatchShuffled):
         recipe += f"|grid{dataset.grid}|seed{dataset.seed}"
     if odin_setting is not None:
         recipe += f"|odin{odin_setting[0]}|{odin_setting[1]}"
+    if tta != "none":  # (so the caches written before --tta existed, all single-view, stay valid)
+        recipe += f"|tta-{tta}"
     return hashlib.sha256(recipe.encode()).hexdigest()
 
 
@@ -153,7 +160,7 @@ def score_overrides(args):
 @dataclass
 class ScoredSets:
     """What score_sets computed from the extracted outputs (nothing of it is written yet)."""
-    accuracy: dict  # top-1 of the K foreground logits on the ID test set
+    accuracy: dict  # top-1 of the K foreground logits on the ID test set (flip-averaged with --tta flip)
     scores: dict  # method -> set name -> one score per image (higher = more ID)
     rows: list[dict]  # the metrics of every method on every OOD set (results.csv's rows)
     selection: dict  # dfb: the chosen sign and T of every fusion and the images that chose them; {} for cls
@@ -167,7 +174,7 @@ def score_sets(outputs, sets: EvalSets, task, num_classes, model, args, ctx: Run
     id_test_name, ood_names, fit_rows = sets.id_test_name, sets.ood_names, sets.fit_rows
     test = outputs[id_test_name]
     accuracy = {"id_dataset": id_test_name, "top1": top1(test["logits"][:, :num_classes], test["labels"]),
-                "images": int(len(test["labels"]))}
+                "images": int(len(test["labels"])), "tta": args.tta}
     weight, bias = (t.float().cpu().numpy() for t in model.head_parameters())
     train = outputs[sets.id_train_name]
     fit_stats = IDTrainStats(features=train["features"][fit_rows], logits=train["logits"][fit_rows, :num_classes],
@@ -183,6 +190,7 @@ def score_sets(outputs, sets: EvalSets, task, num_classes, model, args, ctx: Run
     if task == "dfb":
         scores, selection = add_dfb_scores(scores, outputs, scored_sets, args.fusion)
         selection["validation_images"] = sets.selection_images
+        selection["tta"] = args.tta  # the validation images were forwarded as the test sets were
     rows = [{"method": method, "id_dataset": id_test_name, "ood_dataset": ood,
              **ood_metrics(per_set[id_test_name], per_set[ood])}
             for method, per_set in scores.items() for ood in ood_names]
@@ -242,7 +250,7 @@ def write_detector(path, args, model, checkpoint, checkpoint_key, classes, resol
                          choice=(choice["sign"], choice["temperature"], choice["validation_auroc"]),
                          heldout_fused=scored.scores[fusion_name(method)][FUSION_ID],
                          heldout_images=selection["validation_images"],
-                         background_sign=selection[BACKGROUND]["sign"])
+                         background_sign=selection[BACKGROUND]["sign"], tta=args.tta)
     print(f"[eval] detector {fusion_name(method)} ({mode} fusion, threshold {spec['threshold']['value']:.6g}: keeps "
           f"{100 * spec['threshold']['kept_fraction']:.1f} % of {len(scored.scores[fusion_name(method)][FUSION_ID])} "
           f"held-out ID images): {path}; apply it with score.py --detector {path} --images ...")
@@ -304,7 +312,8 @@ def settings_notes(settings, args, amp, fitted_images, selection_images):
                            for name, values in settings.items() if values)
     lines = [f"Score settings: {per_method} (ODIN: {odin_kind}). Fitted scores (ViM, KNN, ReAct, Mahalanobis) "
              f"fitted on {fitted_images} ID training images. Logits and features in "
-             f"{'fp32' if amp in (None, 'none') else amp}. FPR95: the official rule (ID recall closest to 0.95)."]
+             f"{'fp32' if amp in (None, 'none') else amp}. FPR95: the official rule (ID recall closest to 0.95).",
+             tta_note(args.tta, selection_images is not None)]
     if selection_images is not None:
         against = (f"the validation OOD folder {args.fusion_val_ood} (never evaluated)" if args.fusion_val_ood
                    else f"their {args.shuffle_grid}x{args.shuffle_grid} patch-shuffled copies")
@@ -313,6 +322,16 @@ def settings_notes(settings, args, amp, fitted_images, selection_images):
                      f"(fusion_selection.json), never on the test sets. Background[-z_bg]: the background logit in "
                      f"one fixed direction, a diagnostic.")
     return lines
+
+
+def tta_note(tta, has_validation_images):
+    """The line of results.md that says whether the images were flip-averaged (accuracy.json holds it too)."""
+    if tta == "none":
+        return "Test-time augmentation: none (one forward per image)."
+    validation = ", and to the fusions' validation images" if has_validation_images else ""
+    return ("Test-time augmentation: flip (the logits and pooled features of each image are the mean over the "
+            "image and its horizontal mirror), applied identically to the ID training images that fit the scores, "
+            f"the ID test set (its top-1 above included) and every OOD set{validation}.")
 
 
 def write_results(out_dir, rows, ood_names, accuracy, notes=(), leave_out=()):

@@ -75,7 +75,8 @@ def keep_threshold(id_scores, keep=KEEP_ID):
 
 
 def save_detector(path, *, model_path, checkpoint_digest, model, resolution, half_stride, classes, amp,
-                  score, fitted, fitted_images, mode, choice, heldout_fused, heldout_images, background_sign=1):
+                  score, fitted, fitted_images, mode, choice, heldout_fused, heldout_images, background_sign=1,
+                  tta="none"):
     """Write the detector file (atomically).
 
     model: the network (its name and head size are stored); score: the utils.ood.scores Score object
@@ -83,7 +84,8 @@ def save_detector(path, *, model_path, checkpoint_digest, model, resolution, hal
     its (sign, temperature, validation AUROC) as eval.py chose them; heldout_fused: the fused scores
     of the held-out ID images that chose it (float32, as eval.py computed them), which set the
     threshold; heldout_images: fusion_selection.json's record of those images; background_sign: the
-    direction of the background score (bg_score) that eval.py chose on validation data.
+    direction of the background score (bg_score) that eval.py chose on validation data; tta: eval.py's
+    --tta, the test-time augmentation every array above was extracted with, which score.py applies too.
     """
     threshold = keep_threshold(heldout_fused)
     spec = {
@@ -91,7 +93,7 @@ def save_detector(path, *, model_path, checkpoint_digest, model, resolution, hal
         "checkpoint": {"path": str(Path(model_path).resolve()), "sha256": checkpoint_digest},
         "model": {"name": model.model_name, "head_size": int(model.head_size), "resolution": int(resolution),
                   "half_stride": bool(half_stride), "classes": list(classes)},
-        "amp": amp,
+        "amp": amp, "tta": tta,
         "score": {"method": score.name, "hyperparameters": score.hyperparameters(),
                   "fitted": state_to_plain(fitted), "fitted_images": int(fitted_images)},
         "fusion": {"name": fusion_name(score.name), "mode": mode, "sign": int(choice[0]),

@@ -5,8 +5,10 @@ into logits and features as eval.py extracts them, utils/ood/detector.py turns t
     rows = scorer.score_paths(["photos/", "cat.jpg"])      # one dict per image, the CSV columns
     out = scorer.score_tensors(uint8_batch)                # arrays per column, for images in memory
 
-The network forward and the test-time resize are eval.py's, so an image scores here as it scored in
-eval.py's scores/<method>/<set>.npy. Column contract: docs/SCORE.md.
+The network forward, its test-time augmentation (the detector's `tta`, eval.py's --tta) and the
+test-time resize are eval.py's, so an image scores here as it scored in eval.py's
+scores/<method>/<set>.npy. The dense map (bg_fraction, the background maps) is single-view, as
+eval.py's dense_maps.npz. Column contract: docs/SCORE.md.
 """
 import csv
 import io
@@ -26,6 +28,7 @@ from utils.base.checkpoint import file_digest
 from utils.base.distributed import resolve_device
 from utils.base.io import save_png_atomic, write_text_atomic
 from utils.base.runtime import autocast
+from utils.evaluate.engine import with_tta
 from utils.ood.detector import Detector, read_detector
 
 # Smaller images hold no object to judge: upscaled to the resolution they become a few flat
@@ -118,6 +121,9 @@ class ImageScorer:
 
     def __init__(self, detector, model, device, path, model_path):
         self.detector, self.model, self.device = detector, model.to(device).eval(), device
+        # detectors written before --tta existed were fitted on single-view outputs
+        self.tta = detector.spec.get("tta", "none")
+        self.network = with_tta(self.model, self.tta)
         self.path, self.model_path = Path(path), Path(model_path)
         self.resolution = detector.spec["model"]["resolution"]
         self.threshold = detector.threshold
@@ -145,7 +151,8 @@ class ImageScorer:
         return cls(Detector(spec, device), model, device, path, model_path)
 
     def describe(self):
-        return f"{self.detector.describe()}, {self.resolution} px, checkpoint {self.model_path}"
+        return (f"{self.detector.describe()}, {self.resolution} px, test-time augmentation {self.tta}, "
+                f"checkpoint {self.model_path}")
 
     def network_input(self, images):
         """uint8 [B, 3, H, W] (0..255) or float [B, 3, H, W] (0..1) -> the normalised [B, 3, r, r] eval.py feeds."""
@@ -171,7 +178,7 @@ class ImageScorer:
     def _score_input(self, x, background_maps):
         k = self.detector.num_classes
         with autocast(self.device, self.detector.spec["amp"]):
-            logits, features = self.model.forward_with_features(x)
+            logits, features = self.network.forward_with_features(x)
             dense = self.model.dense_logits(x, upsample=True)
         out = self.detector.score(logits.float().cpu().numpy(), features.float().cpu().numpy())
         dense = dense.float()
