@@ -8,6 +8,10 @@ and the "val" split of each holds other images:
   datasets/shared_archives.py; the pretraining set of scripts/pretrain.sh): folder TIN_TRAIN_NAME,
   whose ``val/`` is no official split but the images of the train split held out for validation,
   those numbered i % TIN_HELDOUT_EVERY == 0 in each class (2 %), and ``train/`` the rest.
+
+The shared archive also gives the OOD set TinyImageNet (``unpack_shared_data.py``; ``test/`` only): 10 images
+of each class that is no CIFAR class (datasets/tin_cifar_overlap.py). Its folder has the official release's
+name, TIN_NAME, but under unpack_shared_data.py's --out, not prepare_data.py's --root.
 """
 
 TIN_NAME = "TinyImageNet"

@@ -76,12 +76,24 @@ def caveat(settings):
             f"at 128 px for 10,000 steps (the release initialises it from BiT-M-R50x1-ILSVRC2012.npz), and its "
             f"numbers assume pretrained weights. {start}, with "
             "the model, schedule and resolution of the settings below. The OOD sets are what the shared "
-            "data folder holds: SVHN is the first 10,000 of the 26,032 images of its test split (the paper "
-            "uses all of them), Textures is 10 of DTD's 47 classes, MNIST is a second digit set, and Scene15 "
-            "and IntelScenes are stand-ins for Places, not that set. The CIFAR images are JPEG re-encodings of the "
+            "data folder holds (the Data section says what each is and stands for): SVHN is the first 10,000 of "
+            "the 26,032 images of its test split (the paper uses all of them), Textures is 10 of DTD's 47 classes, "
+            "MNIST 3,000 of its 10,000 test images, MiniPlaces (and Scene15 and IntelScenes before it) real scene "
+            "photos standing in for Places365, not that set, and TinyImageNet 10 images of each Tiny ImageNet class "
+            "that is no CIFAR class, from its train split. The CIFAR images are JPEG re-encodings of the "
             "originals. Read the tables as a comparison of DFB with its base scores under the same conditions, "
-            "not as a reproduction of the published figures.")
+            f"not as a reproduction of the published figures.{pretrained_on_tin_caveat(settings)}")
     return "> " + text
+
+
+def pretrained_on_tin_caveat(settings):
+    """A warning when a run that started from pretrained weights reports TinyImageNet, whose images come from
+    the train split that PRESET=cpu_pretrained pretrains on; else ''."""
+    if settings.get("PRETRAINED", "none") == "none" or "TinyImageNet" not in settings.get("OOD_SETS", "").split():
+        return ""
+    return (" **The TinyImageNet row is no OOD result** if these weights were pretrained on Tiny ImageNet's train "
+            "split, as PRESET=cpu_pretrained's are: its images come from that split, most of them among the "
+            "pretraining images.")
 
 
 def read_json(path, made_by, required=True):

@@ -39,8 +39,10 @@
 #   PYTHON           interpreter with the requirements installed [.venv/bin/python, made by scripts/setup_env.sh]
 #   OUT              run folder [runs/reproduce_small]
 #   DATA_DIR         unpacked sets [dataset/reproduce_small/<sizes>; cifar100_<sizes> with ID=cifar100]
-#   OOD_SETS         those whose archive exists [every OOD set of datasets/shared_archives.py but the one cut
-#                    from the ID set's archive, as `unpack_shared_data.py --default_ood --id $ID` prints them]
+#   OOD_SETS         those whose archive exists [OpenOOD v1.5's CIFAR composition, as `unpack_shared_data.py
+#                    --default_ood --id $ID` prints it from datasets/shared_archives.py: near-OOD the other CIFAR
+#                    and TinyImageNet, far-OOD MNIST, SVHN, Textures and MiniPlaces; Scene15 and IntelScenes only
+#                    when named]
 #   TRAIN_PER_CLASS / TEST_PER_CLASS / OOD_PER_CLASS   first N images per class [empty: all]
 #   SEED             seed of the classifier and its evaluation [0]
 #   SEEDS            seeds of the DFB stage, space-separated [$SEED]; classifier and masks are shared

@@ -357,6 +357,13 @@ def test_report_of_a_synthetic_run(tmp_path):
     assert dense["val top-1 (held-out training images)"] == ["80.00", "runs/cls/final_metrics.json"]
 
 
+def test_the_caveat_warns_that_tinyimagenet_is_no_ood_set_for_weights_pretrained_on_it():
+    pretrained = {"PRETRAINED": "pretrained/ResNetV2-Tiny-TIN.npz", "OOD_SETS": "CIFAR100 TinyImageNet MNIST"}
+    assert "**The TinyImageNet row is no OOD result**" in results_report.caveat(pretrained)
+    for settings in (dict(pretrained, PRETRAINED="none"), dict(pretrained, OOD_SETS="CIFAR100 MNIST")):
+        assert "TinyImageNet row" not in results_report.caveat(settings)
+
+
 def test_report_of_an_evaluation_from_before_the_validated_background(tmp_path):
     synthetic_run(tmp_path, legacy_background=True)  # only "Background" = -z_bg, no direction recorded
     report = results_report.build_report(tmp_path, tmp_path / "RESULTS.md", grids=False)
