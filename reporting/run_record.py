@@ -28,6 +28,10 @@ FREE_TO_CHANGE = {"SHARED_DATA", "DEVICE", "WORKERS", "CAM_BATCH", "EVAL_BATCH"}
 # done: the earlier items must stay first, in order (the first seed is the one the ablations use)
 GROWABLE = {"SEEDS": str.split, "DFB_ABLATIONS": lambda text: [line.strip() for line in text.splitlines()
                                                                if line.strip()]}
+# Settings the script gained after runs were made with it, with the value those runs had in effect
+# (one not listed had the empty value): a run folder recorded before the setting existed may resume
+# under that value
+EARLIER_DEFAULTS = {"TTA": "none"}
 
 
 def read_json(path, default):
@@ -80,9 +84,10 @@ def check_same_run(previous, settings):
         old, new = GROWABLE[key](previous[key]), GROWABLE[key](value)
         return new[:len(old)] == old
 
-    # a setting the script gained after the earlier invocation ran as its empty default
+    # a setting the script gained after the earlier invocation ran as its default then
     changed = {key: (previous.get(key), value) for key, value in settings.items()
-               if key not in FREE_TO_CHANGE and previous.get(key, "") != value and not grown(key, value)}
+               if key not in FREE_TO_CHANGE and previous.get(key, EARLIER_DEFAULTS.get(key, "")) != value
+               and not grown(key, value)}
     if changed:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ValueError(f"the run folder already holds a run made with other settings ({listed}): "

@@ -54,6 +54,9 @@
 #   FUSION_VAL_OOD   one set of OOD_SETS kept as the validation OOD set (eval.py --fusion_val_ood): the DFB
 #                    fusions and the background's direction are chosen on it instead of on patch-shuffled
 #                    held-out images, and it is left out of every evaluation and table [empty]
+#   TTA              eval.py --tta of every evaluation: none, or flip (each image's logits and pooled features
+#                    are the mean over the image and its mirror, for the ID, OOD and validation images alike;
+#                    docs/CIFAR_RECIPE.md §3.3) [preset, else none]
 #   STOP_AFTER       data, train_cls, make_cam or eval_cls: leave after that stage (bench/time_to_accuracy.py
 #                    times the classifier stage so); a rerun without it goes on from there [empty]
 #   PRETRAIN_WHEN_MISSING  1: when PRETRAINED names an npz that does not exist, scripts/pretrain.sh writes it
@@ -88,6 +91,11 @@ case "$STOP_AFTER" in
   ""|data|train_cls|make_cam|eval_cls) ;;
   *) echo "[error] STOP_AFTER=$STOP_AFTER: expected data, train_cls, make_cam or eval_cls" >&2; exit 2 ;;
 esac
+TTA=${TTA:-none}
+case "$TTA" in  # before any work: eval.py would refuse it only after the training stages
+  none|flip) ;;
+  *) echo "[error] TTA=$TTA: expected none or flip (eval.py --tta)" >&2; exit 2 ;;
+esac
 SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored
 ID=${ID:-cifar10}
@@ -120,7 +128,7 @@ PRETRAIN_VARS=(DATA_DIR RESOLUTION TRAIN_RESIZE BATCH STEPS BASE_LR SEED PER_CLA
 for name in "${PRETRAIN_VARS[@]/#/PRETRAIN_}"; do declare "$name=${!name:-}"; done
 SETTINGS=(PRESET ID FROM_RUN PRETRAIN_WHEN_MISSING "${PRETRAIN_VARS[@]/#/PRETRAIN_}" SHARED_DATA OUT OOD_SETS
           TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH
-          STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH FUSION FUSION_VAL_OOD KNN_K
+          STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH FUSION FUSION_VAL_OOD KNN_K TTA
           CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
 read -r -a SEED_LIST <<< "$SEEDS"
@@ -198,7 +206,7 @@ evaluate() {  # evaluate <checkpoint> <result folder> <seed> [dfb]
   done
   $PY eval.py --model_path "$1" --id_train_path "$ID_DIR/train" --id_test_path "$ID_DIR/test" --ood_path "${ood[@]}" \
     --logdir "$2" --device "$DEVICE" --workers "$WORKERS" --batch "$EVAL_BATCH" --fusion "$FUSION" \
-    --knn_k "$KNN_K" --seed "$3" "${validation[@]}"
+    --knn_k "$KNN_K" --tta "$TTA" --seed "$3" "${validation[@]}"
 }
 
 report() {

@@ -198,6 +198,13 @@ def test_a_rerun_may_add_seeds_and_ablations_but_not_change_them():
         run_record.check_same_run(previous, dict(previous, DFB_ABLATIONS="a|--x 2"))
 
 
+def test_a_run_recorded_before_tta_existed_resumes_without_tta_only():
+    previous = {"MODEL": "ResNetV2-Tiny"}  # eval.py then had one forward per image
+    run_record.check_same_run(previous, dict(previous, TTA="none"))
+    with pytest.raises(ValueError, match="TTA: None -> 'flip'"):
+        run_record.check_same_run(previous, dict(previous, TTA="flip"))
+
+
 def test_stage_times_add_up_over_resumed_attempts(tmp_path):
     path = tmp_path / "stage_times.json"
     run_record.add_stage_time(path, "train_cls", 10.04)
@@ -440,6 +447,40 @@ def test_report_names_every_setting_the_script_records(tmp_path):
     # and every setting the report reads by name is one the script records
     read = set(re.findall(r'settings(?:"\])?(?:\.get\(|\[)"([A-Z_]+)"', Path(results_report.__file__).read_text()))
     assert read and read <= set(settings), read - set(settings)
+
+
+def tta_setup_line(run_dir):
+    report = results_report.build_report(run_dir, run_dir / "RESULTS.md", grids=False)
+    return next(line for line in report.split("## Setup", 1)[1].splitlines()
+                if line.startswith("- Test-time augmentation"))
+
+
+def test_report_says_whether_flip_tta_was_applied(tmp_path):
+    synthetic_run(tmp_path)  # evaluations from before --tta: no `tta` in accuracy.json, one forward per image
+    assert tta_setup_line(tmp_path).endswith("none (one forward per image)")
+    folders = ["results_cls", "results_dfb_seed0", "results_dfb_seed1"]
+    for folder in folders:
+        accuracy = json.loads((tmp_path / folder / "accuracy.json").read_text())
+        write_json(tmp_path / folder / "accuracy.json", dict(accuracy, tta="flip"))
+    assert ("**flip** (the logits and pooled features of each image are the mean over the image and its horizontal "
+            "mirror, the ID test top-1 included), applied identically to the ID test set, every OOD set and the "
+            "fusion's validation images") in tta_setup_line(tmp_path)
+    accuracy = json.loads((tmp_path / "results_cls" / "accuracy.json").read_text())
+    write_json(tmp_path / "results_cls" / "accuracy.json", dict(accuracy, tta="none"))
+    assert tta_setup_line(tmp_path).endswith("**differs between the evaluations**, so their numbers do not compare: "
+                                             "flip in `results_dfb_seed0`, `results_dfb_seed1`; none in `results_cls`")
+
+
+def test_script_passes_tta_to_every_evaluation_and_refuses_a_wrong_one(tmp_path):
+    assert "TTA" in script_settings()  # run_info.json records it
+    code = [line for line in SCRIPT.read_text().splitlines() if not line.lstrip().startswith("#")]
+    calls = [i for i, line in enumerate(code) if "$PY eval.py" in line]
+    assert calls and all('--tta "$TTA"' in " ".join(code[i:i + 3]) for i in calls), [code[i] for i in calls]
+    result = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, TTA="mirror", SHARED_DATA=str(tmp_path), OUT=str(tmp_path / "out")),
+                            timeout=60)
+    assert result.returncode == 2 and "TTA=mirror: expected none or flip (eval.py --tta)" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_of_a_run_that_pretrained_its_npz(tmp_path):
