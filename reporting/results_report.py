@@ -28,6 +28,7 @@ import numpy as np
 
 from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, OPENOOD_GROUPS
 from reporting.ablation_table import variant_tables
+from reporting.background_table import background_section
 from reporting.openood_table import openood_section
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
@@ -686,7 +687,8 @@ def build_report(run_dir, out, fusion=DEFAULT_FUSION, figures_to=None, grids=Tru
              caveat(run.info["settings"]), ""]
     lines += setup_section(run, times, cls_final) + data_section(manifest) + times_section(times)
     lines += accuracy_section(run, cls_accuracy, cls_final, dfb_accuracy, {s: dfb_final[s] for s in run.seeds})
-    lines += mask_section(summary) + ood_section(run, fusion) + openood_section(run, cls_accuracy) + beats_section(run)
+    lines += mask_section(summary) + ood_section(run, fusion) + openood_section(run, cls_accuracy)
+    lines += background_section(run, dfb_accuracy[run.seeds[0]]["id_dataset"]) + beats_section(run)
     lines += fusion_section(run, selections, fusion) + sign_diagnostic(run, selections, fusion)
     lines += ablation_section(run, fusion)
     lines += figures_section(drawn, linked, Path(out).parent)
