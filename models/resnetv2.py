@@ -78,7 +78,8 @@ KNOWN_MODELS.update({
                                                    unit="basic", root_width=root, block_widths=widths,
                                                    block_strides=(2,) * len(units), norm=norm)
     for size, units, root, widths in _CIFAR_SIZES
-    # "-BN": the same network with BatchNorm for GroupNorm, to measure what GroupNorm costs;
+    # "-BN": the same network with BatchNorm for GroupNorm (PRESET=cpu's ResNetV2-C32-S-BN, chosen on
+    # held-out images by docs/CIFAR_RECIPE.md §6; it has no npz form);
     # "-G8": GroupNorm with 8 groups, so no group of the narrow first layers is a single channel
     for suffix, norm in (("", "group"), ("-G8", "group8"), ("-BN", "batch"))
 })
@@ -133,9 +134,9 @@ def _group_norm_8(channels):
 
 # The normalisation layer of a network. BiT's GroupNorm(32) is the default of every named model.
 # With 32 groups, the 32 channels of the CIFAR stem are normalised one by one, per image (instance
-# norm); "group8" keeps 4 or more channels per group there, with the same npz keys. BatchNorm exists to
-# measure what GroupNorm costs (docs/CIFAR_RECIPE.md); a BatchNorm network has no BiT npz form (its
-# running statistics have no key there).
+# norm); "group8" keeps 4 or more channels per group there, with the same npz keys. BatchNorm (PRESET=cpu's
+# network, chosen by docs/CIFAR_RECIPE.md §6) has no BiT npz form (its running statistics have no
+# key there).
 NORM_LAYERS = {"group": _group_norm, "group8": _group_norm_8, "batch": nn.BatchNorm2d}
 
 
