@@ -45,7 +45,7 @@ def background_section(run, id_test_name):
                for name in [id_test_name, *run.ood_names]
                if not (run.dir / f"results_dfb_seed{s}" / "logits" / f"{name}.npy").is_file()]
     if missing:
-        return ["### The background logit per set", "", f"Not available: {missing[0]} is missing.", ""]
+        return ["## The background logit per set", "", f"Not available: {missing[0]} is missing.", ""]
     per_seed = {s: background_by_set(run.dir / f"results_dfb_seed{s}", id_test_name, run.ood_names)
                 for s in run.seeds}
     rows = []
@@ -58,7 +58,7 @@ def background_section(run, id_test_name):
         rows.append([f"{name} (ID test)" if name == id_test_name else name, _mean_std(z_bg), _mean_std(shift),
                      _mean_std(fraction), auroc])
     header = ["set", "mean z_bg", "z_bg − ID test's", "foreground pixels %", "Background AUROC↑"]
-    return ["### The background logit per set", "",
+    return ["## The background logit per set", "",
             "Mean image-level background logit z_bg of the DFB network (`logits/<set>.npy`), its shift from the ID "
             "test set's, the share of pixels its dense map calls foreground (`dense_layout.json`) and the AUROC of "
             "the background score alone in the direction chosen on validation data; mean ± std over the DFB "

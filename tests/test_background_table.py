@@ -7,7 +7,7 @@ import numpy as np
 from reporting import results_report
 from tests.test_reproduce_small import synthetic_run, table_rows
 
-HEADING = "### The background logit per set"
+HEADING = "## The background logit per set"
 
 
 def write_seed_outputs(run_dir, seed, z_bg, fractions):
