@@ -152,3 +152,11 @@ def test_the_batchnorm_twin_differs_only_in_its_norm_layers_and_has_no_npz_form(
     assert batch.feature_map(torch.randn(2, 3, 32, 32)).shape == (2, 256, 4, 4)
     with pytest.raises(ValueError, match="no BiT .npz form"):
         batch.npz_arrays()
+
+
+def test_the_group8_twin_has_eight_groups_everywhere_and_the_same_npz_keys():
+    group, group8 = create_model(SMALL, head_size=10), create_model(SMALL + "-G8", head_size=10)
+    norms = [m for m in group8.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in group.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    assert group8.npz_arrays().keys() == group.npz_arrays().keys()

@@ -72,7 +72,7 @@ def test_missing_weights_masks_and_checkpoint_are_named(data_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["ResNetV2-Tiny", "ResNetV2-C32-S"])  # the 64 px presets' and PRESET=cpu's
+@pytest.mark.parametrize("model", ["ResNetV2-Tiny", "ResNetV2-C32-S-BN"])  # the 64 px presets' and PRESET=cpu's
 def test_readme_flow_with_documented_variables(tmp_path, model):
     """Every stage of the README on `model`: train_cls.sh, make_cam.py, train.sh, eval.sh, then eval.py
     --save_detector and score.py on new images (a data folder of its own: make_cam.py writes the masks

@@ -26,7 +26,7 @@ def test_old_and_new_preset_timed_to_accuracy_in_one_run(shared_data, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(report.read_text())["rows"]
     assert [(r["preset"], r["model"], r["resolution"]) for r in rows] == [
-        ("cpu_tiny64", "ResNetV2-Tiny", 64), ("cpu", "ResNetV2-C32-S", 32)]
+        ("cpu_tiny64", "ResNetV2-Tiny", 64), ("cpu", "ResNetV2-C32-S-BN", 32)]
     for row in rows:
         run_dir = out / f"cifar10_{row['preset']}"
         assert row["steps"] == 5 and row["batch"] == 8
