@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reporting.tables import markdown_table
+
 
 def background_by_set(evaluation, id_name, sets):
     """{set: (mean z_bg, foreground fraction or None)} of one DFB evaluation folder."""
@@ -64,5 +66,4 @@ def background_section(run, id_test_name):
             "the background score alone in the direction chosen on validation data; mean ± std over the DFB "
             "seeds. A set whose shift has the sign opposite to the other OOD sets' is one the chosen direction "
             "ranks as more ID than the ID test set (AUROC below 50).", "",
-            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(row) + " |" for row in rows] + [""]
+            ] + markdown_table(header, rows) + [""]

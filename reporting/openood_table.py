@@ -9,9 +9,8 @@ Tiny ImageNet (classes overlapping CIFAR removed), their far-OOD group MNIST, SV
 Places365; their scores' hyper-parameters are chosen on a validation split, and their FPR@95 treats
 OOD as the positive class, so only AUROC is laid beside ours.
 """
-import statistics
-
 from datasets.shared_archives import OOD_SETS
+from reporting.tables import markdown_table, pct, pct_spread
 
 # (mean, std) in %, per ID set
 OPENOOD_ID_ACCURACY = {"cifar10": (95.06, 0.30), "cifar100": (77.25, 0.10)}
@@ -33,15 +32,6 @@ MSP_REGIME_POINTS = 3.0  # the issue's sign that a network is in OpenOOD's regim
 
 def _published(mean_std):
     return f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}"
-
-
-def _ours(values):
-    """A float, or per-seed values shown as mean ± sample std (as the report's other tables)."""
-    if isinstance(values, float):
-        return f"{100 * values:.2f}"
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def msp_regime_line(id_name, our_far_msp):
@@ -92,8 +82,8 @@ def openood_section(run, cls_accuracy):
             if name not in groups:
                 row += ["–", "–", _published(theirs[run.id_name][index])]
                 continue
-            row += [_ours(run.cls_average(method, "auroc", groups[name])),
-                    _ours(run.dfb_average(f"DFB-{method}", "auroc", groups[name])),
+            row += [pct(run.cls_average(method, "auroc", groups[name])),
+                    pct_spread(run.dfb_average(f"DFB-{method}", "auroc", groups[name])),
                     _published(theirs[run.id_name][index])]
         rows.append(row)
     accuracy = OPENOOD_ID_ACCURACY[run.id_name]
@@ -104,9 +94,7 @@ def openood_section(run, cls_accuracy):
              f"network's background logit, mean ± std over the DFB seeds; *OpenOOD*: ResNet-18, mean ± std of "
              f"3 training runs (`reporting/openood_table.py` holds the figures and their source). ID test top-1: "
              f"ours {100 * cls_accuracy['top1']:.2f} %, OpenOOD's {_published(accuracy)} %.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += [""]
+    lines += markdown_table(header, rows) + [""]
     if "far-OOD" in groups and "MSP" in run.base_methods:
         lines += [msp_regime_line(run.id_name, run.cls_average("MSP", "auroc", groups["far-OOD"])), ""]
     notes = protocol_notes(run.info["settings"], groups)

@@ -30,6 +30,7 @@ from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, OPENOOD_GROU
 from reporting.ablation_table import variant_tables
 from reporting.background_table import background_section
 from reporting.openood_table import openood_section
+from reporting.tables import PM, markdown_table, mean_std, pct, pct_spread, signed_pct
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
 from utils.ood.metrics import auroc
@@ -50,7 +51,6 @@ BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"  # eval.py's na
 BACKGROUND_LABEL = "Background (direction chosen on validation data)"
 BACKGROUND_FIXED_LABEL = "Background[−z_bg] (one fixed direction, diagnostic)"
 DASH = "–"
-PM = "±"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
 # standard deviation of DFB-x over seeds
 SPREAD_RULE = 2.0
@@ -121,32 +121,6 @@ def read_results(path):
     table = {(row["method"], row["ood_dataset"]): {key: float(row[key]) for key, _ in METRICS} for row in rows}
     methods = list(dict.fromkeys(row["method"] for row in rows))
     return table, methods, list(dict.fromkeys(row["ood_dataset"] for row in rows))
-
-
-def mean_std(values):
-    """(mean, sample standard deviation); the deviation is None for fewer than two values."""
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def pct(value):
-    return f"{100 * value:.2f}"
-
-
-def signed_pct(value):
-    return f"{100 * value:+.2f}"
-
-
-def pct_spread(values, signed=False):
-    """'mean ± std' in %, or the single value when there is one."""
-    mean, std = mean_std(values)
-    shown = signed_pct(mean) if signed else pct(mean)
-    return shown if std is None else f"{shown} {PM} {100 * std:.2f}"
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
 def ablation_names(settings):
