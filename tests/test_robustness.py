@@ -299,10 +299,13 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path):
 def test_killed_make_cam_leaves_no_truncated_mask_and_completes(world, tmp_path):
     out = tmp_path / "masks"
     argv = cam_args(world["train"], world["cls"], "--out", str(out))
+
+    def complete_masks():  # not the hidden temporary (.<stem>.<random>.tmp.png) of a write in progress
+        return sorted(path for path in out.glob("*/*.png") if not path.name.startswith("."))
+
     with open(tmp_path / "log.txt", "w") as log:
-        kill_when(start("make_cam.py", argv, log), lambda: len(list(out.glob("*/*.png"))) >= 40)
-        # the hidden temporary (.<stem>.<random>.tmp.png) of the write the kill interrupted is no mask
-        survivors = sorted(path for path in out.glob("*/*.png") if not path.name.startswith("."))
+        kill_when(start("make_cam.py", argv, log), lambda: len(complete_masks()) >= 40)
+        survivors = complete_masks()
         assert 40 <= len(survivors) < 600
         for path in survivors:  # every mask on disk is complete
             with Image.open(path) as mask:
