@@ -10,6 +10,7 @@ process trains on its slice of each global batch (--batch is the global batch).
 """
 import argparse
 
+from datasets.batch_augment import FLIP_MODES
 from datasets.masks import MASK_FORMATS
 from datasets.scale_crop import check_scale_range
 from utils.base.cli import run_cli
@@ -59,6 +60,13 @@ def build_parser():
     defines_run(parser.add_argument("--label_smoothing", type=float, default=0.0,
                                     help="label smoothing of the classification targets (cls loss, MixUp targets, "
                                          "dfb --image_loss_weight)"))
+    defines_run(parser.add_argument("--ema_decay", type=float, default=0.0,
+                                    help="keep an exponential moving average of the weights with this decay per "
+                                         "step (e.g. 0.99) and evaluate and keep it at the end instead of the last "
+                                         "weights (evaluations during the run use the last weights); 0: off"))
+    defines_run(parser.add_argument("--flip", choices=FLIP_MODES, default="random",
+                                    help="horizontal flips of training images: random (p = 0.5 per draw) or "
+                                         "alternate (each image mirrored in every other epoch; in-memory data only)"))
     defines_run(parser.add_argument("--init_from", default=None,
                                     help="dfb: start from this K-class classifier checkpoint (body and K head rows "
                                          "copied, background row zero) instead of --pretrained"))
@@ -122,6 +130,8 @@ def parse_args(argv=None):
         parser.error("--weight_decay must be at least 0")
     if not 0 <= args.label_smoothing < 1:
         parser.error("--label_smoothing must be in [0, 1)")
+    if not 0 <= args.ema_decay < 1:
+        parser.error("--ema_decay must be in [0, 1)")
     if args.image_loss_weight < 0:
         parser.error("--image_loss_weight must be at least 0")
     if args.task != "dfb" and (args.init_from or args.image_loss_weight):

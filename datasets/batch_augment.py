@@ -7,6 +7,7 @@ and flip become row / column index tensors, and one gather applies them to the b
 Images stay float after the resize (no re-quantisation) and come out normalised with
 mean = std = 0.5.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import betaincinv
@@ -43,6 +44,24 @@ def sample_crops(batch, train_size, resolution, device, generator=None):
     lefts = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
     flips = torch.rand(batch, generator=generator, device=draw_on) < 0.5
     return tops.to(device), lefts.to(device), flips.to(device)
+
+
+FLIP_MODES = ("random", "alternate")
+FLIP_STREAM = 0xF11B  # numpy's SeedSequence of [seed, FLIP_STREAM] is independent of every other draw of a run
+
+
+def first_epoch_flips(num_items, seed):
+    """bool [num_items]: which training images `alternating_flips` mirrors in epoch 0 (p = 0.5 each),
+    drawn once from the run's seed, so a resumed run mirrors the same images."""
+    return torch.from_numpy(np.random.default_rng([seed, FLIP_STREAM]).random(num_items) < 0.5)
+
+
+def alternating_flips(first_flips, items, epoch):
+    """The flips of the training images `items` [B] in `epoch`, alternated per epoch (airbench's
+    scheme): image i is mirrored iff first_flips[i] xor (epoch is odd). Every image is then seen both
+    ways in any two consecutive epochs; independent flips (p = 0.5 per draw) leave half of them seen one
+    way only."""
+    return first_flips.to(items.device)[items] ^ bool(epoch % 2)
 
 
 def draw_crops(batch, train_size, resolution, device, generator=None, scale_range=None):

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datasets.batch_augment import draw_crops, test_resize, train_augment
+from datasets.batch_augment import (FLIP_MODES, alternating_flips, draw_crops, first_epoch_flips, test_resize,
+                                    train_augment)
 from datasets.folder import ImageFolderDataset
 from datasets.transforms import TrainJointTransform, default_train_size, normalize
 from utils.base.runtime import mixed_seed
@@ -63,10 +64,15 @@ def step_generator(seed, step, device):
 
 
 class InMemoryBatches:
-    """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`."""
+    """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`.
+    flip: 'random' (each draw mirrors with p = 0.5) or 'alternate' (`alternating_flips` per epoch)."""
 
-    def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None, scale_range=None):
+    def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None, scale_range=None,
+                 flip="random"):
+        if flip not in FLIP_MODES:
+            raise ValueError(f"flip {flip!r}: expected one of {', '.join(FLIP_MODES)}")
         self.scale_range = scale_range
+        self.first_flips = first_epoch_flips(indices.num_items, seed) if flip == "alternate" else None
         self.images = decoded["images"].to(device)
         self.labels = decoded["labels"].to(device)
         self.masks = decoded["masks"].to(device) if "masks" in decoded else None
@@ -81,8 +87,11 @@ class InMemoryBatches:
             crops = draw_crops(self.indices.global_batch, self.train_size, self.resolution, self.device, generator,
                                self.scale_range)
             mine = slice(self.indices.rank * len(index), (self.indices.rank + 1) * len(index))
+            crops = [c[mine] for c in crops]
+            if self.first_flips is not None:  # the flips are the last entry of either kind of crop
+                crops[-1] = alternating_flips(self.first_flips, index, step // self.indices.batches_per_epoch)
             images, masks = train_augment(self.images[index], masks, self.resolution, self.train_size,
-                                          crops=[c[mine] for c in crops], scale_range=self.scale_range)
+                                          crops=crops, scale_range=self.scale_range)
             yield images, self.labels[index], masks
 
 

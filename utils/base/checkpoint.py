@@ -15,8 +15,9 @@ TASKS = ("cls", "dfb")
 
 
 def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_name, classes,
-                    resolution, finished=False, data=None, half_stride=False, holdout_samples=()):
+                    resolution, finished=False, data=None, half_stride=False, holdout_samples=(), ema_state=None):
     num_classes = len(classes)
+    extra = {"ema": ema_state} if ema_state is not None else {}  # the weight average of --ema_decay
     torch_save_atomic({
         "model": model_state,
         "optim": optim_state,
@@ -32,6 +33,7 @@ def save_checkpoint(path, *, model_state, optim_state, step, args, task, model_n
         "finished": finished,
         "data": data,
         "holdout_samples": list(holdout_samples),  # training images never trained on (paths under the split)
+        **extra,
     }, path)
 
 

@@ -124,10 +124,11 @@ class TrainLoopConfig:
 
 
 def train_loop(cfg: TrainLoopConfig, ctx: RunContext, *, net, optimizer, batches, writer=None, on_checkpoint=None,
-               on_evaluate=None, show_progress=True):
+               on_evaluate=None, show_progress=True, weight_average=None):
     """Run steps cfg.start_step .. cfg.stop_at-1 (default: to the end of the schedule). Calls
     on_checkpoint(step) every `cfg.checkpoint_every` steps, on_evaluate(step) every `cfg.eval_every`
-    steps. Returns the number of steps done in total."""
+    steps; weight_average (utils/train/weight_average.py) is updated after every optimizer step.
+    Returns the number of steps done in total."""
     schedule = cfg.schedule
     stop = schedule[-1] if cfg.stop_at is None else min(cfg.stop_at, schedule[-1])
     net.train()
@@ -149,6 +150,8 @@ def train_loop(cfg: TrainLoopConfig, ctx: RunContext, *, net, optimizer, batches
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if weight_average is not None:
+                weight_average.update()
             guard.record(step, loss)
 
             window_images += images.shape[0]

@@ -36,6 +36,7 @@ from utils.train.engine import DenseLogits, TrainLoopConfig, train_loop
 from utils.train.resume import (check_same_classes, check_same_data, checkpoint_path, data_fingerprint,
                                 final_metrics_path, finished_run_metrics, is_finished, load_resume_point)
 from utils.train.schedule import LR_RULES, get_mixup, get_schedule, scale_schedule, with_warmup
+from utils.train.weight_average import WeightAverage
 
 BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 
@@ -58,21 +59,22 @@ def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
     data = open_training_data(args, resume, ckpt_file)
     schedule, mixup_alpha = plan_schedule(args, len(data.train_indices))
     model, net, optimizer = build_training(args, data.classes, resume, ckpt_file, ctx)
+    average = WeightAverage(model, args.ema_decay, (resume or {}).get("ema")) if args.ema_decay else None
     batches, in_memory = build_batches(args, data, start_step, ctx)
     writer = open_log(run_dir, ctx)
     if ctx.is_main:
         describe_run(args, data, model.head_size, schedule, mixup_alpha, in_memory, start_step,
                      ckpt_file if resume is not None else None, ctx)
     evaluate = Evaluator.open(args, ctx, model, writer, data)
-    save = CheckpointSaver(args, ctx, ckpt_file, model, optimizer, data)
+    save = CheckpointSaver(args, ctx, ckpt_file, model, optimizer, data, average)
 
     started = time.perf_counter()
     done = train_loop(loop_config(args, data, schedule, mixup_alpha, start_step), ctx, net=net, optimizer=optimizer,
                       batches=batches, writer=writer, on_checkpoint=save, on_evaluate=evaluate,
-                      show_progress=ctx.is_main)
+                      show_progress=ctx.is_main, weight_average=average)
     if done < schedule[-1]:
         return leave_unfinished_run(done, schedule[-1], save, ckpt_file, ctx)
-    return finish_run(args, run_dir, ckpt_file, ctx, evaluate, save, writer, schedule[-1], started)
+    return finish_run(args, run_dir, ckpt_file, ctx, evaluate, save, writer, schedule[-1], started, average)
 
 
 # --- before the data: the model name, a killed run's leftovers, a finished run ---
@@ -321,7 +323,10 @@ def build_batches(args, data: TrainingData, start_step: int, ctx: RunContext):
     if in_memory:
         decoded = decode_all(train_set, workers=args.workers, desc=f"decode {Path(args.datadir).name}")
         return InMemoryBatches(decoded, indices, args.resolution, ctx.device, seed=args.seed,
-                               train_size=data.train_size, scale_range=args.scale_range), True
+                               train_size=data.train_size, scale_range=args.scale_range, flip=args.flip), True
+    if args.flip != "random":
+        raise ValueError(f"--flip {args.flip} needs the training images in memory, which --data_on_device "
+                         f"{args.data_on_device} does not allow here: pass --data_on_device always, or --flip random")
     return LoaderBatches(train_set, indices, args.resolution, ctx.device, workers=args.workers,
                          train_size=data.train_size, scale_range=args.scale_range), False
 
@@ -348,6 +353,7 @@ def describe_run(args, data: TrainingData, head_size: int, schedule, mixup_alpha
           f"nesterov {args.nesterov}, label smoothing {args.label_smoothing}, batch {args.batch}, "
           f"mixup {mixup_alpha}, resize {data.train_size} -> "
           + (f"scale U{tuple(args.scale_range)} -> " if args.scale_range else "") + f"crop {args.resolution}, "
+          + f"{args.flip} flips, " + (f"weight EMA decay {args.ema_decay}, " if args.ema_decay else "")
           + (f"image loss weight {args.image_loss_weight}, " if dfb else "")
           + (f"initialised from {args.init_from}, " if dfb and args.init_from and resumed_from is None else "")
           + (f"resuming at step {start_step} from {resumed_from}" if resumed_from is not None else "fresh start"))
@@ -409,6 +415,7 @@ class CheckpointSaver:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     data: TrainingData
+    average: WeightAverage | None = None  # --ema_decay: stored beside the weights, so a resumed run averages on
 
     def __call__(self, step: int, finished: bool = False) -> None:
         args = self.args
@@ -417,7 +424,8 @@ class CheckpointSaver:
                             optim_state=self.optimizer.state_dict(), step=step, args=vars(args), task=args.task,
                             model_name=args.model, classes=self.data.classes, resolution=args.resolution,
                             finished=finished, data=self.data.fingerprint, half_stride=args.half_stride,
-                            holdout_samples=self.data.holdout_samples)
+                            holdout_samples=self.data.holdout_samples,
+                            ema_state=self.average.state_dict() if self.average is not None else None)
         distributed.barrier()
 
 
@@ -432,8 +440,11 @@ def leave_unfinished_run(done: int, last_step: int, save: CheckpointSaver, ckpt_
 
 
 def finish_run(args, run_dir: Path, ckpt_file: Path, ctx: RunContext, evaluate: Evaluator, save: CheckpointSaver,
-               writer, last_step: int, started: float) -> dict:
-    """Final evaluation, the finished checkpoint, final_metrics.json and the --export copy."""
+               writer, last_step: int, started: float, average: WeightAverage | None = None) -> dict:
+    """Final evaluation, the finished checkpoint, final_metrics.json and the --export copy; with
+    --ema_decay all of them hold the weight average, not the last weights."""
+    if average is not None:
+        average.copy_to_model()
     metrics = evaluate(last_step)
     metrics.update(steps=last_step, train_seconds_this_run=round(time.perf_counter() - started, 1),
                    initialised_from=initialisation(args))

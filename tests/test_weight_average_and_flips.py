@@ -1,0 +1,151 @@
+"""The fast recipe's pieces of issue 36: the weight EMA (`--ema_decay`) and per-epoch alternating
+flips (`--flip alternate`), against small computations done by hand."""
+import pytest
+import torch
+import torch.nn as nn
+
+import train
+from datasets.batch_augment import alternating_flips, first_epoch_flips
+from datasets.sources import GlobalBatchIndices, InMemoryBatches
+from datasets.synthetic import generate_benchmark
+from utils.train.weight_average import WeightAverage, decay_at
+
+TINY = ["--model", "ResNetV2-C32-S-BN", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
+        "--workers", "0", "--batch", "8", "--eval_every", "0", "--save_every", "100", "--holdout", "0.25"]
+
+
+def tiny_network():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+
+
+def test_decay_warms_up_to_its_value():
+    assert decay_at(0.99, 1) == pytest.approx(2 / 11)
+    assert decay_at(0.99, 8) == pytest.approx(9 / 18)
+    assert decay_at(0.99, 10_000) == 0.99
+
+
+def test_weight_average_follows_the_recurrence_computed_by_hand():
+    network = tiny_network()
+    average = WeightAverage(network, 0.9)
+    expected = {key: value.double() if value.is_floating_point() else value.clone()
+                for key, value in network.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    for update in range(1, 31):
+        with torch.no_grad():
+            for parameter in network.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+        network.train()(torch.randn(5, 3, generator=generator))  # moves the running statistics too
+        average.update()
+        decay = min(0.9, (1 + update) / (10 + update))
+        for key, value in network.state_dict().items():
+            if value.is_floating_point():
+                expected[key] = decay * expected[key] + (1 - decay) * value.double()
+            else:
+                expected[key] = value.clone()
+    for key, value in average.average.items():
+        torch.testing.assert_close(value.to(expected[key].dtype), expected[key], rtol=1e-5, atol=1e-6)
+    assert average.average["1.num_batches_tracked"] == 30  # an integer buffer is copied, not averaged
+
+    restored = WeightAverage(tiny_network(), 0.9, state=average.state_dict())
+    assert restored.updates == 30
+    for key, value in average.average.items():
+        assert torch.equal(restored.average[key], value)
+    restored.copy_to_model()
+    for key, value in restored.model.state_dict().items():
+        assert torch.equal(value, average.average[key])
+    with pytest.raises(ValueError, match="0, 1"):
+        WeightAverage(network, 1.0)
+
+
+def test_alternating_flips_show_every_image_both_ways_every_two_epochs():
+    first = first_epoch_flips(10_000, seed=3)
+    assert 4_800 < int(first.sum()) < 5_200  # p = 0.5: 3.8 standard deviations either side
+    assert torch.equal(first, first_epoch_flips(10_000, seed=3))
+    assert not torch.equal(first, first_epoch_flips(10_000, seed=4))
+    items = torch.randperm(10_000)[:257]
+    for epoch in range(4):
+        now, following = (alternating_flips(first, items, e) for e in (epoch, epoch + 1))
+        assert torch.equal(now, ~following)
+        assert torch.equal(now, first[items] if epoch % 2 == 0 else ~first[items])
+
+
+def mirrored_or_not(batch_images, originals):
+    """Per image of a batch: True if it is its original mirrored, False if unchanged."""
+    plain = (batch_images - originals).abs().amax(dim=(1, 2, 3)) < 1e-6
+    mirrored = (batch_images - originals.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-6
+    assert torch.all(plain ^ mirrored)
+    return mirrored
+
+
+def test_in_memory_batches_mirror_the_images_the_alternation_names():
+    torch.manual_seed(0)
+    count, batch = 24, 8
+    # no crop left (train size = resolution), images that differ from their mirror: only the flip acts
+    images = torch.randint(0, 256, (count, 3, 8, 8), dtype=torch.uint8)
+    decoded = {"images": images, "labels": torch.arange(count)}
+    indices = GlobalBatchIndices(count, batch, seed=5)
+    source = InMemoryBatches(decoded, indices, 8, torch.device("cpu"), seed=5, train_size=8, flip="alternate")
+    first = first_epoch_flips(count, seed=5)
+    seen, batches = {}, []
+    for step, ((pixels, labels, _), items) in enumerate(zip(source, GlobalBatchIndices(count, batch, seed=5))):
+        if step == 9:  # three epochs of three batches
+            break
+        originals = (images[labels].float() / 255 - 0.5) / 0.5
+        batches.append(pixels)
+        flips = mirrored_or_not(pixels, originals)
+        assert torch.equal(flips, alternating_flips(first, items, step // 3))
+        for label, flipped in zip(labels.tolist(), flips.tolist()):
+            seen.setdefault(label, []).append(flipped)
+    assert all(ways in ([True, False, True], [False, True, False]) for ways in seen.values())
+
+    resumed = InMemoryBatches(decoded, GlobalBatchIndices(count, batch, seed=5, start_step=4), 8,
+                              torch.device("cpu"), seed=5, train_size=8, flip="alternate")
+    assert torch.equal(next(iter(resumed))[0], batches[4])  # a run resumed mid-epoch mirrors the same images
+    with pytest.raises(ValueError, match="flip 'sometimes'"):
+        InMemoryBatches(decoded, indices, 8, torch.device("cpu"), flip="sometimes")
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ema")
+    return generate_benchmark(root / "data", seed=4, size=32, n_train_per_class=8, n_test_per_class=2, n_ood=4,
+                              progress=False)["id_train"]
+
+
+def cls_run(train_dir, logdir, name, *extra):
+    return train.parse_args(["--task", "cls", "--datadir", str(train_dir), "--logdir", str(logdir), "--name", name,
+                             "--steps", "12", *TINY, *extra])
+
+
+def test_training_keeps_the_weight_average_and_resumes_it(train_dir, tmp_path):
+    train.run(cls_run(train_dir, tmp_path, "last"))
+    metrics = train.run(cls_run(train_dir, tmp_path, "ema", "--ema_decay", "0.8"))
+    last = torch.load(tmp_path / "last" / "checkpoint.pth.tar", weights_only=False)
+    ema = torch.load(tmp_path / "ema" / "checkpoint.pth.tar", weights_only=False)
+    assert "ema" not in last and ema["ema"]["updates"] == 12
+    for key, value in ema["model"].items():  # the finished checkpoint holds the average ...
+        assert torch.equal(value, ema["ema"]["average"][key])
+    # ... not the last weights, which the same run without the average ends with
+    assert any(not torch.equal(value, last["model"][key]) for key, value in ema["model"].items()
+               if value.is_floating_point())
+    assert 0 <= metrics["val_top1"] <= 1
+
+    train.run(cls_run(train_dir, tmp_path, "resumed", "--ema_decay", "0.8", "--stop_after", "5"))
+    half = torch.load(tmp_path / "resumed" / "checkpoint.pth.tar", weights_only=False)
+    assert half["step"] == 5 and half["ema"]["updates"] == 5
+    train.run(cls_run(train_dir, tmp_path, "resumed", "--ema_decay", "0.8"))
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pth.tar", weights_only=False)
+    for key, value in ema["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="--ema_decay 0.8"):  # another decay is another run
+        train.run(cls_run(train_dir, tmp_path, "resumed", "--ema_decay", "0.5"))
+
+
+def test_alternating_flips_train_and_need_the_data_in_memory(train_dir, tmp_path, capsys):
+    train.run(cls_run(train_dir, tmp_path, "alternate", "--flip", "alternate"))
+    assert "alternate flips" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--flip alternate needs the training images in memory"):
+        train.run(cls_run(train_dir, tmp_path, "loader", "--flip", "alternate", "--data_on_device", "never"))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--task", "cls", "--datadir", "x", "--name", "n", "--ema_decay", "1"])
