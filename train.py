@@ -77,6 +77,10 @@ def build_parser():
     defines_run(parser.add_argument("--train_resize", type=int, default=None,
                                     help="training images are resized to this, then randomly cropped to --resolution "
                                          "(default: resolution * 160/128, BiT's Resize 160 -> RandomCrop 128)"))
+    defines_run(parser.add_argument("--train_pad", type=int, default=0, metavar="P",
+                                    help="instead of --train_resize: pad the --resolution image by P px (reflection) "
+                                         "and crop --resolution from it, a translation of up to P px without a "
+                                         "zoom (in-memory data only); 0: off"))
     defines_run(parser.add_argument("--scale_range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                                     help="random scale s ~ U(LO, HI) of the resized image and its mask before the "
                                          "crop, padding black / ignore where the scaled image is smaller than the "
@@ -119,6 +123,8 @@ def parse_args(argv=None):
         args.holdout = 0.01 if args.task == "dfb" else 0.0
     if not 0 <= args.holdout < 1:
         parser.error("--holdout must be in [0, 1)")
+    if args.train_pad < 0 or args.train_pad and (args.train_resize is not None or args.scale_range is not None):
+        parser.error("--train_pad must be at least 0, and replaces --train_resize and --scale_range")
     if args.scale_range is not None:
         try:
             check_scale_range(args.scale_range)

@@ -36,6 +36,17 @@ def resize_masks(masks, size):
     return F.interpolate(masks[:, None], size=(size, size), mode="nearest-exact")[:, 0]
 
 
+def reflect_pad(tensor, pad):
+    """[B,...,S,S] -> [B,...,S+2p,S+2p] mirrored at the borders (the edge pixel not repeated, as
+    F.pad's 'reflect'), for any dtype (uint8 masks too)."""
+    size = tensor.shape[-1]
+    if not 0 <= pad < size:
+        raise ValueError(f"a reflection pad of {pad} px needs images larger than {pad} px, got {size}")
+    index = torch.arange(-pad, size + pad, device=tensor.device).abs()
+    index = torch.where(index >= size, 2 * (size - 1) - index, index)
+    return tensor[..., index[:, None], index[None, :]]
+
+
 def sample_crops(batch, train_size, resolution, device, generator=None):
     """Per-sample (tops [B], lefts [B], flips bool [B]) on `device`; offsets uniform over 0..train_size - resolution."""
     draw_on = _sampling_device(generator, device)
@@ -84,7 +95,8 @@ def crop_and_flip(tensor, tops, lefts, flips, resolution):
     return picked.movedim((1, 2), (-2, -1)).contiguous()
 
 
-def train_augment(images, masks, resolution, train_size=None, generator=None, crops=None, scale_range=None):
+def train_augment(images, masks, resolution, train_size=None, generator=None, crops=None, scale_range=None,
+                  pad=False):
     """(uint8 [B,3,h,w], uint8 [B,hm,wm] or None) -> (float normalised [B,3,r,r], uint8 [B,r,r] or None).
 
     Resize to train_size (default round(r * 160 / 128)), then per-sample random crop r and
@@ -92,7 +104,9 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
     `sample_crops` replaces the draw, e.g. a slice of the draw for a whole global batch.
     With scale_range = (lo, hi), a random scale + crop + flip (datasets.scale_crop) replaces the
     crop; `crops` are then (scales, tops, lefts, flips) from `sample_scaled_crops` (`draw_crops`
-    draws either kind).
+    draws either kind). With pad, the image (and mask) is resized to r and reflection-padded to
+    train_size instead of resized to it: the crop translates by up to (train_size - r) / 2 px each way
+    without the resize's zoom (the fast CIFAR recipes' translation).
     """
     resolution, train_size = check_sizes(resolution, train_size)
     check_uint8(images, "images", ("B", "3", "h", "w"))
@@ -108,9 +122,19 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
         pixels, masks = scaled_crop_and_flip(resize_float(images, train_size), masks, crops, resolution)
         return normalize_float(pixels), masks
     tops, lefts, flips = (c.to(images.device) for c in crops)
-    pixels = crop_and_flip(resize_float(images, train_size), tops, lefts, flips, resolution)
+    if pad:
+        if scale_range is not None or (train_size - resolution) % 2:
+            raise ValueError(f"pad: the crop of {resolution} px from a padded {train_size} px image needs an even "
+                             f"difference and no scale_range")
+        border = (train_size - resolution) // 2
+        enlarged = reflect_pad(resize_float(images, resolution), border)
+        masks = reflect_pad(resize_masks(masks, resolution), border) if masks is not None else None
+    else:
+        enlarged = resize_float(images, train_size)
+        masks = resize_masks(masks, train_size) if masks is not None else None
+    pixels = crop_and_flip(enlarged, tops, lefts, flips, resolution)
     if masks is not None:
-        masks = crop_and_flip(resize_masks(masks, train_size), tops, lefts, flips, resolution)
+        masks = crop_and_flip(masks, tops, lefts, flips, resolution)
     return normalize_float(pixels), masks
 
 

@@ -65,13 +65,14 @@ def step_generator(seed, step, device):
 
 class InMemoryBatches:
     """Yields (images float [b,3,r,r], labels [b], masks uint8 [b,r,r] or None) on `device`.
-    flip: 'random' (each draw mirrors with p = 0.5) or 'alternate' (`alternating_flips` per epoch)."""
+    flip: 'random' (each draw mirrors with p = 0.5) or 'alternate' (`alternating_flips` per epoch);
+    pad: reach train_size by reflection padding instead of a resize (`train_augment`)."""
 
     def __init__(self, decoded, indices, resolution, device, seed=0, train_size=None, scale_range=None,
-                 flip="random"):
+                 flip="random", pad=False):
         if flip not in FLIP_MODES:
             raise ValueError(f"flip {flip!r}: expected one of {', '.join(FLIP_MODES)}")
-        self.scale_range = scale_range
+        self.scale_range, self.pad = scale_range, pad
         self.first_flips = first_epoch_flips(indices.num_items, seed) if flip == "alternate" else None
         self.images = decoded["images"].to(device)
         self.labels = decoded["labels"].to(device)
@@ -91,7 +92,7 @@ class InMemoryBatches:
             if self.first_flips is not None:  # the flips are the last entry of either kind of crop
                 crops[-1] = alternating_flips(self.first_flips, index, step // self.indices.batches_per_epoch)
             images, masks = train_augment(self.images[index], masks, self.resolution, self.train_size,
-                                          crops=crops, scale_range=self.scale_range)
+                                          crops=crops, scale_range=self.scale_range, pad=self.pad)
             yield images, self.labels[index], masks
 
 

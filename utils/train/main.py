@@ -112,7 +112,7 @@ class TrainingData:
     train_indices: np.ndarray
     holdout_indices: np.ndarray
     holdout_samples: list[str]  # the held-out images as paths under the split root, stored in the checkpoint
-    train_size: int  # images are resized to this, then randomly cropped to --resolution
+    train_size: int  # images are resized (or with --train_pad padded) to this, then randomly cropped to --resolution
 
 
 def open_training_data(args, resume: dict | None, ckpt_file: Path) -> TrainingData:
@@ -121,9 +121,11 @@ def open_training_data(args, resume: dict | None, ckpt_file: Path) -> TrainingDa
     if resume is not None:
         check_same_classes(resume, classes, ckpt_file, args.datadir)
     mask_root, mask_format = find_masks(args, len(classes))
-    train_size = args.train_resize or default_train_size(args.resolution)
+    train_size = (args.resolution + 2 * args.train_pad if args.train_pad
+                  else args.train_resize or default_train_size(args.resolution))
     dataset = open_split(args.datadir, args.resolution, with_masks=args.task == "dfb", mask_root=mask_root,
-                         num_classes=len(classes), train_size=train_size, skip_corrupt=args.skip_corrupt)
+                         num_classes=len(classes), train_size=args.resolution if args.train_pad else train_size,
+                         skip_corrupt=args.skip_corrupt)
     if mask_format is not None:
         dataset = dataset.reading_masks_as(mask_format)
     fingerprint = data_fingerprint(dataset)
@@ -323,10 +325,13 @@ def build_batches(args, data: TrainingData, start_step: int, ctx: RunContext):
     if in_memory:
         decoded = decode_all(train_set, workers=args.workers, desc=f"decode {Path(args.datadir).name}")
         return InMemoryBatches(decoded, indices, args.resolution, ctx.device, seed=args.seed,
-                               train_size=data.train_size, scale_range=args.scale_range, flip=args.flip), True
-    if args.flip != "random":
-        raise ValueError(f"--flip {args.flip} needs the training images in memory, which --data_on_device "
-                         f"{args.data_on_device} does not allow here: pass --data_on_device always, or --flip random")
+                               train_size=data.train_size, scale_range=args.scale_range, flip=args.flip,
+                               pad=bool(args.train_pad)), True
+    for flag, value, usual in (("flip", args.flip, "random"), ("train_pad", args.train_pad, 0)):
+        if value != usual:
+            raise ValueError(f"--{flag} {value} needs the training images in memory, which --data_on_device "
+                             f"{args.data_on_device} does not allow here: pass --data_on_device always, or drop "
+                             f"--{flag}")
     return LoaderBatches(train_set, indices, args.resolution, ctx.device, workers=args.workers,
                          train_size=data.train_size, scale_range=args.scale_range), False
 
@@ -351,7 +356,7 @@ def describe_run(args, data: TrainingData, head_size: int, schedule, mixup_alpha
             "linear": "warm-up, linear to 0 at stop"}[args.schedule]
     print(f"[train] schedule {schedule} ({rule}), base lr {args.base_lr}, weight decay {args.weight_decay}, "
           f"nesterov {args.nesterov}, label smoothing {args.label_smoothing}, batch {args.batch}, "
-          f"mixup {mixup_alpha}, resize {data.train_size} -> "
+          f"mixup {mixup_alpha}, {'reflection-pad' if args.train_pad else 'resize'} {data.train_size} -> "
           + (f"scale U{tuple(args.scale_range)} -> " if args.scale_range else "") + f"crop {args.resolution}, "
           + f"{args.flip} flips, " + (f"weight EMA decay {args.ema_decay}, " if args.ema_decay else "")
           + (f"image loss weight {args.image_loss_weight}, " if dfb else "")

@@ -1,11 +1,13 @@
-"""The fast recipe's pieces of issue 36: the weight EMA (`--ema_decay`) and per-epoch alternating
-flips (`--flip alternate`), against small computations done by hand."""
+"""The fast recipe's pieces of issue 36: the weight EMA (`--ema_decay`), per-epoch alternating flips
+(`--flip alternate`) and translation by reflection padding (`--train_pad`), against small
+computations done by hand."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import train
-from datasets.batch_augment import alternating_flips, first_epoch_flips
+from datasets.batch_augment import alternating_flips, first_epoch_flips, reflect_pad, train_augment
 from datasets.sources import GlobalBatchIndices, InMemoryBatches
 from datasets.synthetic import generate_benchmark
 from utils.train.weight_average import WeightAverage, decay_at
@@ -106,6 +108,44 @@ def test_in_memory_batches_mirror_the_images_the_alternation_names():
         InMemoryBatches(decoded, indices, 8, torch.device("cpu"), flip="sometimes")
 
 
+def test_reflect_pad_is_torchs_reflection_for_images_and_masks():
+    images = torch.randint(0, 256, (2, 3, 6, 6), dtype=torch.uint8)
+    expected = F.pad(images.float(), (4, 4, 4, 4), mode="reflect")
+    assert torch.equal(reflect_pad(images.float(), 4), expected)
+    assert torch.equal(reflect_pad(images[:, 0], 4), expected[:, 0].to(torch.uint8))
+    with pytest.raises(ValueError, match="larger than 6 px"):
+        reflect_pad(images, 6)
+
+
+def test_padded_crops_translate_without_zoom_and_keep_masks_aligned():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    masks = images[:, 0].clone()  # a mask that is the image's first channel: aligned iff equal after augmenting
+    tops, lefts = torch.tensor([2, 0, 4, 1]), torch.tensor([2, 4, 0, 3])
+    flips = torch.tensor([False, False, True, True])
+    pixels, out_masks = train_augment(images, masks, 8, train_size=12, crops=(tops, lefts, flips), pad=True)
+    as_uint8 = torch.round((pixels * 0.5 + 0.5) * 255).to(torch.uint8)
+    assert torch.equal(as_uint8[:, 0], out_masks)
+    assert torch.equal(as_uint8[0], images[0])  # offset 2 = the padding: the image itself
+    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    for i in range(4):
+        crop = padded[i, :, tops[i]:tops[i] + 8, lefts[i]:lefts[i] + 8]
+        assert torch.equal(as_uint8[i], crop.flip(-1) if flips[i] else crop)
+    with pytest.raises(ValueError, match="even difference"):
+        train_augment(images, None, 8, train_size=11, crops=(tops, lefts, flips), pad=True)
+
+
+def test_in_memory_batches_crop_from_the_padded_image():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    source = InMemoryBatches({"images": images, "labels": torch.arange(16)}, GlobalBatchIndices(16, 8), 8,
+                             torch.device("cpu"), train_size=12, pad=True)
+    pixels, labels, _ = next(iter(source))
+    as_uint8 = torch.round((pixels * 0.5 + 0.5) * 255).to(torch.uint8)
+    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    for image, label in zip(as_uint8, labels):
+        crops = [padded[label, :, top:top + 8, left:left + 8] for top in range(5) for left in range(5)]
+        assert any(torch.equal(image, crop) or torch.equal(image, crop.flip(-1)) for crop in crops)
+
+
 @pytest.fixture(scope="module")
 def train_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ema")
@@ -149,3 +189,13 @@ def test_alternating_flips_train_and_need_the_data_in_memory(train_dir, tmp_path
         train.run(cls_run(train_dir, tmp_path, "loader", "--flip", "alternate", "--data_on_device", "never"))
     with pytest.raises(SystemExit):
         train.parse_args(["--task", "cls", "--datadir", "x", "--name", "n", "--ema_decay", "1"])
+
+
+def test_padded_translation_trains_and_replaces_the_resize(train_dir, tmp_path, capsys):
+    train.run(cls_run(train_dir, tmp_path, "pad", "--train_pad", "2"))
+    assert "reflection-pad 36 -> crop 32" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--train_pad 2 needs the training images in memory"):
+        train.run(cls_run(train_dir, tmp_path, "loader", "--train_pad", "2", "--data_on_device", "never"))
+    for conflict in (["--train_resize", "36"], ["--scale_range", "0.5", "1"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--task", "cls", "--datadir", "x", "--name", "n", "--train_pad", "2", *conflict])
