@@ -23,9 +23,9 @@ import csv
 import json
 from pathlib import Path
 
+from reporting.tables import DASH, markdown_table, pct
 from utils.base.io import write_text_atomic
 
-DASH = "–"
 BACKGROUND = "Background"
 
 
@@ -44,10 +44,6 @@ def read_auroc(path):
     table = {(row["method"], row["ood_dataset"]): float(row["auroc"]) for row in rows}
     return (table, list(dict.fromkeys(row["method"] for row in rows)),
             list(dict.fromkeys(row["ood_dataset"] for row in rows)))
-
-
-def pct(value):
-    return DASH if value is None else f"{100 * value:.2f}"
 
 
 class Variant:
@@ -87,7 +83,7 @@ def classification_table(classifier, variants, methods, fusion):
         rows.append([v.label, pct(v.test_top1()), pct(v.final.get("val_top1")), pct(v.final.get("pixel_accuracy")),
                      pct(v.final.get("foreground_iou")), pct(v.mean_validation_auroc(methods, fusion)),
                      f"{background['sign']:+d} ({pct(background['validation_auroc'])})" if background else DASH])
-    return markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def ood_table(cls_results, variants, methods, ood_names):
@@ -103,7 +99,7 @@ def ood_table(cls_results, variants, methods, ood_names):
                      if methods and None not in fused + base else DASH)
             cells.append(f"{pct(background)} / {beats}")
         rows.append(cells)
-    return markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def layout_table(variants):
@@ -113,12 +109,7 @@ def layout_table(variants):
     header = ["variant"] + [f"{name}: blob IoU / foreground %" for name in sets]
     rows = [[v.label] + [f"{v.layout[name]['blob_iou']:.3f} / {100 * v.layout[name]['foreground_fraction']:.1f}"
                          if name in v.layout else DASH for name in sets] for v in variants]
-    return markdown(header, rows)
-
-
-def markdown(header, rows):
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return markdown_table(header, rows)
 
 
 def variant_tables(run_dir, variants, fusion="logit"):

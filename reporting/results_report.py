@@ -30,7 +30,7 @@ from datasets.shared_archives import DEFAULT_ID, ID_SETS, OOD_SETS, OPENOOD_GROU
 from reporting.ablation_table import variant_tables
 from reporting.background_table import background_section
 from reporting.openood_table import openood_section
-from reporting.tables import PM, markdown_table, mean_std, pct, pct_spread, signed_pct
+from reporting.tables import DASH, PM, markdown_table, mean_std, pct, pct_spread, signed_pct
 from utils.base.io import atomic_path, write_text_atomic
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
 from utils.ood.metrics import auroc
@@ -50,7 +50,6 @@ METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr_in", "AUPR-In↑
 BACKGROUND, BACKGROUND_FIXED = "Background", "Background[-z_bg]"  # eval.py's names
 BACKGROUND_LABEL = "Background (direction chosen on validation data)"
 BACKGROUND_FIXED_LABEL = "Background[−z_bg] (one fixed direction, diagnostic)"
-DASH = "–"
 # A difference counts as beyond the seed spread when |mean difference| > SPREAD_RULE x the sample
 # standard deviation of DFB-x over seeds
 SPREAD_RULE = 2.0

@@ -2,6 +2,7 @@
 import statistics
 
 PM = "±"
+DASH = "–"  # a value a run does not have
 
 
 def mean_std(values):
@@ -11,7 +12,8 @@ def mean_std(values):
 
 
 def pct(value):
-    return f"{100 * value:.2f}"
+    """A fraction in %, two decimals; a dash for a missing value (None)."""
+    return DASH if value is None else f"{100 * value:.2f}"
 
 
 def signed_pct(value):
