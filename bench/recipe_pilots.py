@@ -4,6 +4,8 @@
         -> the number of steps whose training compute is that budget
     python -m bench.recipe_pilots table --runs runs/cifar_pilots name1 name2 ...
         -> a Markdown table of each pilot's val top-1, plain and with flip test-time augmentation
+    python -m bench.recipe_pilots test --runs runs/cifar_full4 --datadir <test split> name1 ...
+        -> the same on a test split: to be run only after the rule has chosen
     python -m bench.recipe_pilots speed --models ResNetV2-Tiny@64 ResNetV2-C32-S@32 ...
         -> each candidate's forward FLOPs, parameters and training images/s on this machine
 
@@ -40,17 +42,19 @@ def steps_for_budget(model_name: str, resolution: int, batch: int, pflop: float,
     return int(pflop // per_step)
 
 
-def holdout_top1(run_dir: Path, datadir: str, batch: int = 256) -> dict:
-    """Top-1 of a finished run's checkpoint on the images it held out, plain and flip-averaged."""
+def split_top1(run_dir: Path, datadir: str, held_out_only: bool, batch: int = 256) -> dict:
+    """Top-1 of a finished run's checkpoint on a split, plain and flip-averaged ({'top1', 'top1_flip'}):
+    on the images the run held out of its training split (held_out_only), or on every image of a test split."""
     model, checkpoint, _, head_size = load_network(run_dir / "checkpoint.pth.tar", expect_task="cls")
-    held_out = set(checkpoint["holdout_samples"] or ())
-    if not held_out:
-        raise ValueError(f"{run_dir}: the run held no images out (train it with --holdout)")
     resolution = checkpoint["resolution"]
     dataset = open_split(datadir, resolution, classes=checkpoint["classes"])
-    dataset = restrict(dataset, [i for i, path in enumerate(relative_paths(dataset)) if path in held_out])
+    if held_out_only:
+        held_out = set(checkpoint["holdout_samples"] or ())
+        if not held_out:
+            raise ValueError(f"{run_dir}: the run held no images out (train it with --holdout)")
+        dataset = restrict(dataset, [i for i, path in enumerate(relative_paths(dataset)) if path in held_out])
     result = {}
-    for name, net in (("val_top1", model.eval()), ("val_top1_flip", FlipAveraged(model).eval())):
+    for name, net in (("top1", model.eval()), ("top1_flip", FlipAveraged(model).eval())):
         outputs = extract(net, dataset, resolution, torch.device("cpu"), batch, "bf16", workers=0, desc=name)
         result[name] = top1(outputs["logits"], outputs["labels"])
     return result
@@ -89,6 +93,10 @@ def main(argv=None):
     table.add_argument("--runs", required=True, help="the folder holding one run folder per pilot")
     table.add_argument("--datadir", required=True, help="the training split the pilots held images out of")
     table.add_argument("names", nargs="+")
+    test = commands.add_parser("test", help="test top-1 of finished pilots: only after the rule has chosen")
+    test.add_argument("--runs", required=True, help="the folder holding one run folder per pilot")
+    test.add_argument("--datadir", required=True, help="the test split")
+    test.add_argument("names", nargs="+")
     speed = commands.add_parser("speed", help="FLOPs and training images/s of candidates")
     speed.add_argument("--models", nargs="+", required=True, metavar="MODEL@RESOLUTION")
     speed.add_argument("--batch", type=int, default=256)
@@ -107,16 +115,18 @@ def main(argv=None):
     if args.command == "steps":
         print(steps_for_budget(args.model, args.resolution, args.batch, args.pflop, args.head_size))
         return
-    print("| pilot | model | steps x batch | training PFLOP | val top-1 % | val top-1 % (flip TTA) |\n|---|---|---|---|---|---|")
+    split = "val" if args.command == "table" else "test"
+    print(f"| pilot | model | steps x batch | training PFLOP | {split} top-1 % | {split} top-1 % (flip TTA) |\n"
+          "|---|---|---|---|---|---|")
     for name in args.names:
         run_dir = Path(args.runs) / name
         metrics = json.loads((run_dir / "final_metrics.json").read_text())
         run_args = torch.load(run_dir / "checkpoint.pth.tar", map_location="cpu", weights_only=False)["args"]
         images = metrics["steps"] * run_args["batch"]
         pflop = training_pflop(run_args["model"], run_args["resolution"], images)
-        tta = holdout_top1(run_dir, args.datadir)
+        result = split_top1(run_dir, args.datadir, held_out_only=args.command == "table")
         print(f"| {name} | {run_args['model']} | {metrics['steps']} x {run_args['batch']} | {pflop:.3f} | "
-              f"{100 * tta['val_top1']:.2f} | {100 * tta['val_top1_flip']:.2f} |", flush=True)
+              f"{100 * result['top1']:.2f} | {100 * result['top1_flip']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,42 @@ def test_speed_table_lists_each_candidate(capsys):
     printed = capsys.readouterr().out
     gflop = hand_count_c32_s_forward(10) / 1e9
     assert f"| ResNetV2-C32-S @ 32 | {gflop:.3f} | 1.21 M | 256x4x4 |" in printed
+
+
+def test_table_and_test_commands_report_top1_on_the_held_out_and_the_test_images(tmp_path, capsys):
+    """Both commands against a forward written out here: the images' pixels scaled to [-1, 1] (32 px
+    images need no resize), the network's argmax, and the mirror's logits averaged in."""
+    import numpy as np
+    from PIL import Image
+
+    import train
+    from bench import recipe_pilots
+    from datasets.synthetic import generate_benchmark
+    from models.loading import load_network
+
+    sets = generate_benchmark(tmp_path / "data", seed=3, size=32, n_train_per_class=8, n_test_per_class=4, n_ood=2,
+                              progress=False)
+    train.run(train.parse_args(["--task", "cls", "--datadir", str(sets["id_train"]), "--logdir", str(tmp_path / "runs"),
+                                "--name", "p", "--steps", "8", "--model", "ResNetV2-C32-S", "--resolution", "32",
+                                "--pretrained", "none", "--device", "cpu", "--workers", "0", "--batch", "8",
+                                "--eval_every", "0", "--holdout", "0.25"]))
+    model, checkpoint, _, _ = load_network(tmp_path / "runs" / "p" / "checkpoint.pth.tar", expect_task="cls")
+    model.eval()
+
+    def expected(root, paths):
+        images = torch.stack([torch.from_numpy(np.array(Image.open(root / path).convert("RGB"))).permute(2, 0, 1)
+                              for path in paths]).float() / 127.5 - 1
+        labels = torch.tensor([checkpoint["classes"].index(path.split("/")[0]) for path in paths])
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain, mirrored = model(images).float(), model(images.flip(-1)).float()
+        return [100 * (logits.argmax(1) == labels).float().mean().item() for logits in (plain, (plain + mirrored) / 2)]
+
+    def printed_row():
+        row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+        return [float(row[4]), float(row[5].strip(" |"))]
+
+    recipe_pilots.main(["table", "--runs", str(tmp_path / "runs"), "--datadir", str(sets["id_train"]), "p"])
+    assert printed_row() == pytest.approx(expected(sets["id_train"], checkpoint["holdout_samples"]), abs=0.01)
+    test_paths = sorted(path.relative_to(sets["id_test"]).as_posix() for path in sets["id_test"].glob("*/*.png"))
+    recipe_pilots.main(["test", "--runs", str(tmp_path / "runs"), "--datadir", str(sets["id_test"]), "p"])
+    assert printed_row() == pytest.approx(expected(sets["id_test"], test_paths), abs=0.01)
