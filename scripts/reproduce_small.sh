@@ -66,6 +66,8 @@
 #                    this run's MODEL, DEVICE, WORKERS and SHARED_DATA, NPZ=$PRETRAINED and OUT=$OUT/runs/pretrain
 #   preset: MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH STEPS_CLS STEPS_DFB BASE_LR DEVICE WORKERS
 #           CAM_BATCH EVAL_BATCH
+#   TRAIN_PAD        the classifier's crop: non-empty, train.py --train_pad TRAIN_PAD (a translation by reflection
+#                    padding) instead of --train_resize TRAIN_RESIZE, which the DFB stage keeps [preset, else empty]
 #   CLS_FLAGS        extra train.py flags of the classifier [preset]
 #   CAM_FLAGS        extra make_cam.py flags [preset]
 #   DFB_FLAGS        extra train.py flags of the DFB stage [preset]; @CLS_CKPT is replaced by the
@@ -86,6 +88,7 @@ fi
 # shellcheck source=configs/reproduce_gpu.env
 source "$PRESET_FILE"
 
+TRAIN_PAD=${TRAIN_PAD:-}
 STOP_AFTER=${STOP_AFTER:-}
 case "$STOP_AFTER" in
   ""|data|train_cls|make_cam|eval_cls) ;;
@@ -127,7 +130,7 @@ PRETRAIN_WHEN_MISSING=${PRETRAIN_WHEN_MISSING:-0}
 PRETRAIN_VARS=(DATA_DIR RESOLUTION TRAIN_RESIZE BATCH STEPS BASE_LR SEED PER_CLASS FLAGS)
 for name in "${PRETRAIN_VARS[@]/#/PRETRAIN_}"; do declare "$name=${!name:-}"; done
 SETTINGS=(PRESET ID FROM_RUN PRETRAIN_WHEN_MISSING "${PRETRAIN_VARS[@]/#/PRETRAIN_}" SHARED_DATA OUT OOD_SETS
-          TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED RESOLUTION TRAIN_RESIZE BATCH
+          TRAIN_PER_CLASS TEST_PER_CLASS OOD_PER_CLASS DATA_DIR MODEL PRETRAINED RESOLUTION TRAIN_RESIZE TRAIN_PAD BATCH
           STEPS_CLS STEPS_DFB BASE_LR SEED SEEDS DEVICE WORKERS CAM_BATCH EVAL_BATCH FUSION FUSION_VAL_OOD KNN_K TTA
           CLS_FLAGS CAM_FLAGS DFB_FLAGS DFB_ABLATIONS)
 
@@ -191,8 +194,9 @@ unpack_data() {  # OOD_SETS unquoted on purpose: one argument per set
 }
 
 TRAIN_FLAGS=(--datadir "$ID_DIR/train" --test_datadir "$ID_DIR/test" --model "$MODEL" --pretrained "$PRETRAINED"
-             --base_lr "$BASE_LR" --resolution "$RESOLUTION" --train_resize "$TRAIN_RESIZE" --batch "$BATCH"
+             --base_lr "$BASE_LR" --resolution "$RESOLUTION" --batch "$BATCH"
              --device "$DEVICE" --workers "$WORKERS" --logdir "$OUT/runs" --eval_every 0)
+if [ -n "$TRAIN_PAD" ]; then CLS_CROP=(--train_pad "$TRAIN_PAD"); else CLS_CROP=(--train_resize "$TRAIN_RESIZE"); fi
 
 evaluate() {  # evaluate <checkpoint> <result folder> <seed> [dfb]
   local split splits ood=() validation=()
@@ -219,7 +223,7 @@ dfb_variant() {  # dfb_variant <suffix> <seed> <extra flags>: train, evaluate an
   # word splitting on purpose: one argument per flag; @CLS_CKPT is known only here
   read -r -a flags <<< "${3//@CLS_CKPT/$CLS_CKPT}"
   run_stage "train_dfb_$suffix" $PY train.py --task dfb --name "dfb_$suffix" --steps "$STEPS_DFB" \
-    --mask_dir "$MASKS" --seed "$seed" "${TRAIN_FLAGS[@]}" "${flags[@]}"
+    --mask_dir "$MASKS" --seed "$seed" "${TRAIN_FLAGS[@]}" --train_resize "$TRAIN_RESIZE" "${flags[@]}"
   run_stage "eval_dfb_$suffix" evaluate "$OUT/runs/dfb_$suffix/checkpoint.pth.tar" "$OUT/results_dfb_$suffix" "$seed" dfb
   report
 }
@@ -270,7 +274,7 @@ if [ -n "$FROM_RUN" ]; then run_stage from_run import_stages; fi
 read -r -a cls_flags <<< "$CLS_FLAGS"
 read -r -a cam_flags <<< "$CAM_FLAGS"
 run_stage train_cls $PY train.py --task cls --name cls --steps "$STEPS_CLS" --export "$CLS_CKPT" --seed "$SEED" \
-  "${TRAIN_FLAGS[@]}" "${cls_flags[@]}"
+  "${TRAIN_FLAGS[@]}" "${CLS_CROP[@]}" "${cls_flags[@]}"
 run_stage make_cam $PY make_cam.py --dataset="$ID_DIR/train" --model_path="$CLS_CKPT" \
   --head_size="$(find "$ID_DIR/train" -mindepth 1 -maxdepth 1 -type d | wc -l | tr -d ' ')" --out "$MASKS" \
   --batch "$CAM_BATCH" --device "$DEVICE" --workers "$WORKERS" "${cam_flags[@]}"

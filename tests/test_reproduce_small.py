@@ -561,9 +561,14 @@ def test_reproduce_small_script_at_tiny_size(shared_data, tmp_path):
     # The cpu preset's recipe flags where train.py has them (they land in another change), else none
     supported = set(re.findall(r"--\w+", cpu["CLS_FLAGS"] + cpu["DFB_FLAGS"])) <= train_flags()
     flags = {} if supported else {"CLS_FLAGS": "", "DFB_FLAGS": ""}
-    env = dict(os.environ, **TINY, **flags, SHARED_DATA=str(shared_data), OUT=str(out),
+    env = dict(os.environ, **TINY, **flags, SHARED_DATA=str(shared_data), OUT=str(out), TRAIN_PAD="2",
                DATA_DIR=str(tmp_path / "data"), DFB_ABLATIONS="small_holdout|--holdout 0.3\n")
     run_script(env)
+    # TRAIN_PAD crops the classifier's images from a 2 px reflection padding; the DFB stage keeps TRAIN_RESIZE
+    cls_args, dfb_args = (torch.load(out / "runs" / name / "checkpoint.pth.tar", weights_only=False)["args"]
+                          for name in ("cls", "dfb_seed0"))
+    assert (cls_args["train_pad"], cls_args["train_resize"]) == (2, None)
+    assert (dfb_args["train_pad"], dfb_args["train_resize"]) == (0, 36)
 
     stages = ["data", "train_cls", "make_cam", "eval_cls"] + \
         [f"{x}_dfb_{v}" for v in ("seed0", "seed1", "small_holdout") for x in ("train", "eval")]
