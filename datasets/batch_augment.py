@@ -115,6 +115,9 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
         if masks.shape[0] != images.shape[0] or masks.device != images.device:
             raise ValueError(f"masks {tuple(masks.shape)} on {masks.device} do not match images "
                              f"{tuple(images.shape)} on {images.device}")
+    if pad and (scale_range is not None or (train_size - resolution) % 2):
+        raise ValueError(f"pad: the crop of {resolution} px from a padded {train_size} px image needs an even "
+                         f"difference and no scale_range")
     if crops is None:
         crops = draw_crops(images.shape[0], train_size, resolution, images.device, generator, scale_range)
     if scale_range is not None:
@@ -123,9 +126,6 @@ def train_augment(images, masks, resolution, train_size=None, generator=None, cr
         return normalize_float(pixels), masks
     tops, lefts, flips = (c.to(images.device) for c in crops)
     if pad:
-        if scale_range is not None or (train_size - resolution) % 2:
-            raise ValueError(f"pad: the crop of {resolution} px from a padded {train_size} px image needs an even "
-                             f"difference and no scale_range")
         border = (train_size - resolution) // 2
         enlarged = reflect_pad(resize_float(images, resolution), border)
         masks = reflect_pad(resize_masks(masks, resolution), border) if masks is not None else None

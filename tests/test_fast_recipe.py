@@ -132,6 +132,8 @@ def test_padded_crops_translate_without_zoom_and_keep_masks_aligned():
         assert torch.equal(as_uint8[i], crop.flip(-1) if flips[i] else crop)
     with pytest.raises(ValueError, match="even difference"):
         train_augment(images, None, 8, train_size=11, crops=(tops, lefts, flips), pad=True)
+    with pytest.raises(ValueError, match="no scale_range"):  # pad and a random scale are two different crops
+        train_augment(images, None, 8, train_size=12, pad=True, scale_range=(0.5, 1.0))
 
 
 def test_in_memory_batches_crop_from_the_padded_image():
