@@ -11,12 +11,11 @@ test set's mean z_bg; a set whose images look like objects to the network (a hig
 fraction, a low z_bg) sits on the wrong side, and its Background AUROC falls below 50.
 """
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 
-from reporting.tables import markdown_table
+from reporting.tables import DASH, PM, markdown_table, mean_std
 
 
 def background_by_set(evaluation, id_name, sets):
@@ -32,12 +31,12 @@ def background_by_set(evaluation, id_name, sets):
 
 
 def _mean_std(values):
+    """'mean ± std' over seeds of values in their own unit (z_bg is no fraction); a dash when none is known."""
     values = [v for v in values if v is not None]
     if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return DASH
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} {PM} {std:.2f}"
 
 
 def background_section(run, id_test_name):

@@ -10,7 +10,7 @@ Places365; their scores' hyper-parameters are chosen on a validation split, and 
 OOD as the positive class, so only AUROC is laid beside ours.
 """
 from datasets.shared_archives import OOD_SETS
-from reporting.tables import markdown_table, pct, pct_spread
+from reporting.tables import DASH, markdown_table, pct, pct_spread
 
 # (mean, std) in %, per ID set
 OPENOOD_ID_ACCURACY = {"cifar10": (95.06, 0.30), "cifar100": (77.25, 0.10)}
@@ -80,7 +80,7 @@ def openood_section(run, cls_accuracy):
         row = [method if theirs_name == method else f"{method} ({theirs_name})"]
         for index, name in enumerate(GROUPS):
             if name not in groups:
-                row += ["–", "–", _published(theirs[run.id_name][index])]
+                row += [DASH, DASH, _published(theirs[run.id_name][index])]
                 continue
             row += [pct(run.cls_average(method, "auroc", groups[name])),
                     pct_spread(run.dfb_average(f"DFB-{method}", "auroc", groups[name])),
