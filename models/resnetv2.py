@@ -44,7 +44,7 @@ class ResNetV2Config:
     has_pretrained_weights: bool = True
     last_block_stride: int = 2
     stem: str = "bit"  # "bit": 7x7 stride-2 conv + 3x3 stride-2 max pool; "cifar": one 3x3 stride-1 conv
-    unit: str = "bottleneck"  # "bottleneck" (BiT) or "basic" (a pre-activation pair of 3x3 convs)
+    unit: str = "bottleneck"  # "bottleneck" (BiT), "basic" (a pre-activation pair of 3x3 convs) or "convpool"
     root_width: int | None = None  # None: 64 * width_factor (BiT)
     block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
     block_strides: tuple | None = None  # None: 1, 2, 2, last_block_stride (BiT)
@@ -82,6 +82,19 @@ KNOWN_MODELS.update({
     # held-out images by docs/CIFAR_RECIPE.md §6; it has no npz form);
     # "-G8": GroupNorm with 8 groups, so no group of the narrow first layers is a single channel
     for suffix, norm in (("", "group"), ("-G8", "group8"), ("-BN", "batch"))
+})
+# The same stem and head with conv-pool units instead of residual pairs: each stage is airbench's
+# conv group (KellerJordan/cifar10-airbench) in pre-activation order, a 3x3 conv at the stage's input
+# resolution, a 2x2 max pool, a second 3x3 conv, no shortcut. The first conv sees the full resolution
+# where a stride-2 conv sees a quarter of the positions; "-W" has airbench94's widths (64, 256, 256).
+# Chosen between by docs/CIFAR_RECIPE.md §10.
+_CONV_POOL_SIZES = (("S", 32, (64, 128, 256)), ("W", 32, (64, 256, 256)))
+KNOWN_MODELS.update({
+    f"ResNetV2-C32P-{size}{suffix}": ResNetV2Config((1, 1, 1), 1.0, has_pretrained_weights=False, stem="cifar",
+                                                    unit="convpool", root_width=root, block_widths=widths,
+                                                    block_strides=(2, 2, 2), norm=norm)
+    for size, root, widths in _CONV_POOL_SIZES
+    for suffix, norm in (("", "group"), ("-BN", "batch"))
 })
 
 
@@ -222,6 +235,32 @@ class PreActBasic(nn.Module):
         return out + residual
 
 
+class PreActConvPool(nn.Module):
+    """airbench's conv group in pre-activation order, no shortcut; stride 2 is a 2x2 max pool between
+    the two 3x3 convs (stride 1: none):
+
+        out = conv2(ReLU(GN2(pool(conv1(ReLU(GN1(x)))))))
+
+    The layers carry the basic unit's names (gn1, conv1, gn2, conv2), so BiT's npz keys (a/, b/) name
+    them; there is no a/proj."""
+
+    def __init__(self, cin, cout, stride, norm=_group_norm):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"a conv-pool unit pools by 2 or not at all, got stride {stride!r}")
+        self.gn1 = norm(cin)
+        self.conv1 = StdConv2d(cin, cout, kernel_size=3, padding=1, bias=False)
+        # aten's max_pool2d: in training 1.8x faster on the CPU than a maximum over strided slices or
+        # a reshape, whose backward passes are slow (bench: 395 against 224 img/s for C32P-S-BN)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2) if stride == 2 else nn.Identity()
+        self.gn2 = norm(cout)
+        self.conv2 = StdConv2d(cout, cout, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.pool(self.conv1(F.relu(self.gn1(x))))
+        return self.conv2(F.relu(self.gn2(out)))
+
+
 def _root(stem, root_width):
     if stem == "bit":
         return nn.Sequential(OrderedDict([
@@ -240,7 +279,9 @@ def _unit(kind, cin, cout, stride, norm):
         return PreActBottleneck(cin, cout, cout // 4, stride, norm)
     if kind == "basic":
         return PreActBasic(cin, cout, stride, norm)
-    raise ValueError(f"unknown unit {kind!r}: expected 'bottleneck' or 'basic'")
+    if kind == "convpool":
+        return PreActConvPool(cin, cout, stride, norm)
+    raise ValueError(f"unknown unit {kind!r}: expected 'bottleneck', 'basic' or 'convpool'")
 
 
 class ResNetV2(nn.Module):
@@ -248,7 +289,8 @@ class ResNetV2(nn.Module):
     strides 1, 2, 2, last_block_stride (2 in BiT: output stride 32); feature_dim D = 2048*wf.
     root_width / block_widths / block_strides replace those rules (any number of blocks), stem
     "cifar" the 7x7 stride-2 conv and pool by one 3x3 stride-1 conv, unit "basic" the bottleneck
-    by a pre-activation pair of 3x3 convs; D is the last block's width."""
+    by a pre-activation pair of 3x3 convs, unit "convpool" by a conv, 2x2 pool, conv group without
+    shortcut; D is the last block's width."""
 
     def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
                  last_block_stride=2, stem="bit", unit="bottleneck", root_width=None, block_widths=None,

@@ -160,3 +160,72 @@ def test_the_group8_twin_has_eight_groups_everywhere_and_the_same_npz_keys():
     assert norms and {m.num_groups for m in norms} == {8}
     assert {m.num_groups for m in group.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
     assert group8.npz_arrays().keys() == group.npz_arrays().keys()
+
+
+# -- conv-pool units (ResNetV2-C32P-*): airbench's conv group in pre-activation order -------------
+CONV_POOL_MODELS = [name for name in KNOWN_MODELS if name.startswith("ResNetV2-C32P-") and not name.endswith("-BN")]
+
+
+def test_the_conv_pool_family_is_registered_with_airbench94_widths_for_w():
+    assert set(CONV_POOL_MODELS) == {"ResNetV2-C32P-S", "ResNetV2-C32P-W"}
+    assert KNOWN_MODELS["ResNetV2-C32P-W"].block_widths == (64, 256, 256)
+    assert {name + "-BN" for name in CONV_POOL_MODELS} <= set(KNOWN_MODELS)
+
+
+def conv_pool_npz_table(root, widths, head_size):
+    """As basic_npz_table, without a/proj: a conv-pool unit has no shortcut."""
+    rows = [row for row in basic_npz_table(root, widths, (1,) * len(widths), head_size) if "/a/proj/" not in row[1]]
+    assert len(rows) == 1 + 6 * len(widths) + 4
+    return rows
+
+
+def functional_conv_pool_forward(arrays, blocks, x):
+    """Float64 from raw npz arrays: 3x3 stem, then per block h = conv_b(ReLU(GN(maxpool2(conv_a(ReLU(GN(h))))))),
+    head GN, ReLU, mean, affine. Returns (logits, pooled)."""
+    def gn(h, prefix):
+        return F.group_norm(h, 32, torch_layout("gamma", arrays[prefix + "gamma"]).double(),
+                            torch_layout("beta", arrays[prefix + "beta"]).double(), eps=1e-5)
+
+    def conv(h, key):
+        return F.conv2d(h, standardized(arrays[key]), padding=1)
+
+    h = conv(x, "resnet/root_block/standardized_conv2d/kernel")
+    for b in range(1, blocks + 1):
+        k = f"resnet/block{b}/unit01/"
+        out = F.max_pool2d(conv(F.relu(gn(h, k + "a/group_norm/")), k + "a/standardized_conv2d/kernel"), 2)
+        h = conv(F.relu(gn(out, k + "b/group_norm/")), k + "b/standardized_conv2d/kernel")
+    pooled = F.relu(gn(h, "resnet/group_norm/")).mean(dim=(2, 3))
+    kernel = torch.from_numpy(arrays["resnet/head/conv2d/kernel"]).double()
+    return pooled @ kernel[0, 0] + torch.from_numpy(arrays["resnet/head/conv2d/bias"]).double(), pooled
+
+
+@pytest.mark.parametrize("name", CONV_POOL_MODELS)
+def test_conv_pool_npz_keys_round_trip_and_forward_from_raw_arrays(name):
+    config = KNOWN_MODELS[name]
+    rows = conv_pool_npz_table(config.root_width, config.block_widths, 3)
+    model = create_model(name, head_size=3)
+    assert npz_key_map(model) == {t: k for t, k, _ in rows}
+    arrays = fake_npz_arrays(rows, seed=5)
+    model.load_from_npz(arrays)
+    assert {k: v.shape for k, v in model.npz_arrays(include_head=True).items()} == {k: s for _, k, s in rows}
+    model.double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        logits, pooled = model.forward_with_features(x)
+        dense = model.dense_logits(x)
+    ref_logits, ref_pooled = functional_conv_pool_forward(arrays, len(config.block_widths), x)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-9, atol=1e-9)
+    assert dense.shape == (2, 3, 4, 4)  # 32 px pooled three times
+    torch.testing.assert_close(dense.mean(dim=(2, 3)), logits, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():  # the last block keeps the resolution: no pool there
+        assert create_model(name, head_size=3, half_stride=True).dense_logits(torch.randn(1, 3, 32, 32)).shape == (1, 3, 8, 8)
+
+
+def test_the_conv_pool_batchnorm_twin_differs_only_in_its_norm_layers():
+    group, batch = create_model("ResNetV2-C32P-S", head_size=10), create_model("ResNetV2-C32P-S-BN", head_size=10)
+    names, twins = ({n: type(m) for n, m in net.named_modules()} for net in (group, batch))
+    assert names.keys() == twins.keys()
+    differing = {n for n in names if names[n] is not twins[n]}
+    assert differing and all(names[n] is torch.nn.GroupNorm and twins[n] is torch.nn.BatchNorm2d for n in differing)
+    assert batch.cam(torch.randn(2, 3, 32, 32)).shape == (2, 10, 4, 4)
