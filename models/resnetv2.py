@@ -87,7 +87,7 @@ KNOWN_MODELS.update({
 # conv group (KellerJordan/cifar10-airbench) in pre-activation order, a 3x3 conv at the stage's input
 # resolution, a 2x2 max pool, a second 3x3 conv, no shortcut. The first conv sees the full resolution
 # where a stride-2 conv sees a quarter of the positions; "-W" has airbench94's widths (64, 256, 256).
-# Chosen between by docs/CIFAR_RECIPE.md §10.
+# Measured against the residual network by docs/CIFAR_RECIPE.md §10 (not adopted: no gain at 0.4 PFLOP).
 _CONV_POOL_SIZES = (("S", 32, (64, 128, 256)), ("W", 32, (64, 256, 256)))
 KNOWN_MODELS.update({
     f"ResNetV2-C32P-{size}{suffix}": ResNetV2Config((1, 1, 1), 1.0, has_pretrained_weights=False, stem="cifar",
