@@ -1,6 +1,8 @@
 """The CIFAR-resolution BiT-style backbones (ResNetV2-C32-*) against independent computations: the
 npz names written out by hand from BiT's convention, a float64 forward from the raw npz arrays,
 shapes worked out from the strides, the lossless pooled/dense conversion and the CAM."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -50,13 +52,24 @@ def table_of(name, head_size):
     return basic_npz_table(config.root_width, config.block_widths, config.block_units, head_size)
 
 
+def npz_group_norm(arrays, h, prefix):
+    """GroupNorm(32) of h with the raw npz scale and offset under prefix, in float64."""
+    return F.group_norm(h, 32, torch_layout("gamma", arrays[prefix + "gamma"]).double(),
+                        torch_layout("beta", arrays[prefix + "beta"]).double(), eps=1e-5)
+
+
+def npz_head(arrays, h):
+    """(logits, pooled) of the head from raw npz arrays: GN, ReLU, mean over positions, affine."""
+    pooled = F.relu(npz_group_norm(arrays, h, "resnet/group_norm/")).mean(dim=(2, 3))
+    kernel = torch.from_numpy(arrays["resnet/head/conv2d/kernel"]).double()
+    return pooled @ kernel[0, 0] + torch.from_numpy(arrays["resnet/head/conv2d/bias"]).double(), pooled
+
+
 def functional_basic_forward(arrays, units, x):
     """The whole network in float64 from raw npz arrays: 3x3 stem, then per unit
     a = ReLU(GN(h)), out = conv_b(ReLU(GN(conv_a(a, stride)))) + (proj(a, stride) or h); stride 2
     on every block's first unit; head GN, ReLU, mean, affine. Returns (logits, pooled)."""
-    def gn(h, prefix):
-        return F.group_norm(h, 32, torch_layout("gamma", arrays[prefix + "gamma"]).double(),
-                            torch_layout("beta", arrays[prefix + "beta"]).double(), eps=1e-5)
+    gn = functools.partial(npz_group_norm, arrays)
 
     def conv(h, key, stride=1, padding=0):
         return F.conv2d(h, standardized(arrays[key]), stride=stride, padding=padding)
@@ -70,9 +83,7 @@ def functional_basic_forward(arrays, units, x):
             residual = conv(a, k + "a/proj/standardized_conv2d/kernel", stride) if u == 1 else h
             out = conv(a, k + "a/standardized_conv2d/kernel", stride, padding=1)
             h = conv(F.relu(gn(out, k + "b/group_norm/")), k + "b/standardized_conv2d/kernel", padding=1) + residual
-    pooled = F.relu(gn(h, "resnet/group_norm/")).mean(dim=(2, 3))
-    kernel = torch.from_numpy(arrays["resnet/head/conv2d/kernel"]).double()
-    return pooled @ kernel[0, 0] + torch.from_numpy(arrays["resnet/head/conv2d/bias"]).double(), pooled
+    return npz_head(arrays, h)
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)
@@ -142,14 +153,16 @@ def test_pooled_dense_logits_equal_image_logits_and_cam_is_their_positive_part(r
     assert upsampled.shape == (3, 11, resolution, resolution)
 
 
-def test_the_batchnorm_twin_differs_only_in_its_norm_layers_and_has_no_npz_form():
-    group, batch = create_model(SMALL, head_size=10), create_model(SMALL + "-BN", head_size=10)
+@pytest.mark.parametrize("name", [SMALL, "ResNetV2-C32P-S"])
+def test_the_batchnorm_twin_differs_only_in_its_norm_layers_and_has_no_npz_form(name):
+    group, batch = create_model(name, head_size=10), create_model(name + "-BN", head_size=10)
     names = {n: type(m) for n, m in group.named_modules()}
     twins = {n: type(m) for n, m in batch.named_modules()}
     assert names.keys() == twins.keys()
     differing = {n for n in names if names[n] is not twins[n]}
     assert differing and all(names[n] is torch.nn.GroupNorm and twins[n] is torch.nn.BatchNorm2d for n in differing)
     assert batch.feature_map(torch.randn(2, 3, 32, 32)).shape == (2, 256, 4, 4)
+    assert batch.cam(torch.randn(2, 3, 32, 32)).shape == (2, 10, 4, 4)
     with pytest.raises(ValueError, match="no BiT .npz form"):
         batch.npz_arrays()
 
@@ -182,9 +195,7 @@ def conv_pool_npz_table(root, widths, head_size):
 def functional_conv_pool_forward(arrays, blocks, x):
     """Float64 from raw npz arrays: 3x3 stem, then per block h = conv_b(ReLU(GN(maxpool2(conv_a(ReLU(GN(h))))))),
     head GN, ReLU, mean, affine. Returns (logits, pooled)."""
-    def gn(h, prefix):
-        return F.group_norm(h, 32, torch_layout("gamma", arrays[prefix + "gamma"]).double(),
-                            torch_layout("beta", arrays[prefix + "beta"]).double(), eps=1e-5)
+    gn = functools.partial(npz_group_norm, arrays)
 
     def conv(h, key):
         return F.conv2d(h, standardized(arrays[key]), padding=1)
@@ -194,9 +205,7 @@ def functional_conv_pool_forward(arrays, blocks, x):
         k = f"resnet/block{b}/unit01/"
         out = F.max_pool2d(conv(F.relu(gn(h, k + "a/group_norm/")), k + "a/standardized_conv2d/kernel"), 2)
         h = conv(F.relu(gn(out, k + "b/group_norm/")), k + "b/standardized_conv2d/kernel")
-    pooled = F.relu(gn(h, "resnet/group_norm/")).mean(dim=(2, 3))
-    kernel = torch.from_numpy(arrays["resnet/head/conv2d/kernel"]).double()
-    return pooled @ kernel[0, 0] + torch.from_numpy(arrays["resnet/head/conv2d/bias"]).double(), pooled
+    return npz_head(arrays, h)
 
 
 @pytest.mark.parametrize("name", CONV_POOL_MODELS)
@@ -220,12 +229,3 @@ def test_conv_pool_npz_keys_round_trip_and_forward_from_raw_arrays(name):
     torch.testing.assert_close(dense.mean(dim=(2, 3)), logits, rtol=1e-9, atol=1e-9)
     with torch.no_grad():  # the last block keeps the resolution: no pool there
         assert create_model(name, head_size=3, half_stride=True).dense_logits(torch.randn(1, 3, 32, 32)).shape == (1, 3, 8, 8)
-
-
-def test_the_conv_pool_batchnorm_twin_differs_only_in_its_norm_layers():
-    group, batch = create_model("ResNetV2-C32P-S", head_size=10), create_model("ResNetV2-C32P-S-BN", head_size=10)
-    names, twins = ({n: type(m) for n, m in net.named_modules()} for net in (group, batch))
-    assert names.keys() == twins.keys()
-    differing = {n for n in names if names[n] is not twins[n]}
-    assert differing and all(names[n] is torch.nn.GroupNorm and twins[n] is torch.nn.BatchNorm2d for n in differing)
-    assert batch.cam(torch.randn(2, 3, 32, 32)).shape == (2, 10, 4, 4)
