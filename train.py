@@ -64,6 +64,10 @@ def build_parser():
                                     help="keep an exponential moving average of the weights with this decay per "
                                          "step (e.g. 0.99) and evaluate and keep it at the end instead of the last "
                                          "weights (evaluations during the run use the last weights); 0: off"))
+    defines_run(parser.add_argument("--lookahead", action="store_true",
+                                    help="airbench's lookahead: every 5 steps slow weights move towards the network's "
+                                         "(by 1 - 0.95^5 (step / steps)^3) and the network restarts from them; the "
+                                         "run ends with the slow weights (not with --ema_decay)"))
     defines_run(parser.add_argument("--flip", choices=FLIP_MODES, default="random",
                                     help="horizontal flips of training images: random (p = 0.5 per draw) or "
                                          "alternate (each image mirrored in every other epoch; in-memory data only)"))
@@ -138,6 +142,8 @@ def parse_args(argv=None):
         parser.error("--label_smoothing must be in [0, 1)")
     if not 0 <= args.ema_decay < 1:
         parser.error("--ema_decay must be in [0, 1)")
+    if args.lookahead and args.ema_decay:
+        parser.error("--lookahead and --ema_decay are two ways to average the weights: pass one")
     if args.image_loss_weight < 0:
         parser.error("--image_loss_weight must be at least 0")
     if args.task != "dfb" and (args.init_from or args.image_loss_weight):

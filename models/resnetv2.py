@@ -21,7 +21,7 @@ head.gn, head.conv), so their state dicts load unchanged.
 import numbers
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 
@@ -43,7 +43,8 @@ class ResNetV2Config:
     width_factor: float
     has_pretrained_weights: bool = True
     last_block_stride: int = 2
-    stem: str = "bit"  # "bit": 7x7 stride-2 conv + 3x3 stride-2 max pool; "cifar": one 3x3 stride-1 conv
+    stem: str = "bit"  # "bit": 7x7 stride-2 conv + 3x3 stride-2 max pool; "cifar": one 3x3 stride-1 conv;
+    # "whiten": a frozen, not standardised 3x3 stride-1 conv of WHITEN_WIDTH filters (patch whitening)
     unit: str = "bottleneck"  # "bottleneck" (BiT), "basic" (a pre-activation pair of 3x3 convs) or "convpool"
     root_width: int | None = None  # None: 64 * width_factor (BiT)
     block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
@@ -96,6 +97,14 @@ KNOWN_MODELS.update({
     for size, root, widths in _CONV_POOL_SIZES
     for suffix, norm in (("", "group"), ("-BN", "batch"))
 })
+# airbench's first layer on the BatchNorm networks: the stem is a frozen, plain 3x3 conv whose filters whiten
+# the image's 3x3 patches (`patch_whitening_filters`; train.py sets them from the training images when a run
+# starts). 3x3 with padding 1, where airbench has 2x2 without padding, so the final map stays 4x4 at 32 px.
+# Measured by docs/CIFAR_RECIPE.md §11.
+WHITEN_KERNEL = 3
+WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL ** 2  # every eigenvector of the patch moments and its negative
+for _name in ("ResNetV2-C32-S-BN", "ResNetV2-C32P-W-BN"):
+    KNOWN_MODELS[f"{_name}-Whiten"] = replace(KNOWN_MODELS[_name], stem="whiten", root_width=WHITEN_WIDTH)
 
 
 class StdConv2d(nn.Conv2d):
@@ -271,7 +280,31 @@ def _root(stem, root_width):
     if stem == "cifar":
         return nn.Sequential(OrderedDict([
             ("conv", StdConv2d(3, root_width, kernel_size=3, stride=1, padding=1, bias=False))]))
-    raise ValueError(f"unknown stem {stem!r}: expected 'bit' or 'cifar'")
+    if stem == "whiten":
+        if root_width != WHITEN_WIDTH:
+            raise ValueError(f"a whitening stem has {WHITEN_WIDTH} filters, got root width {root_width}")
+        # not weight-standardised (that would undo the whitening) and never trained (airbench freezes it too)
+        conv = nn.Conv2d(3, root_width, kernel_size=WHITEN_KERNEL, stride=1, padding=WHITEN_KERNEL // 2, bias=False)
+        conv.weight.requires_grad_(False)
+        return nn.Sequential(OrderedDict([("conv", conv)]))
+    raise ValueError(f"unknown stem {stem!r}: expected 'bit', 'cifar' or 'whiten'")
+
+
+def patch_whitening_filters(images: torch.Tensor, kernel_size: int = WHITEN_KERNEL, eps: float = 5e-4) -> torch.Tensor:
+    """The whitening stem's filters [2 * 3k^2, 3, k, k] from network inputs `images` [N, 3, H, W]: with
+    M = mean over every k x k patch p of p p^T (uncentred, airbench's estimate) = V diag(lambda) V^T, the
+    filters are the rows of diag(lambda + eps)^(-1/2) V^T, largest eigenvalue first, followed by their
+    negatives (so a ReLU after the stem keeps both signs of every component). Over the patches of
+    `images`, the first half of the filters' responses then has second moments diag(lambda / (lambda + eps))."""
+    channels = images.shape[1]
+    patches = F.unfold(images.double(), kernel_size)  # [N, C k k, positions], the order of a conv kernel
+    patches = patches.transpose(1, 2).reshape(-1, channels * kernel_size ** 2)
+    moments = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(moments)  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+    filters = (eigenvectors / torch.sqrt(eigenvalues + eps)).T
+    filters = filters.reshape(-1, channels, kernel_size, kernel_size)
+    return torch.cat([filters, -filters]).float()
 
 
 def _unit(kind, cin, cout, stride, norm):
@@ -314,6 +347,7 @@ class ResNetV2(nn.Module):
         root_width = int(64 * width_factor) if root_width is None else root_width
         self.model_name = model_name
         self.feature_dim = block_widths[-1]  # 2048 * width_factor in BiT's layout
+        self.stem = stem
         self.root = _root(stem, root_width)
         blocks, cin = [], root_width
         for index, (units, cout, stride) in enumerate(zip(block_units, block_widths, block_strides), start=1):
@@ -325,6 +359,10 @@ class ResNetV2(nn.Module):
         self.body = nn.Sequential(OrderedDict(blocks))
         self.head = BiTHead(self.feature_dim, head_size, zero_head, NORM_LAYERS[norm])
         self.norm = norm
+
+    def root_is_whitening(self) -> bool:
+        """Whether the stem is the frozen whitening conv, whose filters come from data (train.py)."""
+        return self.stem == "whiten"
 
     @property
     def head_size(self) -> int:

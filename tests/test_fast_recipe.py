@@ -1,6 +1,7 @@
-"""The fast recipe's pieces of issue 36: the weight EMA (`--ema_decay`), per-epoch alternating flips
-(`--flip alternate`) and translation by reflection padding (`--train_pad`), against small
-computations done by hand."""
+"""The fast recipe's pieces of issue 36: the weight EMA (`--ema_decay`), airbench's lookahead
+(`--lookahead`), per-epoch alternating flips (`--flip alternate`), translation by reflection padding
+(`--train_pad`) and the patch-whitening stem (`-Whiten` models), against small computations done by hand."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -10,7 +11,11 @@ import train
 from datasets.batch_augment import alternating_flips, first_epoch_flips, reflect_pad, train_augment
 from datasets.sources import GlobalBatchIndices, InMemoryBatches
 from datasets.synthetic import generate_benchmark
-from utils.train.weight_average import WeightAverage, decay_at
+from datasets.folder import decode_all
+from datasets.sources import open_split
+from datasets.transforms import normalize
+from models.resnetv2 import create_model, patch_whitening_filters
+from utils.train.weight_average import Lookahead, WeightAverage, decay_at
 
 TINY = ["--model", "ResNetV2-C32-S-BN", "--resolution", "32", "--pretrained", "none", "--device", "cpu",
         "--workers", "0", "--batch", "8", "--eval_every", "0", "--save_every", "100", "--holdout", "0.25"]
@@ -58,6 +63,56 @@ def test_weight_average_follows_the_recurrence_computed_by_hand():
         assert torch.equal(value, average.average[key])
     with pytest.raises(ValueError, match="0, 1"):
         WeightAverage(network, 1.0)
+
+
+def test_lookahead_follows_airbenchs_rule_computed_by_hand():
+    network, total = tiny_network(), 23
+    lookahead = Lookahead(network, total)
+    slow = {key: value.double() for key, value in network.state_dict().items() if value.is_floating_point()}
+    fast = dict(slow)
+    generator = torch.Generator().manual_seed(2)
+    for step in range(1, total + 1):
+        with torch.no_grad():  # an "optimizer step" on the network and on the hand-kept copy alike
+            for name, parameter in network.named_parameters():
+                change = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(change)
+                fast[name] = fast[name] + change.double()
+        lookahead.update()
+        if step % 5 == 0:
+            decay = 0.95 ** 5 * (step / total) ** 3
+            for key in slow:
+                slow[key] = decay * slow[key] + (1 - decay) * fast[key]
+                fast[key] = slow[key]
+        for key, value in network.state_dict().items():
+            if value.is_floating_point():
+                torch.testing.assert_close(value.double(), fast[key], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(network[0].weight.double(), slow["0.weight"])  # steps 21-23 moved it on
+    lookahead.copy_to_model()  # the end of the run: the slow weights
+    for key, value in network.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value.double(), slow[key], rtol=1e-5, atol=1e-5)
+    restored = Lookahead(tiny_network(), total, state=lookahead.state_dict())
+    assert restored.updates == total
+    with pytest.raises(ValueError, match="at least one step"):
+        Lookahead(network, 0)
+
+
+def test_whitening_filters_whiten_the_patches_they_come_from():
+    generator = torch.Generator().manual_seed(3)
+    # correlated colour channels and smooth images: far from white
+    images = F.avg_pool2d(torch.randn(6, 3, 14, 14, generator=generator), 3, stride=1)
+    images = torch.einsum("nchw,dc->ndhw", images, torch.tensor([[1.0, 0.5, 0.2], [0.0, 1.0, 0.7], [0.0, 0.0, 0.3]]))
+    filters = patch_whitening_filters(images, kernel_size=3, eps=1e-3)
+    assert filters.shape == (54, 3, 3, 3)
+    torch.testing.assert_close(filters[27:], -filters[:27])
+    # independently: every 3x3 patch in numpy, in the conv kernel's (channel, row, column) order
+    array = images.double().numpy()
+    patches = np.stack([array[n, :, i:i + 3, j:j + 3].reshape(-1) for n in range(6)
+                        for i in range(10) for j in range(10)])
+    eigenvalues = np.sort(np.linalg.eigvalsh(patches.T @ patches / len(patches)))[::-1]
+    responses = F.conv2d(images.double(), filters[:27].double()).permute(0, 2, 3, 1).reshape(-1, 27).numpy()
+    np.testing.assert_allclose(responses.T @ responses / len(responses), np.diag(eigenvalues / (eigenvalues + 1e-3)),
+                               atol=1e-4)
 
 
 def test_alternating_flips_show_every_image_both_ways_every_two_epochs():
@@ -201,3 +256,39 @@ def test_padded_translation_trains_and_replaces_the_resize(train_dir, tmp_path, 
     for conflict in (["--train_resize", "36"], ["--scale_range", "0.5", "1"]):
         with pytest.raises(SystemExit):
             train.parse_args(["--task", "cls", "--datadir", "x", "--name", "n", "--train_pad", "2", *conflict])
+
+
+def test_lookahead_trains_resumes_and_ends_with_the_slow_weights(train_dir, tmp_path, capsys):
+    train.run(cls_run(train_dir, tmp_path, "look", "--lookahead"))
+    assert "lookahead (airbench's)" in capsys.readouterr().out
+    whole = torch.load(tmp_path / "look" / "checkpoint.pth.tar", weights_only=False)
+    assert whole["ema"]["updates"] == 12
+    for key, value in whole["model"].items():
+        assert torch.equal(value, whole["ema"]["average"][key])
+    train.run(cls_run(train_dir, tmp_path, "resumed", "--lookahead", "--stop_after", "7"))
+    train.run(cls_run(train_dir, tmp_path, "resumed", "--lookahead"))
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pth.tar", weights_only=False)
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--task", "cls", "--datadir", "x", "--name", "n", "--lookahead", "--ema_decay", "0.9"])
+
+
+def test_a_whitening_stem_is_set_from_the_training_images_and_stays_frozen(train_dir, tmp_path, capsys):
+    run = cls_run(train_dir, tmp_path, "white", "--holdout", "0")
+    run.model = "ResNetV2-C32-S-BN-Whiten"
+    train.run(run)
+    assert "whitening filters of the 3x3 patches of 48 training images" in capsys.readouterr().out
+    stem = torch.load(tmp_path / "white" / "checkpoint.pth.tar", weights_only=False)["model"]["root.conv.weight"]
+    images = normalize(decode_all(open_split(str(train_dir), 32), progress=False)["images"])
+    torch.testing.assert_close(stem, patch_whitening_filters(images))  # trained 12 steps, unchanged
+    model = create_model("ResNetV2-C32-S-BN-Whiten", head_size=10)
+    assert model.root_is_whitening() and not model.root.conv.weight.requires_grad
+    model.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert model.feature_map(x).shape == (2, 256, 4, 4)
+        torch.testing.assert_close(model.dense_logits(x).mean(dim=(2, 3)), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no BiT .npz form"):
+        model.npz_arrays()
+    assert not create_model("ResNetV2-C32-S-BN", head_size=10).root_is_whitening()

@@ -23,8 +23,8 @@ from datasets.folder import decode_all, find_classes
 from datasets.masks import IGNORE_INDEX, MAX_CLASSES, mask_format_of, mask_root_for
 from datasets.sources import (GlobalBatchIndices, InMemoryBatches, LoaderBatches,
                               decoded_size, open_split, relative_paths, restrict)
-from datasets.transforms import default_train_size
-from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked
+from datasets.transforms import default_train_size, normalize
+from models.resnetv2 import KNOWN_MODELS, create_model, load_state_dict_checked, patch_whitening_filters
 from utils.base import distributed
 from utils.base.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from utils.base.distributed import RunContext, start_run
@@ -36,7 +36,7 @@ from utils.train.engine import DenseLogits, TrainLoopConfig, train_loop
 from utils.train.resume import (check_same_classes, check_same_data, checkpoint_path, data_fingerprint,
                                 final_metrics_path, finished_run_metrics, is_finished, load_resume_point)
 from utils.train.schedule import LR_RULES, get_mixup, get_schedule, scale_schedule, with_warmup
-from utils.train.weight_average import WeightAverage
+from utils.train.weight_average import Lookahead, WeightAverage
 
 BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
 
@@ -59,7 +59,9 @@ def run(args: argparse.Namespace, run_defining: Sequence[str]) -> dict | None:
     data = open_training_data(args, resume, ckpt_file)
     schedule, mixup_alpha = plan_schedule(args, len(data.train_indices))
     model, net, optimizer = build_training(args, data.classes, resume, ckpt_file, ctx)
-    average = WeightAverage(model, args.ema_decay, (resume or {}).get("ema")) if args.ema_decay else None
+    if resume is None and not args.init_from and model.root_is_whitening():
+        whiten_stem(model, data, args, ctx)
+    average = weight_average(args, model, schedule[-1], resume)
     batches, in_memory = build_batches(args, data, start_step, ctx)
     writer = open_log(run_dir, ctx)
     if ctx.is_main:
@@ -261,6 +263,31 @@ def build_model(args, head_size, resume, ckpt_file, classes=None):
     return model
 
 
+def weight_average(args, model, total_steps: int, resume: dict | None) -> WeightAverage | None:
+    """--ema_decay's moving average or --lookahead's slow weights (resumed from the checkpoint), or None."""
+    state = (resume or {}).get("ema")
+    if args.lookahead:
+        return Lookahead(model, total_steps, state)
+    return WeightAverage(model, args.ema_decay, state) if args.ema_decay else None
+
+
+WHITENING_IMAGES = 5000  # airbench's count
+
+
+def whiten_stem(model, data: TrainingData, args, ctx: RunContext) -> None:
+    """Set a whitening stem's filters (models.resnetv2.patch_whitening_filters) from up to 5,000 training
+    images drawn with --seed (never held-out ones), as the network sees them. Every process draws the same
+    images, so the processes of a torchrun start from the same filters."""
+    count = min(WHITENING_IMAGES, len(data.train_indices))
+    chosen = np.sort(np.random.default_rng(args.seed).choice(data.train_indices, count, replace=False))
+    images = decode_all(restrict(data.dataset, chosen), workers=args.workers, progress=ctx.is_main,
+                        desc="whitening patches")["images"]
+    with torch.no_grad():
+        model.root.conv.weight.copy_(patch_whitening_filters(normalize(images)))
+    if ctx.is_main:
+        print(f"[train] stem: whitening filters of the 3x3 patches of {count} training images")
+
+
 def initialisation(args) -> dict:
     """Where the weights started, with the file's sha256 (so a pretrained npz reused by later runs is
     identified): {'from': 'classifier' | 'npz' | 'scratch', 'path', 'sha256'}."""
@@ -359,6 +386,7 @@ def describe_run(args, data: TrainingData, head_size: int, schedule, mixup_alpha
           f"mixup {mixup_alpha}, {'reflection-pad' if args.train_pad else 'resize'} {data.train_size} -> "
           + (f"scale U{tuple(args.scale_range)} -> " if args.scale_range else "") + f"crop {args.resolution}, "
           + f"{args.flip} flips, " + (f"weight EMA decay {args.ema_decay}, " if args.ema_decay else "")
+          + ("lookahead (airbench's), " if args.lookahead else "")
           + (f"image loss weight {args.image_loss_weight}, " if dfb else "")
           + (f"initialised from {args.init_from}, " if dfb and args.init_from and resumed_from is None else "")
           + (f"resuming at step {start_step} from {resumed_from}" if resumed_from is not None else "fresh start"))
@@ -420,7 +448,7 @@ class CheckpointSaver:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     data: TrainingData
-    average: WeightAverage | None = None  # --ema_decay: stored beside the weights, so a resumed run averages on
+    average: WeightAverage | None = None  # --ema_decay / --lookahead: stored beside the weights, so a resumed run averages on
 
     def __call__(self, step: int, finished: bool = False) -> None:
         args = self.args
@@ -447,7 +475,7 @@ def leave_unfinished_run(done: int, last_step: int, save: CheckpointSaver, ckpt_
 def finish_run(args, run_dir: Path, ckpt_file: Path, ctx: RunContext, evaluate: Evaluator, save: CheckpointSaver,
                writer, last_step: int, started: float, average: WeightAverage | None = None) -> dict:
     """Final evaluation, the finished checkpoint, final_metrics.json and the --export copy; with
-    --ema_decay all of them hold the weight average, not the last weights."""
+    --ema_decay (--lookahead) all of them hold the weight average (slow weights), not the last weights."""
     if average is not None:
         average.copy_to_model()
     metrics = evaluate(last_step)

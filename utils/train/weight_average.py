@@ -1,4 +1,5 @@
-"""An exponential moving average (EMA) of the network's weights, `train.py --ema_decay`.
+"""Averages of the network's weights: an exponential moving average (`train.py --ema_decay`) and
+airbench's lookahead (`train.py --lookahead`).
 
 The fast CIFAR recipes evaluate an average of the last weights instead of the last weights
 themselves (hlb-CIFAR10's EMA, airbench's lookahead). The average covers the whole state dict:
@@ -58,3 +59,48 @@ class WeightAverage:
     def copy_to_model(self) -> None:
         """Replace the network's weights with the average (what the end of a run evaluates and keeps)."""
         self.model.load_state_dict(self.average)
+
+
+# airbench94's lookahead (KellerJordan/cifar10-airbench): every 5 steps the slow weights take a step towards
+# the network's, and the network restarts from them; the pull grows with the cube of the run's progress.
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95 ** 5
+
+
+def lookahead_decay(step: int, total_steps: int) -> float:
+    """The slow weights' decay at optimizer step `step` (1, 2, ...) of `total_steps`: 0.95^5 (step / total)^3."""
+    return LOOKAHEAD_DECAY * (step / total_steps) ** 3
+
+
+class Lookahead(WeightAverage):
+    """After every LOOKAHEAD_EVERY-th optimizer step n: slow <- d * slow + (1 - d) * weights, then
+    weights <- slow, d = lookahead_decay(n, total_steps); the end of the run keeps the slow weights
+    (`copy_to_model`). Like WeightAverage it covers the whole state dict, BatchNorm's statistics included."""
+
+    def __init__(self, model: nn.Module, total_steps: int, state: dict | None = None):
+        if total_steps < 1:
+            raise ValueError(f"lookahead needs at least one step, got {total_steps}")
+        self.model, self.total_steps = model, total_steps
+        self.decay = LOOKAHEAD_DECAY
+        self.updates = 0
+        self.average = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        if state is not None:
+            self.load_state_dict(state)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        if self.updates % LOOKAHEAD_EVERY == 0:
+            self._pull(1 - lookahead_decay(self.updates, self.total_steps))
+
+    @torch.no_grad()
+    def _pull(self, weight: float) -> None:
+        slow, fast = [], []
+        for key, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                slow.append(self.average[key])
+                fast.append(value)
+            else:
+                self.average[key].copy_(value)
+        torch._foreach_lerp_(slow, [value.detach() for value in fast], weight)
+        torch._foreach_copy_(fast, slow)
