@@ -9,7 +9,8 @@ fusion_selection.json, score_settings.json, logits/<set>.npy, scores/<method>/<s
 (--fusion_val_ood DIR: choose the DFB fusions on a real OOD folder kept apart from the test sets);
 with --save_detector, detector.pt, which score.py applies to new images (docs/SCORE.md).
 Logits and features are computed in fp32 unless --amp bf16 is given. --tta flip: every image's
-logits and pooled features are the mean over the image and its horizontal mirror, for every set.
+logits and pooled features are the mean over the image and its horizontal mirror, for every set;
+--tta flip_translate: airbench's six-view average (the mirror and two 1 px translations).
 """
 import argparse
 
@@ -40,9 +41,12 @@ def parse_args(argv=None):
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation (default none: one forward per image). flip: the logits and "
                              "pooled features of every image are the mean over the image and its horizontal mirror "
-                             "(two forwards), applied identically to the ID training images that fit the scores, the "
+                             "(two forwards); flip_translate: airbench's multi-crop average, half the flip average "
+                             "of the image and half the mean of the flip averages of its 1 px translations to the "
+                             "top left and the bottom right (reflection-padded; six forwards). Either is applied "
+                             "identically to the ID training images that fit the scores, the "
                              "ID test set, every OOD set and the fusions' validation images (ODIN's perturbation "
-                             "follows the averaged logits); accuracy.json's top-1 is then the flip-averaged one, and "
+                             "follows the averaged logits); accuracy.json's top-1 is then the averaged one, and "
                              "--save_detector's detector.pt makes score.py average the same way. The dense "
                              "predictions (dense_maps.npz, dense_layout.json) stay single-view")
     parser.add_argument("--workers", type=int, default=4)

@@ -23,7 +23,7 @@ from bench.benchmark import count_flops, measure
 from datasets.sources import open_split, relative_paths, restrict
 from models.loading import load_network
 from models.resnetv2 import create_model
-from utils.evaluate.engine import FlipAveraged, extract, top1
+from utils.evaluate.engine import extract, top1, with_tta
 
 
 def forward_flops(model_name: str, resolution: int, head_size: int = 10) -> int:
@@ -42,8 +42,12 @@ def steps_for_budget(model_name: str, resolution: int, batch: int, pflop: float,
     return int(pflop // per_step)
 
 
+# eval.py --tta -> the key of its top-1 in split_top1's result
+TTA_COLUMNS = {"none": "top1", "flip": "top1_flip", "flip_translate": "top1_flip_translate"}
+
+
 def split_top1(run_dir: Path, datadir: str, held_out_only: bool, batch: int = 256) -> dict:
-    """Top-1 of a finished run's checkpoint on a split, plain and flip-averaged ({'top1', 'top1_flip'}):
+    """Top-1 of a finished run's checkpoint on a split under each eval.py --tta (TTA_COLUMNS' keys):
     on the images the run held out of its training split (held_out_only), or on every image of a test split."""
     model, checkpoint, _, head_size = load_network(run_dir / "checkpoint.pth.tar", expect_task="cls")
     resolution = checkpoint["resolution"]
@@ -54,8 +58,9 @@ def split_top1(run_dir: Path, datadir: str, held_out_only: bool, batch: int = 25
             raise ValueError(f"{run_dir}: the run held no images out (train it with --holdout)")
         dataset = restrict(dataset, [i for i, path in enumerate(relative_paths(dataset)) if path in held_out])
     result = {}
-    for name, net in (("top1", model.eval()), ("top1_flip", FlipAveraged(model).eval())):
-        outputs = extract(net, dataset, resolution, torch.device("cpu"), batch, "bf16", workers=0, desc=name)
+    for tta, name in TTA_COLUMNS.items():
+        outputs = extract(with_tta(model, tta).eval(), dataset, resolution, torch.device("cpu"), batch, "bf16",
+                          workers=0, desc=name)
         result[name] = top1(outputs["logits"], outputs["labels"])
     return result
 
@@ -116,8 +121,8 @@ def main(argv=None):
         print(steps_for_budget(args.model, args.resolution, args.batch, args.pflop, args.head_size))
         return
     split = "val" if args.command == "table" else "test"
-    print(f"| pilot | model | steps x batch | training PFLOP | {split} top-1 % | {split} top-1 % (flip TTA) |\n"
-          "|---|---|---|---|---|---|")
+    print(f"| pilot | model | steps x batch | training PFLOP | {split} top-1 % | {split} top-1 % (flip TTA) | "
+          f"{split} top-1 % (multi-crop TTA) |\n|---|---|---|---|---|---|---|")
     for name in args.names:
         run_dir = Path(args.runs) / name
         metrics = json.loads((run_dir / "final_metrics.json").read_text())
@@ -126,7 +131,8 @@ def main(argv=None):
         pflop = training_pflop(run_args["model"], run_args["resolution"], images)
         result = split_top1(run_dir, args.datadir, held_out_only=args.command == "table")
         print(f"| {name} | {run_args['model']} | {metrics['steps']} x {run_args['batch']} | {pflop:.3f} | "
-              f"{100 * result['top1']:.2f} | {100 * result['top1_flip']:.2f} |", flush=True)
+              f"{100 * result['top1']:.2f} | {100 * result['top1_flip']:.2f} | "
+              f"{100 * result['top1_flip_translate']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,12 @@ FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T 
 TTA_TEXT = {"none": "none (one forward per image)",
             "flip": "**flip** (the logits and pooled features of each image are the mean over the image and its "
                     "horizontal mirror, the ID test top-1 included), applied identically to the ID test set, every "
-                    "OOD set and the fusion's validation images, and to the ID training images that fit the scores"}
+                    "OOD set and the fusion's validation images, and to the ID training images that fit the scores",
+            "flip_translate": "**flip_translate** (the logits and pooled features of each image are airbench's "
+                              "six-view average: half the flip average of the image, half the mean of the flip "
+                              "averages of its two 1 px diagonal translations; the ID test top-1 included), applied "
+                              "identically to the ID test set, every OOD set and the fusion's validation images, and "
+                              "to the ID training images that fit the scores"}
 DENSE_KEYS = (("val_top1", "val top-1 (held-out training images)"), ("pixel_accuracy", "mask pixel accuracy"),
               ("foreground_iou", "foreground IoU"), ("background_iou", "background IoU"))
 

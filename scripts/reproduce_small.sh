@@ -54,9 +54,9 @@
 #   FUSION_VAL_OOD   one set of OOD_SETS kept as the validation OOD set (eval.py --fusion_val_ood): the DFB
 #                    fusions and the background's direction are chosen on it instead of on patch-shuffled
 #                    held-out images, and it is left out of every evaluation and table [empty]
-#   TTA              eval.py --tta of every evaluation: none, or flip (each image's logits and pooled features
+#   TTA              eval.py --tta of every evaluation: none, flip (each image's logits and pooled features
 #                    are the mean over the image and its mirror, for the ID, OOD and validation images alike;
-#                    docs/CIFAR_RECIPE.md §3.3) [preset, else none]
+#                    docs/CIFAR_RECIPE.md §3.3) or flip_translate (airbench's six views, §11) [preset, else none]
 #   STOP_AFTER       data, train_cls, make_cam or eval_cls: leave after that stage (bench/time_to_accuracy.py
 #                    times the classifier stage so); a rerun without it goes on from there [empty]
 #   PRETRAIN_WHEN_MISSING  1: when PRETRAINED names an npz that does not exist, scripts/pretrain.sh writes it
@@ -96,8 +96,8 @@ case "$STOP_AFTER" in
 esac
 TTA=${TTA:-none}
 case "$TTA" in  # before any work: eval.py would refuse it only after the training stages
-  none|flip) ;;
-  *) echo "[error] TTA=$TTA: expected none or flip (eval.py --tta)" >&2; exit 2 ;;
+  none|flip|flip_translate) ;;
+  *) echo "[error] TTA=$TTA: expected none, flip or flip_translate (eval.py --tta)" >&2; exit 2 ;;
 esac
 SHARED_DATA=$(find_shared_data)
 OUT=${OUT:-runs/reproduce_small}  # runs/ is git-ignored

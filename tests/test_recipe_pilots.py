@@ -1,12 +1,13 @@
 """bench/recipe_pilots.py: the training-compute budget against a count written out by hand from the
-network's widths, and flip test-time augmentation (utils.evaluate.engine.FlipAveraged, which the
-pilots use) against two explicit forwards."""
+network's widths, flip test-time augmentation (utils.evaluate.engine.FlipAveraged, which the
+pilots use) against two explicit forwards, and airbench's multi-crop TTA (FlipTranslateAveraged)
+against six forwards of crops cut by hand."""
 import pytest
 import torch
 
 from bench.recipe_pilots import steps_for_budget, training_pflop
 from models.resnetv2 import create_model
-from utils.evaluate.engine import FlipAveraged
+from utils.evaluate.engine import FlipAveraged, FlipTranslateAveraged, with_tta
 
 
 def hand_count_c32_s_forward(head_size):
@@ -42,6 +43,28 @@ def test_flip_averaged_outputs_are_the_mean_of_two_forwards():
     torch.testing.assert_close(features @ weight.T + bias, logits, rtol=0, atol=1e-5)
     assert not torch.allclose(plain[0], mirrored[0])  # the mirror is not a no-op on this network
 
+
+def test_multi_crop_averages_six_forwards_of_hand_cut_crops():
+    torch.manual_seed(0)
+    model = create_model("ResNetV2-C32-S", head_size=5, zero_head=False).eval()
+    images = torch.randn(2, 3, 32, 32)
+    # reflection padding by 1 written out: row / column -1 is row / column 1, 32 is 30
+    rows = [1, *range(32), 30]
+    padded = images[:, :, rows][:, :, :, rows]
+    views = (images, padded[:, :, 0:32, 0:32], padded[:, :, 2:34, 2:34])
+    weights = (0.5, 0.25, 0.25)
+    with torch.no_grad():
+        logits, features = FlipTranslateAveraged(model).forward_with_features(images)
+        expected = [sum(w * (model.forward_with_features(v)[k] + model.forward_with_features(v.flip(3))[k]) / 2
+                        for w, v in zip(weights, views)) for k in (0, 1)]
+    torch.testing.assert_close(logits, expected[0])
+    torch.testing.assert_close(features, expected[1])
+    weight, bias = model.head_parameters()
+    torch.testing.assert_close(features @ weight.T + bias, logits, rtol=0, atol=1e-5)
+    assert isinstance(with_tta(model, "flip_translate"), FlipTranslateAveraged)
+    assert with_tta(model, "none") is model
+    with pytest.raises(ValueError, match="flip_translate"):
+        with_tta(model, "crops")
 
 
 def test_flip_averaged_extracts_as_the_model_does(tmp_path):
@@ -80,7 +103,8 @@ def test_speed_table_lists_each_candidate(capsys):
 
 def test_table_and_test_commands_report_top1_on_the_held_out_and_the_test_images(tmp_path, capsys):
     """Both commands against a forward written out here: the images' pixels scaled to [-1, 1] (32 px
-    images need no resize), the network's argmax, and the mirror's logits averaged in."""
+    images need no resize), the network's argmax, the mirror's logits averaged in, and airbench's 1 px
+    translations of the reflection-padded image averaged with those."""
     import numpy as np
     from PIL import Image
 
@@ -102,13 +126,18 @@ def test_table_and_test_commands_report_top1_on_the_held_out_and_the_test_images
         images = torch.stack([torch.from_numpy(np.array(Image.open(root / path).convert("RGB"))).permute(2, 0, 1)
                               for path in paths]).float() / 127.5 - 1
         labels = torch.tensor([checkpoint["classes"].index(path.split("/")[0]) for path in paths])
+        padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            plain, mirrored = model(images).float(), model(images.flip(-1)).float()
-        return [100 * (logits.argmax(1) == labels).float().mean().item() for logits in (plain, (plain + mirrored) / 2)]
+            def flip_mean(views):
+                return (model(views).float() + model(views.flip(-1)).float()) / 2
+            plain, flipped = model(images).float(), flip_mean(images)
+            shifted = (flip_mean(padded[..., :32, :32]) + flip_mean(padded[..., 2:, 2:])) / 2
+        return [100 * (logits.argmax(1) == labels).float().mean().item()
+                for logits in (plain, flipped, (flipped + shifted) / 2)]
 
     def printed_row():
         row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
-        return [float(row[4]), float(row[5].strip(" |"))]
+        return [float(row[4]), float(row[5]), float(row[6].strip(" |"))]
 
     recipe_pilots.main(["table", "--runs", str(tmp_path / "runs"), "--datadir", str(sets["id_train"]), "p"])
     assert printed_row() == pytest.approx(expected(sets["id_train"], checkpoint["holdout_samples"]), abs=0.01)

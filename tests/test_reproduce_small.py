@@ -479,7 +479,7 @@ def test_script_passes_tta_to_every_evaluation_and_refuses_a_wrong_one(tmp_path)
     result = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, capture_output=True, text=True,
                             env=dict(os.environ, TTA="mirror", SHARED_DATA=str(tmp_path), OUT=str(tmp_path / "out")),
                             timeout=60)
-    assert result.returncode == 2 and "TTA=mirror: expected none or flip (eval.py --tta)" in result.stderr
+    assert result.returncode == 2 and "TTA=mirror: expected none, flip or flip_translate (eval.py --tta)" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

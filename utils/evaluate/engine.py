@@ -1,8 +1,9 @@
 """Batched inference: image-level logits and pooled features of a whole split, in dataset
-order, sharded across torchrun processes and gathered back; with flip test-time augmentation,
+order, sharded across torchrun processes and gathered back; with test-time augmentation,
 through `with_tta`'s wrapper."""
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.sources import eval_batches
@@ -10,8 +11,9 @@ from utils.base.distributed import gather_in_order, is_main_process, shard_indic
 from utils.base.runtime import autocast
 from utils.ood.scores import odin_perturb
 
-# eval.py's --tta: one forward per image, or the mean over the image and its horizontal mirror
-TTA_MODES = ("none", "flip")
+# eval.py's --tta: one forward per image, the mean over the image and its horizontal mirror, or
+# airbench's multi-crop average (FlipTranslateAveraged)
+TTA_MODES = ("none", "flip", "flip_translate")
 
 
 class FlipAveraged(torch.nn.Module):
@@ -34,12 +36,29 @@ class FlipAveraged(torch.nn.Module):
         return self.forward_with_features(images)[0]
 
 
+class FlipTranslateAveraged(FlipAveraged):
+    """airbench94's test-time augmentation (its tta_level 2; six forwards per image): half the flip
+    average of the image, plus half the mean of the flip averages of its two diagonal translations by
+    one pixel (crops of the image reflection-padded by 1 px at offsets (0, 0) and (2, 2)). The
+    weights sum to 1, so the averaged features still map to the averaged logits through the head."""
+
+    def forward_with_features(self, images):
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+        views = (images, padded[..., :height, :width], padded[..., 2:, 2:])
+        outputs = [super(FlipTranslateAveraged, self).forward_with_features(view) for view in views]
+        return tuple(0.5 * centre + 0.25 * (first + second) for centre, first, second in zip(*outputs))
+
+
+TTA_WRAPPERS = {"flip": FlipAveraged, "flip_translate": FlipTranslateAveraged}
+
+
 def with_tta(model, tta):
-    """The network whose image-level outputs eval.py and score.py read: `model` itself ('none') or
-    its flip average ('flip')."""
+    """The network whose image-level outputs eval.py and score.py read: `model` itself ('none'), its
+    flip average ('flip') or airbench's multi-crop average ('flip_translate')."""
     if tta not in TTA_MODES:
         raise ValueError(f"test-time augmentation {tta!r}: expected one of {', '.join(TTA_MODES)}")
-    return FlipAveraged(model) if tta == "flip" else model
+    return TTA_WRAPPERS[tta](model) if tta in TTA_WRAPPERS else model
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """Stage 4 of DFB, what `eval.py` runs: OOD evaluation of a cls or dfb checkpoint.
 
 1. Image-level logits and pooled features of the ID train set, the ID test set and every
-   OOD set, in fp32 by default, of one forward per image or (--tta flip) the mean over the image
-   and its mirror, for every set alike (cached under <logdir>/cache/, keyed by the checkpoint's
+   OOD set, in fp32 by default, of one forward per image, (--tta flip) the mean over the image
+   and its mirror or (--tta flip_translate) airbench's six-view average, for every set alike (cached under <logdir>/cache/, keyed by the checkpoint's
    bytes, the images' bytes, the resolution, the precision and the test-time augmentation, so
    a new checkpoint never reuses stale features).
 2. Every post-hoc score of utils/ood/scores.py on the K foreground logits and the pooled feature;
@@ -325,13 +325,20 @@ def settings_notes(settings, args, amp, fitted_images, selection_images):
 
 
 def tta_note(tta, has_validation_images):
-    """The line of results.md that says whether the images were flip-averaged (accuracy.json holds it too)."""
+    """The line of results.md that says how the images were averaged (accuracy.json holds it too)."""
     if tta == "none":
         return "Test-time augmentation: none (one forward per image)."
     validation = ", and to the fusions' validation images" if has_validation_images else ""
-    return ("Test-time augmentation: flip (the logits and pooled features of each image are the mean over the "
-            "image and its horizontal mirror), applied identically to the ID training images that fit the scores, "
-            f"the ID test set (its top-1 above included) and every OOD set{validation}.")
+    return (f"Test-time augmentation: {tta} ({TTA_VIEWS[tta]}), applied identically to the ID training images that "
+            f"fit the scores, the ID test set (its top-1 above included) and every OOD set{validation}.")
+
+
+# what each eval.py --tta averages, in the words of results.md
+TTA_VIEWS = {"flip": "the logits and pooled features of each image are the mean over the image and its horizontal "
+                     "mirror",
+             "flip_translate": "the logits and pooled features of each image are airbench's six-view average: half "
+                               "the flip average of the image, half the mean of the flip averages of its two 1 px "
+                               "diagonal translations"}
 
 
 def write_results(out_dir, rows, ood_names, accuracy, notes=(), leave_out=()):
