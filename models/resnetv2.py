@@ -50,6 +50,7 @@ class ResNetV2Config:
     block_widths: tuple | None = None  # None: 256 * width_factor * 2^(i-1) (BiT)
     block_strides: tuple | None = None  # None: 1, 2, 2, last_block_stride (BiT)
     norm: str = "group"  # "group" (BiT's 32 groups), "group8" (8 groups) or "batch" (no npz form)
+    stem_norm: bool = True  # False: the first unit's first norm is left out (the stem's output goes into a ReLU)
 
 
 _BIT_DEPTHS = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
@@ -103,8 +104,12 @@ KNOWN_MODELS.update({
 # Measured by docs/CIFAR_RECIPE.md §11.
 WHITEN_KERNEL = 3
 WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL ** 2  # every eigenvector of the patch moments and its negative
+# "-WhitenReLU": the whitened responses go straight into the first unit's ReLU, as airbench's go into its GELU;
+# "-Whiten" normalises them first (the pre-activation unit's BatchNorm), which rescales every component to unit
+# variance and so undoes the eps that damps the faint ones (§11's stage 7 measured it, stage 7b the other).
 for _name in ("ResNetV2-C32-S-BN", "ResNetV2-C32P-W-BN"):
     KNOWN_MODELS[f"{_name}-Whiten"] = replace(KNOWN_MODELS[_name], stem="whiten", root_width=WHITEN_WIDTH)
+    KNOWN_MODELS[f"{_name}-WhitenReLU"] = replace(KNOWN_MODELS[f"{_name}-Whiten"], stem_norm=False)
 
 
 class StdConv2d(nn.Conv2d):
@@ -323,11 +328,11 @@ class ResNetV2(nn.Module):
     root_width / block_widths / block_strides replace those rules (any number of blocks), stem
     "cifar" the 7x7 stride-2 conv and pool by one 3x3 stride-1 conv, unit "basic" the bottleneck
     by a pre-activation pair of 3x3 convs, unit "convpool" by a conv, 2x2 pool, conv group without
-    shortcut; D is the last block's width."""
+    shortcut; D is the last block's width. stem_norm=False leaves the first unit's first norm out."""
 
     def __init__(self, block_units, width_factor, head_size, zero_head=True, model_name="custom",
                  last_block_stride=2, stem="bit", unit="bottleneck", root_width=None, block_widths=None,
-                 block_strides=None, norm="group"):
+                 block_strides=None, norm="group", stem_norm=True):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORM_LAYERS)}")
@@ -357,6 +362,8 @@ class ResNetV2(nn.Module):
             blocks.append((f"block{index}", nn.Sequential(OrderedDict(unit_list))))
             cin = cout
         self.body = nn.Sequential(OrderedDict(blocks))
+        if not stem_norm:
+            self.body[0][0].gn1 = nn.Identity()
         self.head = BiTHead(self.feature_dim, head_size, zero_head, NORM_LAYERS[norm])
         self.norm = norm
 
@@ -433,7 +440,8 @@ def create_model(name: str, head_size: int, zero_head: bool = True, half_stride:
     return ResNetV2(config.block_units, config.width_factor, head_size, zero_head=zero_head,
                     model_name=name, last_block_stride=1 if half_stride else config.last_block_stride,
                     stem=config.stem, unit=config.unit, root_width=config.root_width,
-                    block_widths=config.block_widths, block_strides=config.block_strides, norm=config.norm)
+                    block_widths=config.block_widths, block_strides=config.block_strides, norm=config.norm,
+                    stem_norm=config.stem_norm)
 
 
 # -- BiT .npz checkpoints ------------------------------------------------------------------

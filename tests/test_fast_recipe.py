@@ -292,3 +292,22 @@ def test_a_whitening_stem_is_set_from_the_training_images_and_stays_frozen(train
     with pytest.raises(ValueError, match="no BiT .npz form"):
         model.npz_arrays()
     assert not create_model("ResNetV2-C32-S-BN", head_size=10).root_is_whitening()
+
+
+@pytest.mark.parametrize("name", ["ResNetV2-C32-S-BN", "ResNetV2-C32P-W-BN"])
+def test_whiten_relu_feeds_the_stem_into_the_first_relu_without_a_norm(name):
+    torch.manual_seed(0)
+    normed = create_model(f"{name}-Whiten", head_size=10, zero_head=False)
+    raw = create_model(f"{name}-WhitenReLU", head_size=10, zero_head=False)
+    assert set(normed.state_dict()) - set(raw.state_dict()) == {
+        f"body.block1.unit01.gn1.{key}" for key in ("weight", "bias", "running_mean", "running_var",
+                                                     "num_batches_tracked")}
+    assert set(raw.state_dict()) < set(normed.state_dict())
+    raw.load_state_dict({key: value for key, value in normed.state_dict().items() if key in raw.state_dict()})
+    unit, x = raw.body.block1.unit01, torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = raw.root(x)
+        first_conv = unit.conv1(F.relu(stem))  # by hand: no norm between the stem and the ReLU
+        torch.testing.assert_close(unit.conv1(F.relu(unit.gn1(stem))), first_conv)
+        assert raw.eval().feature_map(x).shape == normed.eval().feature_map(x).shape
+        assert not torch.allclose(raw.feature_map(x), normed.feature_map(x))  # the norm did something

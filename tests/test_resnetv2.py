@@ -364,7 +364,8 @@ def test_all_bit_names_construct_with_right_widths():
                       for d in ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")}
     cifar_names = {f"ResNetV2-C32-{size}{norm}" for size in "SML" for norm in ("", "-G8", "-BN")}  # test_cifar_backbone.py
     cifar_names |= {f"ResNetV2-C32P-{size}{norm}" for size in "SW" for norm in ("", "-BN")}
-    cifar_names |= {"ResNetV2-C32-S-BN-Whiten", "ResNetV2-C32P-W-BN-Whiten"}  # test_fast_recipe.py
+    cifar_names |= {f"{name}-{stem}" for name in ("ResNetV2-C32-S-BN", "ResNetV2-C32P-W-BN")
+                    for stem in ("Whiten", "WhitenReLU")}  # test_fast_recipe.py
     assert expected_names | {TINY} | cifar_names == set(KNOWN_MODELS)
     depths = {"R50": (3, 4, 6, 3), "R101": (3, 4, 23, 3), "R152": (3, 8, 36, 3)}
     with torch.device("meta"):  # shapes only: the x4 models would need GBs otherwise
