@@ -60,4 +60,7 @@ def test_the_command_trains_and_reports_the_held_out_top1(tmp_path, capsys):
     assert result["steps"] == 8  # 36 // 8 = 4 batches per epoch, 2 epochs
     for tta in ("none", "flip", "flip_translate"):
         assert 0 <= result[f"val_top1_{tta}"] <= 1
-    assert "| airbench94 reference | 8 x 8 |" in capsys.readouterr().out
+    assert "| airbench94 reference (bf16) | 8 x 8 |" in capsys.readouterr().out
+    ref.main(["--datadir", str(sets["id_train"]), "--out", str(tmp_path / "fp32"), "--holdout", "0.25",
+              "--epochs", "1", "--batch", "8", "--amp", "none"])
+    assert json.loads((tmp_path / "fp32" / "result.json").read_text())["amp"] == "none"
