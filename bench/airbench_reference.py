@@ -30,7 +30,8 @@ from datasets.folder import decode_all
 from datasets.sources import GlobalBatchIndices, InMemoryBatches, open_split, restrict
 from datasets.transforms import normalize
 from models.resnetv2 import patch_whitening_filters
-from utils.evaluate.engine import extract, top1, with_tta
+from utils.base.io import write_text_atomic
+from utils.evaluate.engine import TTA_MODES, extract, top1, with_tta
 from utils.train.main import holdout_split
 from utils.train.weight_average import Lookahead
 
@@ -189,19 +190,21 @@ def main(argv=None):
 
     model.eval()
     held_out = restrict(dataset, holdout_indices)
-    result = {"amp": args.amp, "steps": total_steps, "batch": args.batch, "epochs": args.epochs, "train_images": len(train_indices),
+    result = {"amp": args.amp, "steps": total_steps, "batch": args.batch, "epochs": args.epochs,
+              "train_images": len(train_indices),
               "held_out_images": len(holdout_indices), "training_minutes": round(minutes, 1),
               "training_pflop": 3 * count_flops(lambda m, x: m(x), model, 32, torch.device("cpu"))
               * total_steps * args.batch / 1e15}
-    for tta in ("none", "flip", "flip_translate"):
+    for tta in TTA_MODES:
         outputs = extract(with_tta(model, tta), held_out, 32, torch.device("cpu"), 500, args.amp, workers=0, desc=tta)
         result[f"val_top1_{tta}"] = top1(outputs["logits"], outputs["labels"])
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(args.out) / "result.json", json.dumps(result, indent=2) + "\n")
     print("| run | steps x batch | training PFLOP | minutes | val top-1 % | flip TTA | multi-crop TTA |\n"
           "|---|---|---|---|---|---|---|\n"
-          f"| airbench94 reference ({args.amp}) | {total_steps} x {args.batch} | {result['training_pflop']:.3f} | {minutes:.1f} | "
-          + " | ".join(f"{100 * result[f'val_top1_{tta}']:.2f}" for tta in ("none", "flip", "flip_translate")) + " |")
+          f"| airbench94 reference ({args.amp}) | {total_steps} x {args.batch} | {result['training_pflop']:.3f} | "
+          f"{minutes:.1f} | "
+          + " | ".join(f"{100 * result[f'val_top1_{tta}']:.2f}" for tta in TTA_MODES) + " |")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def test_network_shapes_identity_convs_and_airbench_inputs():
     h = torch.randn(2, 64, 7, 7)
     torch.testing.assert_close(group.conv1(h)[:, :64], h)  # the first 64 of 256 filters pass the input on
     pixels = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
-    expected = (pixels - torch.tensor(ref.CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(ref.CIFAR10_STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (ref.CIFAR10_MEAN, ref.CIFAR10_STD))
+    expected = (pixels - mean) / std
     torch.testing.assert_close(model.airbench_inputs(pixels * 2 - 1), expected)
     assert not model.whiten.weight.requires_grad and not group.norm1.weight.requires_grad
 

@@ -2,9 +2,10 @@
 
 1. Image-level logits and pooled features of the ID train set, the ID test set and every
    OOD set, in fp32 by default, of one forward per image, (--tta flip) the mean over the image
-   and its mirror or (--tta flip_translate) airbench's six-view average, for every set alike (cached under <logdir>/cache/, keyed by the checkpoint's
-   bytes, the images' bytes, the resolution, the precision and the test-time augmentation, so
-   a new checkpoint never reuses stale features).
+   and its mirror or (--tta flip_translate) airbench's six-view average, for every set alike
+   (cached under <logdir>/cache/, keyed by the checkpoint's bytes, the images' bytes, the
+   resolution, the precision and the test-time augmentation, so a new checkpoint never reuses
+   stale features).
 2. Every post-hoc score of utils/ood/scores.py on the K foreground logits and the pooled feature;
    the fitted ones (ViM, KNN, ReAct, Mahalanobis) on the ID training images.
 3. For a dfb checkpoint: the background score and every DFB fusion of every score. Sign and

@@ -448,7 +448,8 @@ class CheckpointSaver:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     data: TrainingData
-    average: WeightAverage | None = None  # --ema_decay / --lookahead: stored beside the weights, so a resumed run averages on
+    # --ema_decay / --lookahead: stored beside the weights, so a resumed run averages on
+    average: WeightAverage | None = None
 
     def __call__(self, step: int, finished: bool = False) -> None:
         args = self.args

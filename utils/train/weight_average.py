@@ -80,12 +80,8 @@ class Lookahead(WeightAverage):
     def __init__(self, model: nn.Module, total_steps: int, state: dict | None = None):
         if total_steps < 1:
             raise ValueError(f"lookahead needs at least one step, got {total_steps}")
-        self.model, self.total_steps = model, total_steps
-        self.decay = LOOKAHEAD_DECAY
-        self.updates = 0
-        self.average = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        if state is not None:
-            self.load_state_dict(state)
+        self.total_steps = total_steps
+        super().__init__(model, LOOKAHEAD_DECAY, state)
 
     @torch.no_grad()
     def update(self) -> None:
