@@ -36,7 +36,12 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        weight = 1 - decay_at(self.decay, self.updates)
+        self._move_average(1 - decay_at(self.decay, self.updates))
+
+    @torch.no_grad()
+    def _move_average(self, weight: float) -> tuple[list, list]:
+        """average <- average + weight * (weights - average) for the floating-point entries (integer
+        buffers are copied); returns (the averaged tensors, the network's own), in the same order."""
         averaged, current = [], []
         for key, value in self.model.state_dict().items():
             if value.is_floating_point():
@@ -45,6 +50,7 @@ class WeightAverage:
             else:
                 self.average[key].copy_(value)
         torch._foreach_lerp_(averaged, current, weight)
+        return averaged, current
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "average": self.average}
@@ -87,16 +93,5 @@ class Lookahead(WeightAverage):
     def update(self) -> None:
         self.updates += 1
         if self.updates % LOOKAHEAD_EVERY == 0:
-            self._pull(1 - lookahead_decay(self.updates, self.total_steps))
-
-    @torch.no_grad()
-    def _pull(self, weight: float) -> None:
-        slow, fast = [], []
-        for key, value in self.model.state_dict().items():
-            if value.is_floating_point():
-                slow.append(self.average[key])
-                fast.append(value)
-            else:
-                self.average[key].copy_(value)
-        torch._foreach_lerp_(slow, [value.detach() for value in fast], weight)
-        torch._foreach_copy_(fast, slow)
+            slow, fast = self._move_average(1 - lookahead_decay(self.updates, self.total_steps))
+            torch._foreach_copy_(fast, slow)  # the network restarts from the slow weights
