@@ -65,3 +65,26 @@ def test_the_command_trains_and_reports_the_held_out_top1(tmp_path, capsys):
     ref.main(["--datadir", str(sets["id_train"]), "--out", str(tmp_path / "fp32"), "--holdout", "0.25",
               "--epochs", "1", "--batch", "8", "--amp", "none"])
     assert json.loads((tmp_path / "fp32" / "result.json").read_text())["amp"] == "none"
+
+
+def test_testdir_trains_on_every_image_and_reports_test_top1(tmp_path, capsys):
+    sets = generate_benchmark(tmp_path / "data", seed=5, size=32, n_train_per_class=8, n_test_per_class=2, n_ood=1,
+                              progress=False)
+    ref.main(["--datadir", str(sets["id_train"]), "--testdir", str(sets["id_test"]), "--out", str(tmp_path / "out"),
+              "--holdout", "0", "--epochs", "1", "--batch", "8"])
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["evaluated_on"] == "test" and result["train_images"] == 48 and result["held_out_images"] == 0
+    assert result["evaluated_images"] == 12 and "val_top1_flip" not in result
+    assert all(0 <= result[f"test_top1_{tta}"] <= 1 for tta in ("none", "flip", "flip_translate"))
+    assert "| test top-1 % |" in capsys.readouterr().out
+
+
+def test_nothing_to_evaluate_or_other_classes_are_refused(tmp_path, capsys):
+    sets = generate_benchmark(tmp_path / "data", seed=5, size=32, n_train_per_class=2, n_test_per_class=1, n_ood=1,
+                              progress=False)
+    with pytest.raises(SystemExit):
+        ref.main(["--datadir", str(sets["id_train"]), "--out", str(tmp_path / "out"), "--holdout", "0"])
+    assert "--holdout 0 leaves nothing to evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ref.main(["--datadir", str(sets["id_train"]), "--testdir", str(sets["ood"]["SynthNewObjects"]), "--out", str(tmp_path / "o")])
+    assert "other classes than --datadir" in capsys.readouterr().err
