@@ -32,6 +32,7 @@ from reporting.background_table import background_section
 from reporting.openood_table import openood_section
 from reporting.tables import DASH, PM, markdown_table, mean_std, pct, pct_spread, signed_pct
 from utils.base.io import atomic_path, write_text_atomic
+from utils.evaluate.tta import TTA_VIEWS
 from utils.ood.fusion import DEFAULT_FUSION, FUSIONS
 from utils.ood.metrics import auroc
 
@@ -58,16 +59,6 @@ GRID_CLASSES = 10  # rows of the pseudo-mask grid at most
 
 FORMULAS = {"logit": "S = S_fg − s · z_bg / T", "prob": "S = S_fg − s · T · p_bg",
             "logprob": "S = S_fg + s · T · log(1 − p_bg)"}
-# eval.py --tta, as the report states it
-TTA_TEXT = {"none": "none (one forward per image)",
-            "flip": "**flip** (the logits and pooled features of each image are the mean over the image and its "
-                    "horizontal mirror, the ID test top-1 included), applied identically to the ID test set, every "
-                    "OOD set and the fusion's validation images, and to the ID training images that fit the scores",
-            "flip_translate": "**flip_translate** (the logits and pooled features of each image are airbench's "
-                              "six-view average: half the flip average of the image, half the mean of the flip "
-                              "averages of its two 1 px diagonal translations; the ID test top-1 included), applied "
-                              "identically to the ID test set, every OOD set and the fusion's validation images, and "
-                              "to the ID training images that fit the scores"}
 DENSE_KEYS = (("val_top1", "val top-1 (held-out training images)"), ("pixel_accuracy", "mask pixel accuracy"),
               ("foreground_iou", "foreground IoU"), ("background_iou", "background IoU"))
 
@@ -231,6 +222,14 @@ def pretrained_weights_line(run, times, cls_final):
     return [f"- Pretrained weights: `{portable(npz)}`, {made}; {digest}"]
 
 
+def tta_text(mode):
+    """eval.py --tta's mode as the report states it."""
+    if mode == "none":
+        return "none (one forward per image)"
+    return (f"**{mode}** ({TTA_VIEWS[mode]}, the ID test top-1 included), applied identically to the ID test set, "
+            "every OOD set and the fusion's validation images, and to the ID training images that fit the scores")
+
+
 def tta_line(run):
     """Whether the evaluations averaged each image with its mirror (eval.py --tta, as each evaluation's
     accuracy.json records it; evaluations from before --tta existed had one forward per image)."""
@@ -238,7 +237,7 @@ def tta_line(run):
     used = {folder: read_json(run.dir / folder / "accuracy.json", "eval.py").get("tta", "none") for folder in folders}
     modes = sorted(set(used.values()))
     if len(modes) == 1:
-        return [f"- Test-time augmentation (eval.py --tta, `accuracy.json` of every evaluation): {TTA_TEXT[modes[0]]}"]
+        return [f"- Test-time augmentation (eval.py --tta, `accuracy.json` of every evaluation): {tta_text(modes[0])}"]
     listed = "; ".join(f"{mode} in {', '.join(f'`{f}`' for f, m in used.items() if m == mode)}" for mode in modes)
     return [f"- Test-time augmentation (eval.py --tta) **differs between the evaluations**, so their numbers do not "
             f"compare: {listed}"]

@@ -9,11 +9,9 @@ from tqdm import tqdm
 from datasets.sources import eval_batches
 from utils.base.distributed import gather_in_order, is_main_process, shard_indices
 from utils.base.runtime import autocast
+from utils.evaluate.tta import TTA_MODES
 from utils.ood.scores import odin_perturb
 
-# eval.py's --tta: one forward per image, the mean over the image and its horizontal mirror, or
-# airbench's multi-crop average (FlipTranslateAveraged)
-TTA_MODES = ("none", "flip", "flip_translate")
 
 
 class FlipAveraged(torch.nn.Module):

@@ -39,6 +39,7 @@ from utils.evaluate.dense import foreground_layout
 from utils.evaluate.dense_maps import DENSE_MAPS_FILE, predict_dense_maps, save_dense_maps
 from utils.evaluate.engine import extract, top1, with_tta
 from utils.evaluate.sets import FUSION_ID, VALIDATION_OOD, EvalSets, PatchShuffled, dataset_digest, open_sets
+from utils.evaluate.tta import TTA_VIEWS
 from utils.ood.detector import save_detector
 from utils.ood.fusion import (apply_fusions, background_score, fusion_name, select_all_fusions,
                               select_background_sign)
@@ -332,14 +333,6 @@ def tta_note(tta, has_validation_images):
     validation = ", and to the fusions' validation images" if has_validation_images else ""
     return (f"Test-time augmentation: {tta} ({TTA_VIEWS[tta]}), applied identically to the ID training images that "
             f"fit the scores, the ID test set (its top-1 above included) and every OOD set{validation}.")
-
-
-# what each eval.py --tta averages, in the words of results.md
-TTA_VIEWS = {"flip": "the logits and pooled features of each image are the mean over the image and its horizontal "
-                     "mirror",
-             "flip_translate": "the logits and pooled features of each image are airbench's six-view average: half "
-                               "the flip average of the image, half the mean of the flip averages of its two 1 px "
-                               "diagonal translations"}
 
 
 def write_results(out_dir, rows, ood_names, accuracy, notes=(), leave_out=()):
