@@ -4,7 +4,7 @@ docs/CIFAR_RECIPE.md's pilots hold out of CIFAR-10 (10 %, seed 0). A reference, 
 max-pooled, bias-free head has no dense form, so DFB cannot use the network. It answers whether our loop
 and data reach airbench's accuracy on this CPU with airbench's recipe exactly (§11, stage 7c).
 
-  python -m bench.airbench_reference --datadir dataset/reproduce_small/trainall_testall_oodall/cifar10/train \
+  python -m bench.airbench_reference --datadir dataset/reproduce_small/trainall_testall_oodall/cifar10/train \\
       --out runs/airbench_reference
 
 `--holdout 0 --testdir <CIFAR-10 test split>` trains on all 50,000 images and evaluates on the test split instead,
@@ -164,7 +164,9 @@ def train(model, batches, total_steps, batches_per_epoch, amp="bf16", progress=T
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datadir", required=True, help="CIFAR-10's training split (ImageFolder)")
+    parser.add_argument("--datadir", required=True,
+                        help="a training split (ImageFolder) of 32-px images: CIFAR-10's, CIFAR-100's or a copy made "
+                             "by bench.jpeg_cost (the input normalisation stays CIFAR-10's, as airbench's)")
     parser.add_argument("--out", required=True, help="folder for result.json")
     parser.add_argument("--holdout", type=float, default=0.1,
                         help="fraction of --datadir held out and evaluated (0 with --testdir: train on all of it)")

@@ -13,7 +13,6 @@ from utils.evaluate.tta import TTA_MODES
 from utils.ood.scores import odin_perturb
 
 
-
 class FlipAveraged(torch.nn.Module):
     """A network whose logits and pooled features are the means over the image and its mirror
     (flip test-time augmentation: two forwards per image). The head is affine, so the averaged
